@@ -1,0 +1,84 @@
+// Byte-level BPE tokenizer, trained by Chorus itself (GPT-2 style: text is
+// split into pre-tokens, each pre-token's UTF-8 bytes are merged pairwise by
+// learned rank). Ids 0..255 are the raw bytes, then the learned merges, then
+// the special tokens. Any byte string round-trips, including invalid UTF-8.
+//
+// Special tokens (DESIGN.md), reserved at training time so a GPT trained now
+// can later be the speech decoder:
+//   <|endoftext|> <|startoftranscript|> <|xx|> (one per language)
+//   <|transcribe|> <|notimestamps|>
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace chorus::data {
+
+struct TokenizerTrainOptions {
+  int vocab_size = 8192;                  // total, including 256 bytes and specials
+  std::vector<std::string> languages;     // ISO codes, one <|xx|> token each
+  int n_threads = 0;                      // 0 = all cores (OpenMP)
+  bool progress = true;                   // progress bar on stderr
+};
+
+class Tokenizer {
+ public:
+  Tokenizer() = default;
+
+  // Train on the contents of `files` (each file is pre-tokenized on its own).
+  // Throws chorus::Error naming a file that cannot be read, or a vocab_size too
+  // small for bytes + specials + 1 merge. If the corpus runs out of pairs before
+  // vocab_size is reached, training stops early and vocab_size() is smaller.
+  // The same corpus gives the same merges for any n_threads.
+  static Tokenizer train(const std::vector<std::string>& files, const TokenizerTrainOptions& opt);
+  // Train on in-memory texts (tests).
+  static Tokenizer train_texts(const std::vector<std::string>& texts, const TokenizerTrainOptions& opt);
+
+  // JSON file: {"format": "chorus-bpe", "version": 1, "vocab_size": N,
+  // "merges": [[a,b],...], "specials": ["<|endoftext|>",...], "languages": [...],
+  // "hash": "<sha256>"}. load() verifies the stored hash and names the file and
+  // field on any problem. save() writes path + ".tmp", then renames it.
+  static Tokenizer load(const std::string& path);
+  void save(const std::string& path) const;
+
+  // Plain text -> ids. Special-token strings in the text are NOT parsed; they
+  // are encoded as ordinary bytes. Thread-safe (const).
+  std::vector<uint32_t> encode(std::string_view text) const;
+  // ids -> bytes. Special tokens decode to their literal string "<|...|>".
+  // An id >= vocab_size() throws.
+  std::string decode(std::span<const uint32_t> ids) const;
+  // Bytes of one token (for streaming output in generate).
+  const std::string& token_bytes(uint32_t id) const;
+
+  int vocab_size() const;                 // bytes + merges + specials
+  // Id of a special token by its full string, e.g. "<|endoftext|>", "<|de|>".
+  // Throws if absent.
+  uint32_t special(std::string_view name) const;
+  uint32_t eot() const { return special("<|endoftext|>"); }
+  const std::vector<std::string>& languages() const { return languages_; }
+  // SHA-256 hex of the merges, specials and languages (the tokenizer's identity;
+  // stored in every shard and checkpoint).
+  const std::string& hash() const { return hash_; }
+
+ private:
+  void build_tables();   // derive vocab bytes, merge ranks and hash from merges_/specials_
+  std::vector<std::pair<uint32_t, uint32_t>> merges_;   // merge i creates id 256 + i
+  std::vector<std::string> specials_;                   // id = 256 + merges_.size() + i
+  std::vector<std::string> languages_;
+  // derived (build_tables): implementation-defined lookup structures
+  std::vector<std::string> vocab_;                      // id -> bytes
+  std::string hash_;
+  struct Impl;
+  std::shared_ptr<const Impl> impl_;                    // merge-rank lookup etc.
+};
+
+// Languages reserved by default: the 33 of datasets/text, en de fr es it pt ru
+// zh first, then the rest alphabetically. The order fixes the ids of <|xx|> tokens.
+const std::vector<std::string>& default_languages();
+
+}  // namespace chorus::data
