@@ -1,0 +1,82 @@
+// Collective communication over one group of ranks (DESIGN.md
+// "Communication"). One interface, three backends:
+//   - LocalCommunicator: a group of one (no MPI needed; a run without mpirun)
+//   - MpiCommunicator:   host buffers, any MPI communicator (what CI runs)
+//   - NcclCommunicator:  device buffers on a CUDA stream (src/dist/nccl_communicator.h)
+// Every call is collective: all ranks of the group make it in the same order.
+// Counts need not divide the group size: chunk r of n elements is
+// [chunk_begin(n, size, r), chunk_begin(n, size, r + 1)).
+// Failures throw chorus::Error naming the rank and the call; the app turns an
+// error on any rank into MPI_Abort of the whole job (never a silent hang).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace chorus::dist {
+
+enum class DType { f32, f64, i32, i64, u64 };
+enum class ReduceOp { sum, avg, max, min };
+
+size_t dtype_size(DType t);
+const char* reduce_op_name(ReduceOp op);
+
+// Start of chunk r when n elements are split over `size` ranks as evenly as
+// possible (the first n % size chunks get one more element).
+inline size_t chunk_begin(size_t n, int size, int r) {
+  const size_t base = n / static_cast<size_t>(size), extra = n % static_cast<size_t>(size);
+  const size_t ur = static_cast<size_t>(r);
+  return ur * base + (ur < extra ? ur : extra);
+}
+inline size_t chunk_size(size_t n, int size, int r) {
+  return chunk_begin(n, size, r + 1) - chunk_begin(n, size, r);
+}
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // Which group this is, for messages ("world", "dp", "tp").
+  virtual const std::string& name() const = 0;
+
+  // In place: buf (n elements) becomes the reduction over the group.
+  virtual void all_reduce(void* buf, size_t n, DType t, ReduceOp op) = 0;
+  // send holds n elements on every rank; recv receives this rank's chunk
+  // (chunk_size(n, size, rank) elements) of the reduction.
+  virtual void reduce_scatter(const void* send, void* recv, size_t n, DType t, ReduceOp op) = 0;
+  // send holds this rank's chunk of n elements; recv (n elements) receives
+  // every rank's chunk in rank order. send may alias recv + chunk_begin(rank).
+  virtual void all_gather(const void* send, void* recv, size_t n, DType t) = 0;
+  virtual void broadcast(void* buf, size_t n, DType t, int root) = 0;
+  virtual void barrier() = 0;
+
+  // Typed conveniences.
+  void all_reduce(float* buf, size_t n, ReduceOp op) { all_reduce(buf, n, DType::f32, op); }
+  void all_reduce(double* buf, size_t n, ReduceOp op) { all_reduce(buf, n, DType::f64, op); }
+  double all_reduce_scalar(double x, ReduceOp op) {
+    all_reduce(&x, 1, DType::f64, op);
+    return x;
+  }
+};
+
+// A group of one: every collective is a copy (or nothing).
+class LocalCommunicator final : public Communicator {
+ public:
+  explicit LocalCommunicator(std::string name = "world") : name_(std::move(name)) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  const std::string& name() const override { return name_; }
+  void all_reduce(void*, size_t, DType, ReduceOp) override {}
+  void reduce_scatter(const void* send, void* recv, size_t n, DType t, ReduceOp op) override;
+  void all_gather(const void* send, void* recv, size_t n, DType t) override;
+  void broadcast(void*, size_t, DType, int) override {}
+  void barrier() override {}
+
+ private:
+  std::string name_;
+};
+
+}  // namespace chorus::dist
