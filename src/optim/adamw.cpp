@@ -1,0 +1,78 @@
+#include "optim/adamw.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace chorus::optim {
+
+AdamW::AdamW(size_t n, std::vector<DecayRange> decay, const AdamWConfig& cfg)
+    : cfg_(cfg), decay_(std::move(decay)), m_(n, 0.0f), v_(n, 0.0f) {
+  std::sort(decay_.begin(), decay_.end(), [](const DecayRange& a, const DecayRange& b) { return a.begin < b.begin; });
+  size_t prev_end = 0;
+  for (const auto& r : decay_) {
+    CHORUS_CHECK(r.begin <= r.end && r.end <= n && r.begin >= prev_end,
+                 "AdamW: decay range [%zu, %zu) overlaps another or exceeds the buffer of %zu floats", r.begin,
+                 r.end, n);
+    prev_end = r.end;
+  }
+  CHORUS_CHECK(cfg.beta1 >= 0 && cfg.beta1 < 1 && cfg.beta2 >= 0 && cfg.beta2 < 1,
+               "AdamW: betas must be in [0, 1), got beta1=%g beta2=%g", cfg.beta1, cfg.beta2);
+  CHORUS_CHECK(cfg.eps > 0, "AdamW: eps must be > 0, got %g", cfg.eps);
+}
+
+void AdamW::update_range(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1,
+                         float bc2) {
+  const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps;
+  float* m = m_.data();
+  float* v = v_.data();
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = begin; i < end; ++i) {
+    float gi = g[i];
+    float mi = b1 * m[i] + (1.0f - b1) * gi;
+    float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    float mhat = mi / bc1;
+    float vhat = vi / bc2;
+    p[i] -= lr * (mhat / (std::sqrt(vhat) + eps) + wd * p[i]);
+  }
+}
+
+void AdamW::step(std::span<float> params, std::span<const float> grads, float lr, int64_t t) {
+  CHORUS_CHECK(params.size() == m_.size() && grads.size() == m_.size(),
+               "AdamW: buffer sizes differ (params %zu, grads %zu, state %zu)", params.size(), grads.size(),
+               m_.size());
+  CHORUS_CHECK(t >= 1, "AdamW: step count must start at 1, got %lld", static_cast<long long>(t));
+  const float bc1 = 1.0f - static_cast<float>(std::pow(static_cast<double>(cfg_.beta1), static_cast<double>(t)));
+  const float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(cfg_.beta2), static_cast<double>(t)));
+  size_t pos = 0;
+  for (const auto& r : decay_) {
+    if (pos < r.begin) update_range(params.data(), grads.data(), pos, r.begin, lr, 0.0f, bc1, bc2);
+    update_range(params.data(), grads.data(), r.begin, r.end, lr, cfg_.weight_decay, bc1, bc2);
+    pos = r.end;
+  }
+  if (pos < m_.size()) update_range(params.data(), grads.data(), pos, m_.size(), lr, 0.0f, bc1, bc2);
+}
+
+double global_norm(std::span<const float> g) {
+  double acc = 0.0;
+  const float* p = g.data();
+  const size_t n = g.size();
+#pragma omp parallel for reduction(+ : acc) schedule(static)
+  for (size_t i = 0; i < n; ++i) acc += static_cast<double>(p[i]) * p[i];
+  return std::sqrt(acc);
+}
+
+float clip_by_global_norm(std::span<float> g, double norm, float max_norm) {
+  if (max_norm <= 0.0f || !(norm > max_norm)) return 1.0f;
+  const float s = static_cast<float>(max_norm / (norm + 1e-6));
+  float* p = g.data();
+  const size_t n = g.size();
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; ++i) p[i] *= s;
+  return s;
+}
+
+}  // namespace chorus::optim

@@ -1,0 +1,79 @@
+#include "optim/distributed.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace chorus::optim {
+
+std::vector<Range> clip_ranges(const std::vector<Range>& ranges, Range window) {
+  std::vector<Range> out;
+  for (const auto& r : ranges) {
+    const size_t b = std::max(r.begin, window.begin), e = std::min(r.end, window.end);
+    if (b < e) out.push_back({b - window.begin, e - window.begin});
+  }
+  return out;
+}
+
+DistributedOptimizer::DistributedOptimizer(size_t n, std::vector<Range> decay, std::vector<Range> tp_replicated,
+                                           const DistributedOptimizerConfig& cfg, dist::Communicator& dp,
+                                           dist::Communicator& tp)
+    : cfg_(cfg), dp_(dp), tp_(tp), n_(n), tp_replicated_(std::move(tp_replicated)) {
+  CHORUS_CHECK(cfg.zero_stage == 0 || cfg.zero_stage == 1, "zero: must be 0 or 1, got %d", cfg.zero_stage);
+  CHORUS_CHECK(cfg.bucket_floats > 0, "bucket-mb: must be > 0");
+  std::sort(tp_replicated_.begin(), tp_replicated_.end(),
+            [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  if (cfg.zero_stage == 1) {
+    owned_ = {dist::chunk_begin(n, dp.size(), dp.rank()), dist::chunk_begin(n, dp.size(), dp.rank() + 1)};
+    grad_shard_.resize(owned_.end - owned_.begin);
+  } else {
+    owned_ = {0, n};
+  }
+  adamw_ = std::make_unique<AdamW>(owned_.end - owned_.begin, clip_ranges(decay, owned_), cfg.adamw);
+}
+
+double DistributedOptimizer::sum_squares(const float* g, Range r) const {
+  // g points at buffer position r.begin. Sharded part: summed over TP;
+  // replicated part: counted once (every TP rank holds the same values).
+  const double all = [&] {
+    double s = 0.0;
+    const size_t n = r.end - r.begin;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+    for (size_t i = 0; i < n; ++i) s += static_cast<double>(g[i]) * g[i];
+    return s;
+  }();
+  double replicated = 0.0;
+  for (const auto& rr : clip_ranges(tp_replicated_, r))
+    for (size_t i = rr.begin; i < rr.end; ++i) replicated += static_cast<double>(g[i]) * g[i];
+  double sharded = all - replicated;
+  if (tp_.size() > 1) sharded = tp_.all_reduce_scalar(sharded, dist::ReduceOp::sum);
+  return sharded + replicated;
+}
+
+StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> grads, float lr, int64_t t) {
+  CHORUS_CHECK(params.size() == n_ && grads.size() == n_, "optimizer: buffers of %zu / %zu floats, expected %zu",
+               params.size(), grads.size(), n_);
+  StepStats st;
+  if (cfg_.zero_stage == 0) {
+    if (dp_.size() > 1)
+      for (size_t b = 0; b < n_; b += cfg_.bucket_floats)
+        dp_.all_reduce(grads.data() + b, std::min(cfg_.bucket_floats, n_ - b), dist::ReduceOp::avg);
+    st.grad_norm = std::sqrt(sum_squares(grads.data(), {0, n_}));
+    clip_by_global_norm(grads, st.grad_norm, cfg_.grad_clip);
+    adamw_->step(params, grads, lr, t);
+    return st;
+  }
+  // ZeRO-1
+  dp_.reduce_scatter(grads.data(), grad_shard_.data(), n_, dist::DType::f32, dist::ReduceOp::avg);
+  double ss = sum_squares(grad_shard_.data(), owned_);
+  ss = dp_.all_reduce_scalar(ss, dist::ReduceOp::sum);
+  st.grad_norm = std::sqrt(ss);
+  clip_by_global_norm(grad_shard_, st.grad_norm, cfg_.grad_clip);
+  std::span<float> mine = params.subspan(owned_.begin, owned_.end - owned_.begin);
+  adamw_->step(mine, grad_shard_, lr, t);
+  dp_.all_gather(params.data() + owned_.begin, params.data(), n_, dist::DType::f32);
+  return st;
+}
+
+}  // namespace chorus::optim

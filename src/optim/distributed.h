@@ -1,0 +1,69 @@
+// The optimizer step of a data-parallel x tensor-parallel run (DESIGN.md
+// "Data parallel"), over one rank's flat parameter / gradient buffers:
+//   zero 0: average the gradients over the DP group with all-reduces in
+//           buckets of bucket_floats, then every DP rank runs AdamW on the
+//           whole buffer (replicated optimizer state);
+//   zero 1: reduce-scatter the gradients over DP (average), each DP rank runs
+//           AdamW on its contiguous chunk of the buffer only (its fp32 masters
+//           and Adam moments), then all-gather the updated parameters.
+//           Optimizer memory per rank falls by the DP degree.
+// The global gradient norm counts tensors sharded over TP on every TP rank
+// and TP-replicated tensors (LayerNorm, row-parallel biases, wpe) once, so it
+// equals the single-rank norm. Clipping uses that norm on every rank.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "optim/adamw.h"
+
+namespace chorus::optim {
+
+struct DistributedOptimizerConfig {
+  AdamWConfig adamw;
+  int zero_stage = 0;          // 0 or 1
+  size_t bucket_floats = 1 << 22;  // all-reduce bucket (zero 0)
+  float grad_clip = 1.0f;      // <= 0: off
+};
+
+struct StepStats {
+  double grad_norm = 0.0;      // before clipping
+};
+
+class DistributedOptimizer {
+ public:
+  // n: length of this rank's parameter buffer; decay: ranges with weight
+  // decay; tp_replicated: ranges whose tensors are identical on every TP rank.
+  DistributedOptimizer(size_t n, std::vector<Range> decay, std::vector<Range> tp_replicated,
+                       const DistributedOptimizerConfig& cfg, dist::Communicator& dp, dist::Communicator& tp);
+
+  // Synchronises grads over DP, clips by the global norm, applies AdamW with
+  // learning rate lr (t = 1-based update count) and leaves identical
+  // parameters on every DP rank. grads is used as scratch.
+  StepStats step(std::span<float> params, std::span<float> grads, float lr, int64_t t);
+
+  // The chunk of the buffer this rank updates ([0, n) without ZeRO).
+  Range owned() const { return owned_; }
+  // Bytes of optimizer state (Adam moments) held by this rank.
+  size_t state_bytes() const { return adamw_->size() * 2 * sizeof(float); }
+  AdamW& adamw() { return *adamw_; }
+
+ private:
+  double sum_squares(const float* g, Range r) const;  // TP-aware, over buffer range r
+  DistributedOptimizerConfig cfg_;
+  dist::Communicator& dp_;
+  dist::Communicator& tp_;
+  size_t n_;
+  Range owned_;
+  std::vector<Range> tp_replicated_;
+  std::unique_ptr<AdamW> adamw_;
+  std::vector<float> grad_shard_;  // zero 1: this rank's reduced gradient chunk
+};
+
+// Intersects ranges with [window.begin, window.end) and shifts them to start at 0.
+std::vector<Range> clip_ranges(const std::vector<Range>& ranges, Range window);
+
+}  // namespace chorus::optim
