@@ -23,6 +23,7 @@
 namespace fs = std::filesystem;
 using chorus::Error;
 using namespace chorus::data;
+namespace h5 = chorus::h5;
 
 namespace {
 

@@ -89,7 +89,9 @@ TEST(Communicator, GridRefusesBadTp) {
   const int world = g_runtime->world().size();
   EXPECT_THROW(ParallelGrid(*g_runtime, world + 1), chorus::Error);
   ParallelGrid grid(*g_runtime, world);
-  if (world > 1) EXPECT_THROW(grid.check_divides(3, 4 * world, 64 * world), chorus::Error);
+  if (world > 1) {
+    EXPECT_THROW(grid.check_divides(3, 4 * world, 64 * world), chorus::Error);
+  }
   EXPECT_NO_THROW(grid.check_divides(world, 4 * world, 64 * world));
 }
 
