@@ -1,0 +1,125 @@
+#include "backend/cpu/ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace chorus::backend::cpu {
+namespace {
+
+// Below this many elements a loop runs on the calling thread: an OpenMP fork
+// costs a few microseconds, about what one core needs for ~50K floats.
+constexpr size_t kParallelMin = 1 << 15;
+
+}  // namespace
+
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {  // BLAS would only scale C; keep "beta == 0 overwrites" exact
+    for (int i = 0; i < M; ++i) {
+      float* c = C + static_cast<size_t>(i) * ldc;
+      for (int j = 0; j < N; ++j) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
+    }
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N,
+              K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+int n_threads() { return omp_get_max_threads(); }
+
+void set_n_threads(int n) {
+  n = std::max(1, n);
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+SerialBlasScope::SerialBlasScope() {
+  // openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP.
+  if (openblas_get_parallel() == 1 && openblas_get_num_threads() > 1) {
+    saved_ = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+  }
+}
+
+SerialBlasScope::~SerialBlasScope() {
+  if (saved_ > 0) openblas_set_num_threads(saved_);
+}
+
+void fill(float* x, float value, size_t n) {
+  const long nn = static_cast<long>(n);
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
+  for (long i = 0; i < nn; ++i) x[i] = value;
+}
+
+void copy(float* dst, const float* src, size_t n) {
+  if (dst == src || n == 0) return;
+  if (n <= kParallelMin) {
+    std::memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  const long nn = static_cast<long>(n);
+#pragma omp parallel for simd schedule(static)
+  for (long i = 0; i < nn; ++i) dst[i] = src[i];
+}
+
+void add(float* out, const float* a, const float* b, size_t n) {
+  const long nn = static_cast<long>(n);
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
+  for (long i = 0; i < nn; ++i) out[i] = a[i] + b[i];
+}
+
+void axpy(float* out, float alpha, const float* x, size_t n) {
+  const long nn = static_cast<long>(n);
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
+  for (long i = 0; i < nn; ++i) out[i] += alpha * x[i];
+}
+
+void add_row_broadcast(float* out, const float* base, const float* row, int n_rows, int n_cols) {
+  const size_t total = static_cast<size_t>(n_rows) * n_cols;
+#pragma omp parallel for schedule(static) if (total > kParallelMin)
+  for (int r = 0; r < n_rows; ++r) {
+    float* o = out + static_cast<size_t>(r) * n_cols;
+    const float* b = base ? base + static_cast<size_t>(r) * n_cols : nullptr;
+    if (b && row) {
+#pragma omp simd
+      for (int c = 0; c < n_cols; ++c) o[c] = b[c] + row[c];
+    } else if (b) {
+      if (o != b) std::memcpy(o, b, n_cols * sizeof(float));
+    } else if (row) {
+      std::memcpy(o, row, n_cols * sizeof(float));
+    } else {
+      std::memset(o, 0, n_cols * sizeof(float));
+    }
+  }
+}
+
+void col_sum_accumulate(float* out, const float* in, int n_rows, int n_cols) {
+  // Column blocks of 64 floats (4 cache lines): no two threads write one line.
+  constexpr int kBlock = 64;
+  const int n_blocks = (n_cols + kBlock - 1) / kBlock;
+  const size_t total = static_cast<size_t>(n_rows) * n_cols;
+#pragma omp parallel for schedule(static) if (total > kParallelMin && n_blocks > 1)
+  for (int blk = 0; blk < n_blocks; ++blk) {
+    const int c0 = blk * kBlock;
+    const int nc = std::min(kBlock, n_cols - c0);
+    float acc[kBlock] = {};
+    for (int r = 0; r < n_rows; ++r) {
+      const float* x = in + static_cast<size_t>(r) * n_cols + c0;
+#pragma omp simd
+      for (int c = 0; c < nc; ++c) acc[c] += x[c];
+    }
+    for (int c = 0; c < nc; ++c) out[c0 + c] += acc[c];
+  }
+}
+
+double sum_double(const float* x, size_t n) {
+  double s = 0.0;
+  for (size_t i = 0; i < n; ++i) s += x[i];
+  return s;
+}
+
+}  // namespace chorus::backend::cpu

@@ -1,0 +1,71 @@
+// CPU op layer: row-major GEMM over OpenBLAS (cblas_sgemm) and the OpenMP
+// elementwise / reduction loops the nn layers share. All pointers are fp32 and
+// row-major; shapes are given in the comments as (rows, cols).
+//
+// Threading: OpenBLAS is the OpenMP build, so a GEMM called from the main
+// thread uses the whole OpenMP team, and a GEMM called inside an OpenMP
+// parallel region runs single-threaded on the calling thread (OpenBLAS checks
+// omp_in_parallel()). Layers rely on that to run many small GEMMs in parallel
+// (one per (batch, head) in attention).
+//
+// Determinism: every loop here splits work by a fixed rule that does not
+// depend on the thread count, so results are bit-identical run to run and
+// across thread counts (GEMM excepted: OpenBLAS splits by thread count).
+#pragma once
+
+#include <cstddef>
+
+namespace chorus::backend::cpu {
+
+// C (M, N) = alpha * op(A) @ op(B) + beta * C.
+// op(A) is (M, K): A is stored (M, K) with leading dimension lda, or (K, M) when
+// trans_a. op(B) is (K, N): B is stored (K, N) with ldb, or (N, K) when trans_b.
+// Transposes are done by BLAS flags, never by copies. beta == 0 overwrites C
+// (C may hold garbage, even NaN).
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc);
+
+// OpenMP team size used by our loops and by OpenBLAS.
+int n_threads();
+// Sets both the OpenMP team size and OpenBLAS's thread count (n >= 1).
+void set_n_threads(int n);
+
+// Scope in which BLAS calls made from inside an OpenMP parallel region run
+// single-threaded on the calling thread. The OpenMP build of OpenBLAS does this
+// by itself; with a pthreads build (e.g. the system alternative picked at run
+// time) the scope sets its thread count to 1 and restores it on exit, instead
+// of letting every OpenMP thread start a BLAS thread team.
+// Construct it outside the parallel region.
+class SerialBlasScope {
+ public:
+  SerialBlasScope();
+  ~SerialBlasScope();
+  SerialBlasScope(const SerialBlasScope&) = delete;
+  SerialBlasScope& operator=(const SerialBlasScope&) = delete;
+
+ private:
+  int saved_ = 0;  // thread count to restore; 0 = nothing to do
+};
+
+// x[i] = value, i < n.
+void fill(float* x, float value, size_t n);
+// dst[i] = src[i]; dst == src is a no-op.
+void copy(float* dst, const float* src, size_t n);
+// out[i] = a[i] + b[i]; out may alias a or b.
+void add(float* out, const float* a, const float* b, size_t n);
+// out[i] += alpha * x[i].
+void axpy(float* out, float alpha, const float* x, size_t n);
+
+// out (n_rows, n_cols) = base (n_rows, n_cols) + row (n_cols) broadcast over rows.
+// base == nullptr means zeros, row == nullptr means zeros; out may alias base.
+void add_row_broadcast(float* out, const float* base, const float* row, int n_rows, int n_cols);
+
+// out (n_cols) += column sums of in (n_rows, n_cols). Parallel over column
+// blocks, each summed over rows in order (deterministic).
+void col_sum_accumulate(float* out, const float* in, int n_rows, int n_cols);
+
+// Sum of x (n) in double, serial (deterministic). For small reductions such as
+// the per-position losses.
+double sum_double(const float* x, size_t n);
+
+}  // namespace chorus::backend::cpu

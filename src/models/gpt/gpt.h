@@ -1,0 +1,109 @@
+// GPT-2 language model (Radford et al. 2019; layout as karpathy/llm.c):
+// token + learned position embeddings, n_layer pre-LayerNorm blocks of causal
+// multi-head attention and a GELU(tanh) MLP of width 4d, final LayerNorm, LM
+// head tied to the token embedding. All Linear layers have biases.
+//
+// Memory is llm.c-style: one contiguous fp32 buffer for all parameters, one of
+// the same size for their gradients, one for activations sized once for
+// (max_batch, max_seq) at construction. A training step allocates nothing.
+// The parameter table names every tensor (GPT-2 dotted names) with its shape,
+// offset and whether weight decay applies, so the optimizer, checkpoints and
+// later ZeRO / TP slicing are flat ranges over the same buffer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace chorus::dist {
+class Communicator;
+}
+
+namespace chorus::models {
+
+struct GptConfig {
+  int n_layer = 2;
+  int n_embd = 64;     // d
+  int n_head = 4;      // d % n_head == 0
+  int vocab_size = 512;
+  int context = 64;    // rows of the position embedding (max sequence length)
+  // Vocabulary rows actually allocated: vocab_size rounded up to a multiple of
+  // 64 (GEMM-friendly, and divisible by TP later). Padded logits are masked out
+  // of the softmax and never sampled.
+  int padded_vocab() const { return (vocab_size + 63) / 64 * 64; }
+  void validate() const;  // throws chorus::Error naming the bad field
+};
+
+struct ParamSpec {
+  std::string name;             // GPT-2 dotted name, e.g. "h.3.attn.c_attn.weight"
+  std::vector<int64_t> shape;   // row-major; Linear weights are (out, in)
+  size_t offset = 0;            // into params()/grads(), in floats
+  size_t numel = 0;
+  bool decay = false;           // AdamW weight decay (matrices and embeddings only)
+  // Tensor-parallel layout (nn/tp_shard.h): global shape, sharded axis
+  // (-1 = replicated on every TP rank) and parts (3 for the fused QKV).
+  // `shape` above is this rank's local shape.
+  std::vector<int64_t> global_shape;
+  int tp_axis = -1;
+  int tp_parts = 1;
+};
+
+class Gpt {
+ public:
+  // Allocates parameters, gradients and activations for batches up to
+  // max_batch x max_seq (max_seq <= cfg.context). Parameters start at zero;
+  // call init_weights.
+  Gpt(const GptConfig& cfg, int max_batch, int max_seq);
+  // The same as one rank of a tensor-parallel group tp (Megatron layout, see
+  // ParamSpec::tp_axis). tp == nullptr or a group of one: TP = 1, identical to
+  // the constructor above. TP > 1 is not implemented yet and throws.
+  Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp);
+  ~Gpt();
+  Gpt(const Gpt&) = delete;
+  Gpt& operator=(const Gpt&) = delete;
+
+  const GptConfig& config() const { return cfg_; }
+  // GPT-2 init: N(0, 0.02) for weights/embeddings, residual projections
+  // (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2*n_layer)), biases 0, LN gain 1.
+  void init_weights(uint64_t seed);
+
+  std::span<float> params();
+  std::span<float> grads();
+  const std::vector<ParamSpec>& param_table() const;
+  size_t n_params() const;       // total floats in params() (incl. padded vocab rows)
+  // Parameters for FLOP accounting as in bench/peers/torch_gpt_bench.py:
+  // all parameters with the real (unpadded) vocab, minus the position embedding.
+  size_t n_flop_params() const;
+  // Training FLOPs per token: 6*N + 12*L*d*T (nanoGPT / PaLM convention).
+  double flops_per_token(int T) const;
+  size_t activation_bytes() const;
+
+  // Training/eval forward. tokens, targets: (B, T) int32 with values < vocab_size.
+  // Returns mean cross-entropy (nats) over B*T positions and keeps activations
+  // for backward. targets == nullptr: computes logits only (returns 0).
+  float forward(const int32_t* tokens, const int32_t* targets, int B, int T);
+  // Logits (B, T, padded_vocab) of the last forward (padded columns arbitrary).
+  // Valid until backward(), which reuses this buffer for the logit gradient.
+  const float* logits() const;
+  // Backward of the last forward with targets: accumulates
+  // d(loss * loss_scale)/d(params) into grads(). Call zero_grad() before the
+  // first micro-batch of an optimizer step; with N micro-batches pass
+  // loss_scale = 1/N so grads hold the mean.
+  void backward(float loss_scale = 1.0f);
+  void zero_grad();
+
+  // Incremental decoding with a KV cache (generate). reset_cache() starts B
+  // new sequences; decode_step feeds one token per sequence (tokens: (B,)) at
+  // position pos (0-based, < context) and returns logits (B, padded_vocab).
+  void reset_cache(int B);
+  const float* decode_step(const int32_t* tokens, int pos);
+
+ private:
+  GptConfig cfg_;
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace chorus::models

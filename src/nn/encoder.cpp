@@ -1,0 +1,50 @@
+// Gradient rule: backward accumulates (+=) into parameter gradients and
+// overwrites activation gradients (see encoder.h).
+#include "nn/encoder.h"
+
+#include <algorithm>
+#include <cstddef>
+
+namespace chorus::nn {
+
+void encoder_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe, int B, int T,
+                     int C) {
+  const int n_rows = B * T;
+#pragma omp parallel for schedule(static) if (static_cast <size_t>(n_rows) * C > (1u << 15))
+  for (int r = 0; r < n_rows; ++r) {
+    const int t = r % T;
+    const float* te = wte + static_cast<size_t>(tokens[r]) * C;
+    const float* pe = wpe + static_cast<size_t>(t) * C;
+    float* o = out + static_cast<size_t>(r) * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) o[c] = te[c] + pe[c];
+  }
+}
+
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
+                      int C) {
+  // Split by column blocks so repeated tokens never race and the sum order is
+  // fixed: each thread owns columns [c0, c0 + nc) of every row.
+  constexpr int kBlock = 64;
+  const int n_blocks = (C + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n_blocks > 1 && static_cast <size_t>(B) * T * C > (1u << 15))
+  for (int blk = 0; blk < n_blocks; ++blk) {
+    const int c0 = blk * kBlock;
+    const int nc = std::min(kBlock, C - c0);
+    for (int b = 0; b < B; ++b) {
+      for (int t = 0; t < T; ++t) {
+        const size_t r = static_cast<size_t>(b) * T + t;
+        const float* d = dout + r * C + c0;
+        float* gte = dwte + static_cast<size_t>(tokens[r]) * C + c0;
+        float* gpe = dwpe + static_cast<size_t>(t) * C + c0;
+#pragma omp simd
+        for (int c = 0; c < nc; ++c) {
+          gte[c] += d[c];
+          gpe[c] += d[c];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace chorus::nn
