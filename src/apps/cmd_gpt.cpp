@@ -1,0 +1,180 @@
+// chorus pretrain / generate.
+#include <omp.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.h"
+#include "apps/options.h"
+#include "checkpoint/weights.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "data/tokenizer.h"
+#include "train/generate.h"
+#include "train/pretrain.h"
+
+namespace chorus::apps {
+
+namespace fs = std::filesystem;
+
+int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
+  OptionSet o("pretrain",
+              "Pretrains a GPT-2-style model on HDF5 text shards (CPU backend, fp32). Prints one line per step\n"
+              "and writes <run-dir>/metrics.jsonl, <run-dir>/config.json and the final weights <run-dir>/model.h5.\n"
+              "Global batch per optimizer step = batch x grad-accum x DP sequences of seq-len tokens.\n"
+              "Distributed: mpirun -np N chorus pretrain ... --tp T runs DP = N / T data-parallel replicas of a\n"
+              "model split over T tensor-parallel ranks (TP groups are consecutive ranks).");
+  o.add<int>("model", "n-layer", 6, "transformer blocks (L)");
+  o.add<int>("model", "n-embd", 384, "model width (d)");
+  o.add<int>("model", "n-head", 6, "attention heads (must divide n-embd)");
+  o.add<int>("model", "vocab-size", 0, "vocabulary size; 0 = the tokenizer's (a different value is refused)");
+  o.add<int>("model", "context", 256, "maximum sequence length (position-embedding rows)");
+  o.add<std::string>("data", "tokenizer", "tokenizer.json", "tokenizer JSON; its hash must match the shards'");
+  o.add<std::string>("data", "data", "shards", "directory of train_*.h5 / val_*.h5 shards from prepare-text");
+  o.add<int>("data", "seq-len", 256, "tokens per training sequence (T <= context)");
+  o.add<int64_t>("train", "steps", 1000, "optimizer steps; the LR schedule is built for this many");
+  o.add<int>("train", "batch", 8, "sequences per micro-batch");
+  o.add<int>("train", "grad-accum", 1, "micro-batches accumulated per optimizer step");
+  o.add<uint64_t>("train", "seed", 1337, "seed for initialisation, data order and sampling");
+  o.add<std::string>("train", "run-dir", "checkpoints/run", "output directory of this run");
+  o.add<int64_t>("train", "eval-every", 100, "validate every N steps (and always after the last; 0 = only then)");
+  o.add<int>("train", "eval-batches", 8, "validation micro-batches per evaluation");
+  o.add<int>("train", "log-every", 1, "print a step line every N steps (metrics.jsonl gets every step)");
+  o.add<int>("train", "sample-tokens", 0, "after training, print a sample of this many generated tokens");
+  o.add<float>("optim", "lr", 6e-4f, "6e-4", "peak learning rate");
+  o.add<float>("optim", "min-lr", 6e-5f, "6e-5", "final learning rate of the cosine decay");
+  o.add<int64_t>("optim", "warmup", 100, "linear warmup steps");
+  o.add<float>("optim", "weight-decay", 0.1f, "0.1", "AdamW decoupled weight decay (matrices and embeddings only)");
+  o.add<float>("optim", "beta1", 0.9f, "0.9", "AdamW beta1");
+  o.add<float>("optim", "beta2", 0.95f, "0.95", "AdamW beta2");
+  o.add<float>("optim", "eps", 1e-8f, "1e-8", "AdamW epsilon");
+  o.add<float>("optim", "grad-clip", 1.0f, "1.0", "clip the global gradient norm to this (0 = off)");
+  o.add<int>("parallel", "tp", 1, "tensor-parallel degree (divides the ranks, heads, MLP width, padded vocab)");
+  o.add<int>("parallel", "zero", 0, "1 = ZeRO-1: shard optimizer state over data-parallel ranks");
+  o.add<double>("parallel", "bucket-mb", 16.0, "16", "data-parallel gradient all-reduce bucket size (MiB)");
+  o.add<double>("system", "peak-gflops", 0.0, "0",
+                "peak FLOP/s (in GFLOP/s) for MFU; 0 = measure cblas_sgemm at start-up");
+  o.add<int>("system", "threads", 0, "OpenMP/OpenBLAS threads (0 = all cores)");
+  o.add_switch("system", "quiet", "no per-step lines (metrics.jsonl is still written)");
+  o.allow_config();
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  const int threads = vm["threads"].as<int>();
+  CHORUS_CHECK(threads >= 0, "threads: must be >= 0, got %d", threads);
+  if (threads > 0) omp_set_num_threads(threads);
+
+  train::PretrainOptions p;
+  p.model.n_layer = vm["n-layer"].as<int>();
+  p.model.n_embd = vm["n-embd"].as<int>();
+  p.model.n_head = vm["n-head"].as<int>();
+  p.model.vocab_size = vm["vocab-size"].as<int>();
+  p.model.context = vm["context"].as<int>();
+  p.tokenizer_path = vm["tokenizer"].as<std::string>();
+  p.data_dir = vm["data"].as<std::string>();
+  p.seq_len = vm["seq-len"].as<int>();
+  p.steps = vm["steps"].as<int64_t>();
+  p.batch = vm["batch"].as<int>();
+  p.grad_accum = vm["grad-accum"].as<int>();
+  p.seed = vm["seed"].as<uint64_t>();
+  p.run_dir = vm["run-dir"].as<std::string>();
+  p.eval_every = vm["eval-every"].as<int64_t>();
+  p.eval_batches = vm["eval-batches"].as<int>();
+  p.log_every = vm["log-every"].as<int>();
+  p.sample_tokens = vm["sample-tokens"].as<int>();
+  p.lr = vm["lr"].as<float>();
+  p.min_lr = vm["min-lr"].as<float>();
+  p.warmup = vm["warmup"].as<int64_t>();
+  p.adamw.weight_decay = vm["weight-decay"].as<float>();
+  p.adamw.beta1 = vm["beta1"].as<float>();
+  p.adamw.beta2 = vm["beta2"].as<float>();
+  p.adamw.eps = vm["eps"].as<float>();
+  p.grad_clip = vm["grad-clip"].as<float>();
+  p.peak_gflops = vm["peak-gflops"].as<double>();
+  p.quiet = vm["quiet"].as<bool>();
+  CHORUS_CHECK(p.sample_tokens >= 0, "sample-tokens: must be >= 0, got %d", p.sample_tokens);
+  p.zero_stage = vm["zero"].as<int>();
+  CHORUS_CHECK(p.zero_stage == 0 || p.zero_stage == 1, "zero: must be 0 or 1, got %d", p.zero_stage);
+  p.bucket_mb = vm["bucket-mb"].as<double>();
+  CHORUS_CHECK(p.bucket_mb > 0, "bucket-mb: must be > 0, got %g", p.bucket_mb);
+  if (const char* f = std::getenv("CHORUS_FAIL_AT")) {
+    CHORUS_CHECK(std::sscanf(f, "%d:%ld", &p.fail_rank, &p.fail_step) == 2,
+                 "CHORUS_FAIL_AT: expected RANK:STEP, got '%s'", f);
+  }
+  dist::ParallelGrid grid(rt, vm["tp"].as<int>());
+  p.grid = &grid;
+
+  auto r = train::pretrain(p);
+  log_info("done: %lld steps, train loss %.4f -> %.4f, val loss %.4f, val bpb %.4f, median %.0f tok/s, MFU "
+           "%.1f%%",
+           static_cast<long long>(r.steps_done), r.first_loss, r.last_loss, r.val_loss, r.val_bpb, r.tokens_per_s,
+           100.0 * r.mfu);
+  if (!r.sample.empty()) log_info("sample:\n%s\n", r.sample.c_str());
+  return 0;
+}
+
+int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
+  require_single_process(rt, "generate");
+  OptionSet o("generate",
+              "Samples text from trained weights with a KV cache (temperature / top-k; temperature 0 = greedy).");
+  o.add<std::string>("model", "run-dir", "", "a pretrain run directory (uses its model.h5 and tokenizer)");
+  o.add<std::string>("model", "weights", "", "weights file (default: <run-dir>/model.h5)");
+  o.add<std::string>("model", "tokenizer", "", "tokenizer JSON (default: the one recorded in <run-dir>/config.json)");
+  o.add<std::string>("sampling", "prompt", "", "text to continue (empty: start from <|endoftext|>)");
+  o.add<int>("sampling", "max-new-tokens", 200, "tokens to generate at most");
+  o.add<float>("sampling", "temperature", 0.8f, "0.8", "softmax temperature (0 = greedy)");
+  o.add<int>("sampling", "top-k", 40, "sample among the k most likely tokens (0 = all)");
+  o.add<uint64_t>("sampling", "seed", 1, "sampling seed");
+  o.add<int>("system", "threads", 0, "OpenMP threads (0 = all cores)");
+  o.allow_config();
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  if (vm["threads"].as<int>() > 0) omp_set_num_threads(vm["threads"].as<int>());
+  std::string run_dir = vm["run-dir"].as<std::string>();
+  std::string weights = vm["weights"].as<std::string>();
+  std::string tok_path = vm["tokenizer"].as<std::string>();
+  if (weights.empty()) {
+    CHORUS_CHECK(!run_dir.empty(), "weights: give --weights FILE or --run-dir DIR");
+    weights = (fs::path(run_dir) / "model.h5").string();
+  }
+  if (tok_path.empty()) {
+    CHORUS_CHECK(!run_dir.empty(), "tokenizer: give --tokenizer FILE or --run-dir DIR");
+    const auto cfg_path = fs::path(run_dir) / "config.json";
+    std::ifstream in(cfg_path);
+    CHORUS_CHECK(in.good(), "tokenizer: cannot read '%s' to find it (give --tokenizer)", cfg_path.c_str());
+    nlohmann::json cfg;
+    try {
+      in >> cfg;
+      tok_path = cfg.at("tokenizer").get<std::string>();
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(strfmt("'%s': field 'tokenizer': %s", cfg_path.c_str(), e.what()));
+    }
+  }
+  auto tok = data::Tokenizer::load(tok_path);
+  auto header = checkpoint::read_weights_header(weights);
+  models::Gpt model(header.config, 1, header.config.context, nullptr);
+  checkpoint::load_weights(weights, model, tok.hash());
+
+  train::GenerateOptions g;
+  g.max_new_tokens = vm["max-new-tokens"].as<int>();
+  g.temperature = vm["temperature"].as<float>();
+  g.top_k = vm["top-k"].as<int>();
+  g.seed = vm["seed"].as<uint64_t>();
+  CHORUS_CHECK(g.max_new_tokens >= 0, "max-new-tokens: must be >= 0");
+  CHORUS_CHECK(g.temperature >= 0, "temperature: must be >= 0");
+  const std::string prompt = vm["prompt"].as<std::string>();
+  std::vector<uint32_t> ids = prompt.empty() ? std::vector<uint32_t>{tok.eot()} : tok.encode(prompt);
+  std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+  train::generate(model, ids, g, tok.eot(), [&](uint32_t id) {
+    const std::string& b = tok.token_bytes(id);
+    std::fwrite(b.data(), 1, b.size(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputc('\n', stdout);
+  return 0;
+}
+
+}  // namespace chorus::apps

@@ -1,0 +1,18 @@
+// The chorus subcommands. Each parses its own options (argv[0] is the
+// subcommand name) and returns the process exit code; errors are thrown as
+// chorus::Error and reported by main.
+#pragma once
+
+#include "dist/runtime.h"
+
+namespace chorus::apps {
+
+int cmd_train_tokenizer(int argc, char** argv, dist::Runtime& rt);
+int cmd_prepare_text(int argc, char** argv, dist::Runtime& rt);
+int cmd_pretrain(int argc, char** argv, dist::Runtime& rt);
+int cmd_generate(int argc, char** argv, dist::Runtime& rt);
+
+// Refuses to run a single-process tool on more than one rank.
+void require_single_process(dist::Runtime& rt, const char* command);
+
+}  // namespace chorus::apps

@@ -1,0 +1,81 @@
+// chorus: one executable, one subcommand per job (DESIGN.md "Jobs a user runs").
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+
+#include "apps/commands.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "dist/runtime.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**, chorus::dist::Runtime&);
+  const char* summary;
+};
+
+const Command kCommands[] = {
+    {"train-tokenizer", chorus::apps::cmd_train_tokenizer, "train a byte-level BPE tokenizer on text files"},
+    {"prepare-text", chorus::apps::cmd_prepare_text, "tokenize text files into HDF5 train/val shards"},
+    {"pretrain", chorus::apps::cmd_pretrain, "pretrain a GPT on prepared shards"},
+    {"generate", chorus::apps::cmd_generate, "sample text from trained GPT weights"},
+};
+
+void usage(std::FILE* out) {
+  std::fprintf(out,
+               "usage: chorus <command> [options]   (chorus <command> --help for its options)\n\n"
+               "Chorus pretrains a GPT on text and fine-tunes it into a multilingual speech recogniser.\n\n"
+               "commands:\n");
+  for (const auto& c : kCommands) std::fprintf(out, "  %-17s %s\n", c.name, c.summary);
+  std::fprintf(out,
+               "\nexample:\n"
+               "  chorus train-tokenizer --input datasets/text --vocab 8192 --out runs/tok.json\n"
+               "  chorus prepare-text --tokenizer runs/tok.json --input datasets/text --out runs/shards\n"
+               "  chorus pretrain --config configs/gpt-mini.ini --tokenizer runs/tok.json --data runs/shards\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    usage(stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    std::unique_ptr<chorus::dist::Runtime> rt;
+    try {
+      rt = std::make_unique<chorus::dist::Runtime>();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "chorus %s: error: %s\n", c.name, e.what());
+      return 1;
+    }
+    const int rank = rt->world().rank(), world = rt->world().size();
+    chorus::set_log_rank(rank, world);
+    std::string failure;
+    try {
+      return c.run(argc - 1, argv + 1, *rt);
+    } catch (const chorus::Error& e) {
+      failure = std::string("error: ") + e.what();
+    } catch (const std::exception& e) {
+      failure = std::string("unexpected error: ") + e.what();
+    }
+    if (world > 1) {
+      // One failing rank ends the whole job now: the others may be blocked in a
+      // collective that will never complete.
+      std::fprintf(stderr, "chorus %s: [rank %d of %d] %s\nchorus %s: aborting all %d ranks\n", c.name, rank, world,
+                   failure.c_str(), c.name, world);
+      std::fflush(stderr);
+      rt->abort(1);
+    }
+    std::fprintf(stderr, "chorus %s: %s\n", c.name, failure.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "chorus: unknown command '%s'\n\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,122 @@
+#include "apps/options.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace chorus::apps {
+
+namespace fs = std::filesystem;
+
+OptionSet::OptionSet(std::string command, std::string summary)
+    : command_(std::move(command)), summary_(std::move(summary)) {}
+
+po::options_description& OptionSet::group(const std::string& section) {
+  auto it = groups_.find(section);
+  if (it == groups_.end()) {
+    order_.push_back(section);
+    it = groups_.emplace(section, po::options_description("[" + section + "]", 100, 50)).first;
+  }
+  return it->second;
+}
+
+void OptionSet::add_list(const std::string& section, const std::string& name, const std::string& help) {
+  group(section).add_options()(name.c_str(), po::value<std::vector<std::string>>()->composing(), help.c_str());
+  file_.add_options()((section + "." + name).c_str(), po::value<std::vector<std::string>>()->composing(),
+                      help.c_str());
+}
+
+void OptionSet::add_switch(const std::string& section, const std::string& name, const std::string& help) {
+  group(section).add_options()(name.c_str(), po::bool_switch(), help.c_str());
+  file_.add_options()((section + "." + name).c_str(), po::value<bool>(), help.c_str());
+}
+
+void OptionSet::positional(const std::string& name, int max_count) { positional_.add(name.c_str(), max_count); }
+
+std::string OptionSet::help() const {
+  std::ostringstream os;
+  os << "usage: chorus " << command_ << " [options]\n\n" << summary_ << "\n\n";
+  po::options_description general("general", 100, 50);
+  general.add_options()("help,h", "show this help and exit");
+  if (allow_config_)
+    general.add_options()("config", po::value<std::string>(),
+                          "a .ini file with [section] key = value lines for any option below; flags given on the "
+                          "command line override it");
+  os << general << "\n";
+  for (const auto& s : order_) os << groups_.at(s) << "\n";
+  return os.str();
+}
+
+bool OptionSet::parse(int argc, char** argv, po::variables_map& vm) {
+  po::options_description cli("options");
+  cli.add_options()("help,h", "help");
+  if (allow_config_) cli.add_options()("config", po::value<std::string>(), "config file");
+  for (const auto& s : order_) cli.add(groups_.at(s));
+  try {
+    auto parsed = po::command_line_parser(argc, argv).options(cli).positional(positional_).run();
+    po::store(parsed, vm);
+  } catch (const po::error& e) {
+    throw Error(strfmt("chorus %s: %s (see chorus %s --help)", command_.c_str(), e.what(), command_.c_str()));
+  }
+  if (vm.count("help")) {
+    std::cout << help();
+    return false;
+  }
+  if (allow_config_ && vm.count("config")) {
+    const std::string path = vm["config"].as<std::string>();
+    std::ifstream in(path);
+    CHORUS_CHECK(in.good(), "config: cannot read '%s'", path.c_str());
+    po::parsed_options from_file(&cli);
+    try {
+      from_file = po::parse_config_file(in, file_, /*allow_unregistered=*/false);
+    } catch (const po::error& e) {
+      throw Error(strfmt("config '%s': %s (keys must sit under their section; see chorus %s --help)",
+                         path.c_str(), e.what(), command_.c_str()));
+    }
+    // Map "section.key" to the flat flag name and store under the CLI description:
+    // values given as flags were stored first, so they win.
+    po::parsed_options renamed(&cli);
+    for (auto opt : from_file.options) {
+      auto dot = opt.string_key.find('.');
+      opt.string_key = opt.string_key.substr(dot + 1);
+      // bool switches come from files as text; po::bool_switch accepts "true"/"false"/"1"/"0".
+      renamed.options.push_back(opt);
+    }
+    try {
+      po::store(renamed, vm);
+    } catch (const po::error& e) {
+      throw Error(strfmt("config '%s': %s", path.c_str(), e.what()));
+    }
+  }
+  try {
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw Error(strfmt("chorus %s: %s", command_.c_str(), e.what()));
+  }
+  return true;
+}
+
+std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs, const std::string& flag) {
+  std::vector<std::string> out;
+  for (const auto& in : inputs) {
+    CHORUS_CHECK(fs::exists(in), "%s: '%s' does not exist", flag.c_str(), in.c_str());
+    if (fs::is_directory(in)) {
+      std::vector<std::string> files;
+      for (const auto& e : fs::directory_iterator(in))
+        if (e.is_regular_file() && e.path().extension() == ".txt") files.push_back(e.path().string());
+      std::sort(files.begin(), files.end());
+      CHORUS_CHECK(!files.empty(), "%s: directory '%s' holds no .txt files", flag.c_str(), in.c_str());
+      out.insert(out.end(), files.begin(), files.end());
+    } else {
+      out.push_back(in);
+    }
+  }
+  CHORUS_CHECK(!out.empty(), "%s: no input files given", flag.c_str());
+  return out;
+}
+
+}  // namespace chorus::apps

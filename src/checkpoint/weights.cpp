@@ -1,0 +1,182 @@
+#include "checkpoint/weights.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/hdf5.h"
+
+namespace chorus::checkpoint {
+
+
+namespace {
+
+constexpr const char* kFormat = "chorus-weights";
+constexpr int64_t kVersion = 1;
+
+void fsync_path(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  CHORUS_CHECK(fd >= 0, "weights: cannot open '%s' to fsync", path.c_str());
+  int rc = ::fsync(fd);
+  ::close(fd);
+  CHORUS_CHECK(rc == 0, "weights: fsync of '%s' failed", path.c_str());
+}
+
+}  // namespace
+
+nn::ShardSpec shard_spec(const models::ParamSpec& p) {
+  nn::ShardSpec s;
+  s.global_shape = p.global_shape.empty() ? p.shape : p.global_shape;
+  s.axis = p.tp_axis;
+  s.parts = p.tp_parts;
+  return s;
+}
+
+static size_t numel_of(const std::vector<int64_t>& shape) {
+  size_t n = 1;
+  for (auto d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+void save_weights(const std::string& path, models::Gpt& model, const std::string& tokenizer_hash,
+                  dist::ParallelGrid& grid) {
+  if (grid.dp_rank() != 0) return;
+  // Gather every TP-sharded tensor into its global layout (TP ranks of DP group 0).
+  const int tp = grid.tp_size();
+  std::vector<std::vector<float>> global(model.param_table().size());
+  {
+    const float* params = model.params().data();
+    size_t i = 0;
+    for (const auto& p : model.param_table()) {
+      const nn::ShardSpec spec = shard_spec(p);
+      if (p.tp_axis < 0 || tp == 1) {
+        ++i;
+        continue;
+      }
+      std::vector<float> all(p.numel * static_cast<size_t>(tp));
+      grid.tp().all_gather(params + p.offset, all.data(), all.size(), dist::DType::f32);
+      global[i].assign(numel_of(spec.global_shape), 0.0f);
+      for (int r = 0; r < tp; ++r) nn::place_shard(spec, r, tp, all.data() + r * p.numel, global[i].data());
+      ++i;
+    }
+  }
+  if (grid.world_rank() != 0) return;
+  h5::quiet_errors();
+  const std::string tmp = path + ".tmp";
+  {
+    h5::File f = h5::File::create(tmp);
+    const auto& c = model.config();
+    h5::write_attr_string(f, "format", kFormat);
+    h5::write_attr_int(f, "version", kVersion);
+    h5::write_attr_int(f, "n_layer", c.n_layer);
+    h5::write_attr_int(f, "n_embd", c.n_embd);
+    h5::write_attr_int(f, "n_head", c.n_head);
+    h5::write_attr_int(f, "vocab_size", c.vocab_size);
+    h5::write_attr_int(f, "context", c.context);
+    h5::write_attr_string(f, "tokenizer_hash", tokenizer_hash);
+    h5::Id<H5Gclose> group(H5Gcreate2(f.get(), "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    CHORUS_CHECK(group.valid(), "weights: cannot create group 'params' in '%s'", tmp.c_str());
+    const float* params = model.params().data();
+    size_t index = 0;
+    for (const auto& p : model.param_table()) {
+      const nn::ShardSpec spec = shard_spec(p);
+      const float* data = global[index].empty() ? params + p.offset : global[index].data();
+      ++index;
+      std::vector<hsize_t> dims(spec.global_shape.begin(), spec.global_shape.end());
+      h5::SpaceId space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
+      h5::DatasetId ds(H5Dcreate2(group.get(), p.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+                                  H5P_DEFAULT, H5P_DEFAULT));
+      CHORUS_CHECK(ds.valid(), "weights: cannot create dataset 'params/%s' in '%s'", p.name.c_str(), tmp.c_str());
+      CHORUS_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
+                   "weights: writing 'params/%s' to '%s' failed: %s", p.name.c_str(), tmp.c_str(),
+                   h5::last_error().c_str());
+    }
+    f.flush();
+    f.close();
+  }
+  fsync_path(tmp);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  CHORUS_CHECK(!ec, "weights: cannot rename '%s' to '%s': %s", tmp.c_str(), path.c_str(), ec.message().c_str());
+  auto dir = std::filesystem::path(path).parent_path();
+  fsync_path(dir.empty() ? "." : dir.string());
+}
+
+static WeightsHeader read_header(const h5::File& f) {
+  const std::string format = h5::read_attr_string(f, "format");
+  CHORUS_CHECK(format == kFormat, "weights '%s': attribute 'format' is '%s', expected '%s'", f.path().c_str(),
+               format.c_str(), kFormat);
+  const int64_t version = h5::read_attr_int(f, "version");
+  CHORUS_CHECK(version == kVersion,
+               "weights '%s': attribute 'version' is %lld, this build reads version %lld (HINT: a newer chorus "
+               "wrote it)",
+               f.path().c_str(), static_cast<long long>(version), static_cast<long long>(kVersion));
+  WeightsHeader h;
+  h.config.n_layer = static_cast<int>(h5::read_attr_int(f, "n_layer"));
+  h.config.n_embd = static_cast<int>(h5::read_attr_int(f, "n_embd"));
+  h.config.n_head = static_cast<int>(h5::read_attr_int(f, "n_head"));
+  h.config.vocab_size = static_cast<int>(h5::read_attr_int(f, "vocab_size"));
+  h.config.context = static_cast<int>(h5::read_attr_int(f, "context"));
+  h.tokenizer_hash = h5::read_attr_string(f, "tokenizer_hash");
+  try {
+    h.config.validate();
+  } catch (const Error& e) {
+    throw Error(strfmt("weights '%s': model config: %s", f.path().c_str(), e.what()));
+  }
+  return h;
+}
+
+WeightsHeader read_weights_header(const std::string& path) {
+  h5::quiet_errors();
+  h5::File f = h5::File::open_read(path);
+  return read_header(f);
+}
+
+void load_weights(const std::string& path, models::Gpt& model, const std::string& expected_hash, int tp_rank,
+                  int tp) {
+  h5::quiet_errors();
+  h5::File f = h5::File::open_read(path);
+  WeightsHeader h = read_header(f);
+  const auto& c = model.config();
+  CHORUS_CHECK(h.config.n_layer == c.n_layer && h.config.n_embd == c.n_embd && h.config.n_head == c.n_head &&
+                   h.config.vocab_size == c.vocab_size && h.config.context == c.context,
+               "weights '%s': model config L%d d%d h%d vocab %d context %d differs from the model's L%d d%d h%d "
+               "vocab %d context %d",
+               path.c_str(), h.config.n_layer, h.config.n_embd, h.config.n_head, h.config.vocab_size,
+               h.config.context, c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.context);
+  CHORUS_CHECK(expected_hash.empty() || h.tokenizer_hash == expected_hash,
+               "weights '%s': attribute 'tokenizer_hash' is %s but the tokenizer in use has %s", path.c_str(),
+               h.tokenizer_hash.c_str(), expected_hash.c_str());
+  float* params = model.params().data();
+  std::vector<float> global;
+  for (const auto& p : model.param_table()) {
+    const nn::ShardSpec spec = shard_spec(p);
+    const std::string name = "params/" + p.name;
+    CHORUS_CHECK(H5Lexists(f.get(), "params", H5P_DEFAULT) > 0 && H5Lexists(f.get(), name.c_str(), H5P_DEFAULT) > 0,
+                 "weights '%s': tensor '%s' is missing", path.c_str(), name.c_str());
+    h5::DatasetId ds(H5Dopen2(f.get(), name.c_str(), H5P_DEFAULT));
+    CHORUS_CHECK(ds.valid(), "weights '%s': cannot open tensor '%s': %s", path.c_str(), name.c_str(),
+                 h5::last_error().c_str());
+    h5::SpaceId space(H5Dget_space(ds.get()));
+    const int rank = H5Sget_simple_extent_ndims(space.get());
+    std::vector<hsize_t> dims(rank > 0 ? static_cast<size_t>(rank) : 0);
+    if (rank > 0) H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+    const auto& want = spec.global_shape;
+    bool same = rank == static_cast<int>(want.size());
+    for (size_t i = 0; same && i < dims.size(); ++i) same = dims[i] == static_cast<hsize_t>(want[i]);
+    CHORUS_CHECK(same, "weights '%s': tensor '%s' has the wrong shape (expected %zu elements in %zu dims)",
+                 path.c_str(), name.c_str(), numel_of(want), want.size());
+    const bool sharded = p.tp_axis >= 0 && tp > 1;
+    if (sharded) global.resize(numel_of(want));
+    CHORUS_CHECK(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                         sharded ? global.data() : params + p.offset) >= 0,
+                 "weights '%s': reading tensor '%s' failed: %s", path.c_str(), name.c_str(),
+                 h5::last_error().c_str());
+    if (sharded) nn::slice_shard(spec, tp_rank, tp, global.data(), params + p.offset);
+  }
+}
+
+}  // namespace chorus::checkpoint

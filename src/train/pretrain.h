@@ -1,0 +1,63 @@
+// The GPT pretraining loop: gradient accumulation, AdamW with warmup + cosine
+// LR, global-norm clipping, periodic validation (loss and bits per byte), one
+// log line per step and metrics.jsonl, final weights saved in the run directory.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "dist/grid.h"
+#include "models/gpt/gpt.h"
+#include "optim/adamw.h"
+
+namespace chorus::train {
+
+struct PretrainOptions {
+  models::GptConfig model;        // model.vocab_size 0 = take the tokenizer's
+  std::string tokenizer_path;     // tokenizer JSON (its hash must match the shards')
+  std::string data_dir;           // directory with train_*.h5 and val_*.h5 shards
+  std::string run_dir;            // metrics.jsonl, model.h5, config.json go here
+  int batch = 8;                  // sequences per micro-batch
+  int seq_len = 256;              // T (<= model.context)
+  int grad_accum = 1;             // micro-batches per optimizer step
+  int64_t steps = 1000;           // optimizer steps (the LR schedule's length)
+  uint64_t seed = 1337;           // init, data order and sampling
+  float lr = 6e-4f;
+  float min_lr = 6e-5f;
+  int64_t warmup = 100;
+  float grad_clip = 1.0f;         // <= 0: no clipping
+  optim::AdamWConfig adamw;
+  int64_t eval_every = 100;       // validate every N steps and at the end (0: only at the end)
+  int eval_batches = 8;           // validation micro-batches each time
+  int log_every = 1;              // print a step line every N steps
+  double peak_gflops = 0.0;       // MFU denominator; 0 = measure sgemm at start
+  int sample_tokens = 0;          // > 0: generate a sample of this many tokens at the end
+  float sample_temperature = 0.8f;
+  int sample_top_k = 40;
+  bool quiet = false;             // no step lines (tests)
+  // Parallel layout: the grid's DP x TP ranks (nullptr = one process). batch
+  // is per DP rank, so the global batch is batch x grad_accum x dp.
+  dist::ParallelGrid* grid = nullptr;
+  int zero_stage = 0;             // 1: shard optimizer state over DP (ZeRO-1)
+  double bucket_mb = 16.0;        // DP all-reduce bucket size
+  // Fault injection for tests: throw on world rank fail_rank at step fail_step
+  // (from the CHORUS_FAIL_AT="rank:step" environment variable; -1 = never).
+  int fail_rank = -1;
+  int64_t fail_step = -1;
+};
+
+struct PretrainResult {
+  int64_t steps_done = 0;
+  float first_loss = 0.0f;        // training loss of step 0
+  float last_loss = 0.0f;         // training loss of the last step
+  float val_loss = 0.0f;          // final validation loss (nats/token)
+  float val_bpb = 0.0f;           // final validation bits per byte
+  double tokens_per_s = 0.0;      // median over the timed steps (after the first)
+  double mfu = 0.0;               // median MFU
+  std::string weights_path;       // <run_dir>/model.h5
+  std::string sample;             // generated text when sample_tokens > 0
+};
+
+PretrainResult pretrain(const PretrainOptions& opt);
+
+}  // namespace chorus::train
