@@ -59,21 +59,19 @@ void ProgressBar::draw(bool final) {
     line.append(static_cast<size_t>(width - filled), '.');
     line += "] ";
     char pct[16];
-    std::snprintf(pct, sizeof pct, "%3.0f%% ", 100.0 * frac);
+    std::snprintf(pct, sizeof pct, "%3d%% ", static_cast<int>(100.0 * frac));
     line += pct;
     line += human(static_cast<double>(done_));
     line += '/';
     line += human(static_cast<double>(total_));
-    if (!final && rate > 0 && done_ < total_) {
-      char eta[32];
-      std::snprintf(eta, sizeof eta, " eta %.0fs", static_cast<double>(total_ - done_) / rate);
-      line += eta;
-    }
   } else {
     line += human(static_cast<double>(done_));
   }
   char tail[64];
-  std::snprintf(tail, sizeof tail, "/s, %.1fs)", secs);
+  if (!final && total_ > 0 && rate > 0 && done_ < total_)
+    std::snprintf(tail, sizeof tail, "/s, %.1fs, eta %.0fs)", secs, static_cast<double>(total_ - done_) / rate);
+  else
+    std::snprintf(tail, sizeof tail, "/s, %.1fs)", secs);
   line += ' ';
   line += unit_;
   line += " (";

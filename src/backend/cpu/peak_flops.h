@@ -4,9 +4,10 @@
 
 namespace chorus::backend::cpu {
 
-// Times cblas_sgemm at a training-like shape (1024 x 1024 x 1024, a few
-// repeats after a warm-up) on the current OpenMP thread count; returns GFLOP/s.
-// Takes about a quarter of a second.
+// Times cblas_sgemm (2048 x 2048 x 2048, best of 5 after a warm-up) on the
+// current OpenMP thread count; returns GFLOP/s. Takes about half a second on
+// two cores. A busy machine lowers it (and so raises MFU): give --peak-gflops
+// for figures meant to be compared.
 double measure_sgemm_gflops();
 
 }  // namespace chorus::backend::cpu
