@@ -12,9 +12,12 @@
 #include <vector>
 
 #include "../nn/grad_check.h"
+#include "../nn/thread_group.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/strfmt.h"
+#include "dist/communicator.h"
+#include "nn/tp_shard.h"
 
 // Counting global operator new: a training step must not allocate.
 namespace {
@@ -502,6 +505,66 @@ TEST(GptReference, MatchesPyTorchLossLogitsAndGradients) {
     RecordProperty(s.name + "_rel_err", strfmt("%.2e", diff / max_ref));
     for (size_t j = t.grad.size(); j < s.numel; ++j) ASSERT_EQ(grads[s.offset + j], 0.0f) << "padded wte row";
   }
+}
+
+// Tensor parallelism without MPI: a TP group of threads (tests/nn/thread_group.h)
+// holding shards of the formula weights gives one rank's loss and gradients.
+// tests/dist/gpt_tp_test.cpp checks the same under mpirun, with init_weights.
+TEST(Gpt, TensorParallelShardsOnThreadsMatchOneRank) {
+  const GptConfig c = tiny_config();  // 2 heads, vocab 37 padded to 64
+  const int B = 2, T = 6, tp = 2;
+  Gpt ref(c, B, T);
+  set_formula_weights(ref);
+  auto tok = random_tokens(B * T, c.vocab_size, 8), tgt = random_tokens(B * T, c.vocab_size, 9);
+  tgt[0] = c.vocab_size - 1;  // owned by the last rank, next to the padding
+  ref.zero_grad();
+  const float want = ref.forward(tok.data(), tgt.data(), B, T);
+  ref.backward(0.5f);
+  const auto& ref_table = ref.param_table();
+  std::vector<float> global_grads(ref.n_params(), 0.0f);
+  std::vector<float> losses(tp);
+  chorus::testing::ThreadGroup(tp).run([&](dist::Communicator& comm) {
+    Gpt m(c, B, T, &comm);
+    const auto& table = m.param_table();
+    for (size_t i = 0; i < table.size(); ++i)
+      nn::slice_shard({table[i].global_shape, table[i].tp_axis, table[i].tp_parts}, comm.rank(), tp,
+                      ref.params().data() + ref_table[i].offset, m.params().data() + table[i].offset);
+    m.zero_grad();
+    losses[comm.rank()] = m.forward(tok.data(), tgt.data(), B, T);
+    m.backward(0.5f);
+    comm.barrier();
+    for (size_t i = 0; i < table.size(); ++i)  // disjoint shards; replicated tensors from rank 0
+      if (table[i].tp_axis >= 0 || comm.rank() == 0)
+        nn::place_shard({table[i].global_shape, table[i].tp_axis, table[i].tp_parts}, comm.rank(), tp,
+                        m.grads().data() + table[i].offset, global_grads.data() + ref_table[i].offset);
+    comm.barrier();
+  });
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_NEAR(losses[0], want, 1e-5 * std::abs(want));
+  for (const ParamSpec& p : ref_table) {
+    const float* g = ref.grads().data() + p.offset;
+    float scale = 0.0f, worst = 0.0f;
+    for (size_t j = 0; j < p.numel; ++j) {
+      scale = std::max(scale, std::abs(g[j]));
+      worst = std::max(worst, std::abs(g[j] - global_grads[p.offset + j]));
+    }
+    EXPECT_LE(worst, 1e-5f * scale + 1e-9f) << p.name;
+  }
+}
+
+TEST(Gpt, TensorParallelRefusesGenerationAndBadDegrees) {
+  GptConfig c = tiny_config();
+  chorus::testing::ThreadGroup(2).run([&](dist::Communicator& comm) {
+    Gpt m(c, 1, 4, &comm);
+    EXPECT_EQ(m.local_vocab(), c.padded_vocab() / 2);
+    EXPECT_EQ(m.vocab_begin(), comm.rank() * c.padded_vocab() / 2);
+    expect_error_mentions([&] { m.reset_cache(1); }, "generate runs on one rank");
+    int32_t tok = 0;
+    expect_error_mentions([&] { m.decode_step(&tok, 0); }, "generate runs on one rank");
+  });
+  chorus::testing::ThreadGroup(4).run([&](dist::Communicator& comm) {
+    expect_error_mentions([&] { Gpt m(c, 1, 4, &comm); }, "n_head");  // 2 heads over 4 ranks
+  });
 }
 
 }  // namespace

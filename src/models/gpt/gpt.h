@@ -8,7 +8,15 @@
 // (max_batch, max_seq) at construction. A training step allocates nothing.
 // The parameter table names every tensor (GPT-2 dotted names) with its shape,
 // offset and whether weight decay applies, so the optimizer, checkpoints and
-// later ZeRO / TP slicing are flat ranges over the same buffer.
+// ZeRO / TP slicing are flat ranges over the same buffer.
+//
+// Tensor parallelism (Megatron layout, docs/PARALLELISM.md): with a TP group
+// of T > 1 ranks each rank holds only its shard of the split tensors (the
+// ParamSpec::tp_axis column below): the vocab-parallel token embedding / LM
+// head, the column-parallel QKV and MLP-up, the row-parallel attention and
+// MLP output projections (heads split across ranks). LayerNorms, wpe and the
+// row-parallel biases are replicated. params()/grads() then hold the local
+// shards only, in the same table order, one contiguous range per layer.
 #pragma once
 
 #include <cstdint>
@@ -30,21 +38,28 @@ struct GptConfig {
   int vocab_size = 512;
   int context = 64;    // rows of the position embedding (max sequence length)
   // Vocabulary rows actually allocated: vocab_size rounded up to a multiple of
-  // 64 (GEMM-friendly, and divisible by TP later). Padded logits are masked out
-  // of the softmax and never sampled.
+  // 64 (GEMM-friendly, and divisible by the usual TP degrees). Padded logits
+  // are masked out of the softmax and never sampled.
   int padded_vocab() const { return (vocab_size + 63) / 64 * 64; }
   void validate() const;  // throws chorus::Error naming the bad field
 };
 
 struct ParamSpec {
   std::string name;             // GPT-2 dotted name, e.g. "h.3.attn.c_attn.weight"
-  std::vector<int64_t> shape;   // row-major; Linear weights are (out, in)
-  size_t offset = 0;            // into params()/grads(), in floats
-  size_t numel = 0;
+  std::vector<int64_t> shape;   // this rank's (local) shape, row-major; Linear weights are (out, in)
+  size_t offset = 0;            // into params()/grads(), in floats (local)
+  size_t numel = 0;             // local
   bool decay = false;           // AdamW weight decay (matrices and embeddings only)
   // Tensor-parallel layout (nn/tp_shard.h): global shape, sharded axis
-  // (-1 = replicated on every TP rank) and parts (3 for the fused QKV).
-  // `shape` above is this rank's local shape.
+  // (-1 = replicated on every TP rank) and parts (3 for the fused QKV):
+  //   wte (Vp, C)            axis 0       vocab-parallel rows
+  //   c_attn w (3C, C), b    axis 0, x3   column-parallel: TP rank r holds heads
+  //                                       [r*NH/T, (r+1)*NH/T) of q, k and v
+  //   attn.c_proj w (C, C)   axis 1       row-parallel (its bias replicated)
+  //   c_fc w (4C, C), b      axis 0       column-parallel
+  //   mlp.c_proj w (C, 4C)   axis 1       row-parallel (its bias replicated)
+  //   wpe, ln_*              replicated
+  // With TP = 1, shape == global_shape.
   std::vector<int64_t> global_shape;
   int tp_axis = -1;
   int tp_parts = 1;
@@ -56,9 +71,18 @@ class Gpt {
   // max_batch x max_seq (max_seq <= cfg.context). Parameters start at zero;
   // call init_weights.
   Gpt(const GptConfig& cfg, int max_batch, int max_seq);
-  // The same as one rank of a tensor-parallel group tp (Megatron layout, see
-  // ParamSpec::tp_axis). tp == nullptr or a group of one: TP = 1, identical to
-  // the constructor above. TP > 1 is not implemented yet and throws.
+  // One rank of a tensor-parallel group tp (Megatron layout, see
+  // ParamSpec::tp_axis); tp must outlive the model. tp == nullptr or a group of
+  // one: TP = 1, identical to the constructor above. With T = tp->size() > 1:
+  //   - T must divide n_head, 4 * n_embd and padded_vocab() (throws otherwise);
+  //   - params()/grads()/param_table() describe this rank's shards only;
+  //   - forward() and backward() are collective over tp: every rank of the
+  //     group calls them together, in the same order, with the same tokens,
+  //     targets, B, T and loss_scale; every rank gets the same loss, and the
+  //     gradients of replicated tensors are identical on every rank;
+  //   - logits() is this rank's vocabulary shard (no rank holds full logits);
+  //   - reset_cache()/decode_step() throw: generation runs on one rank.
+  // Scratch for the TP collectives is preallocated: a step still allocates nothing.
   Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp);
   ~Gpt();
   Gpt(const Gpt&) = delete;
@@ -67,16 +91,19 @@ class Gpt {
   const GptConfig& config() const { return cfg_; }
   // GPT-2 init: N(0, 0.02) for weights/embeddings, residual projections
   // (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2*n_layer)), biases 0, LN gain 1.
+  // The same global model for every TP degree: each rank draws the global
+  // tensors as one rank would and keeps its shard.
   void init_weights(uint64_t seed);
 
   std::span<float> params();
   std::span<float> grads();
   const std::vector<ParamSpec>& param_table() const;
-  size_t n_params() const;       // total floats in params() (incl. padded vocab rows)
+  size_t n_params() const;       // floats in params() on this rank (incl. padded vocab rows)
   // Parameters for FLOP accounting as in bench/peers/torch_gpt_bench.py:
-  // all parameters with the real (unpadded) vocab, minus the position embedding.
+  // all parameters of the whole (global) model with the real (unpadded) vocab,
+  // minus the position embedding. The same on every TP rank.
   size_t n_flop_params() const;
-  // Training FLOPs per token: 6*N + 12*L*d*T (nanoGPT / PaLM convention).
+  // Training FLOPs per token of the whole model: 6*N + 12*L*d*T (nanoGPT / PaLM convention).
   double flops_per_token(int T) const;
   size_t activation_bytes() const;
 
@@ -84,9 +111,15 @@ class Gpt {
   // Returns mean cross-entropy (nats) over B*T positions and keeps activations
   // for backward. targets == nullptr: computes logits only (returns 0).
   float forward(const int32_t* tokens, const int32_t* targets, int B, int T);
-  // Logits (B, T, padded_vocab) of the last forward (padded columns arbitrary).
+  // Logits of the last forward (padded columns arbitrary): (B, T, padded_vocab)
+  // with TP = 1; with TP > 1 this rank's shard (B, T, local_vocab()), the
+  // columns [vocab_begin(), vocab_begin() + local_vocab()) of the full logits.
   // Valid until backward(), which reuses this buffer for the logit gradient.
   const float* logits() const;
+  int vocab_begin() const;  // TP rank * padded_vocab / TP
+  int local_vocab() const;  // padded_vocab / TP
+  int tp_size() const;
+  int tp_rank() const;
   // Backward of the last forward with targets: accumulates
   // d(loss * loss_scale)/d(params) into grads(). Call zero_grad() before the
   // first micro-batch of an optimizer step; with N micro-batches pass
@@ -94,8 +127,9 @@ class Gpt {
   void backward(float loss_scale = 1.0f);
   void zero_grad();
 
-  // Incremental decoding with a KV cache (generate). reset_cache() starts B
-  // new sequences; decode_step feeds one token per sequence (tokens: (B,)) at
+  // Incremental decoding with a KV cache (generate), TP = 1 only (throws
+  // chorus::Error otherwise). reset_cache() starts B new sequences;
+  // decode_step feeds one token per sequence (tokens: (B,)) at
   // position pos (0-based, < context) and returns logits (B, padded_vocab).
   void reset_cache(int B);
   const float* decode_step(const int32_t* tokens, int pos);
