@@ -184,3 +184,21 @@ TEST_F(Parallel, RefusesTpThatDoesNotDivide) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("does not divide the world size"), std::string::npos) << r.out;
 }
+
+TEST_F(Parallel, Zero1ShardsOptimizerStateByDp) {
+  auto adam_mib = [](const std::string& out) {
+    auto at = out.find("Adam state ");
+    EXPECT_NE(at, std::string::npos) << out;
+    return at == std::string::npos ? -1.0 : std::stod(out.substr(at + 11));
+  };
+  const std::string common = std::string(CHORUS_BINARY) + " pretrain --config " + CHORUS_SOURCE_DIR +
+                             "/configs/gpt-tiny.ini --tokenizer " + (dir_ / "tok.json").string() + " --data " +
+                             (dir_ / "shards").string() + " --steps 1 --peak-gflops 100 --threads 1 --log-every 100";
+  auto one = sh(common + " --run-dir " + (dir_ / "mem1").string() + " --batch 8");
+  auto four = sh(mpirun(4) + common + " --run-dir " + (dir_ / "mem4").string() + " --batch 2 --zero 1");
+  ASSERT_EQ(one.code, 0) << one.out;
+  ASSERT_EQ(four.code, 0) << four.out;
+  const double full = adam_mib(one.out), slice = adam_mib(four.out);
+  EXPECT_NEAR(slice, full / 4, 0.05 * full) << four.out;
+  EXPECT_NE(four.out.find("ZeRO-1 slice"), std::string::npos);
+}
