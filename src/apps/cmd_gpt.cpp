@@ -27,7 +27,11 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
               "and writes <run-dir>/metrics.jsonl, <run-dir>/config.json and the final weights <run-dir>/model.h5.\n"
               "Global batch per optimizer step = batch x grad-accum x DP sequences of seq-len tokens.\n"
               "Distributed: mpirun -np N chorus pretrain ... --tp T runs DP = N / T data-parallel replicas of a\n"
-              "model split over T tensor-parallel ranks (TP groups are consecutive ranks).");
+              "model split over T tensor-parallel ranks (TP groups are consecutive ranks).\n"
+              "Checkpoints (docs/CHECKPOINTS.md): <save-dir>/step-NNNNNNNN/ every --save-every steps, at the end\n"
+              "and on a stop; --resume auto continues bit-exactly, also under another TP / DP / ZeRO layout.\n"
+              "SIGTERM or SIGUSR1 on any rank: every rank finishes the step, a checkpoint is written and the\n"
+              "job exits with code 75 (requeue and run again with --resume auto).");
   o.add<int>("model", "n-layer", 6, "transformer blocks (L)");
   o.add<int>("model", "n-embd", 384, "model width (d)");
   o.add<int>("model", "n-head", 6, "attention heads (must divide n-embd)");
@@ -41,6 +45,8 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   o.add<int>("train", "grad-accum", 1, "micro-batches accumulated per optimizer step");
   o.add<uint64_t>("train", "seed", 1337, "seed for initialisation, data order and sampling");
   o.add<std::string>("train", "run-dir", "checkpoints/run", "output directory of this run");
+  o.add<int64_t>("train", "stop-at", 0,
+                 "end after step K with a checkpoint, as a pre-emption would (0 = run to --steps); exit code 0");
   o.add<int64_t>("train", "eval-every", 100, "validate every N steps (and always after the last; 0 = only then)");
   o.add<int>("train", "eval-batches", 8, "validation micro-batches per evaluation");
   o.add<int>("train", "log-every", 1, "print a step line every N steps (metrics.jsonl gets every step)");
@@ -56,6 +62,13 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   o.add<int>("parallel", "tp", 1, "tensor-parallel degree (divides the ranks, heads, MLP width, padded vocab)");
   o.add<int>("parallel", "zero", 0, "1 = ZeRO-1: shard optimizer state over data-parallel ranks");
   o.add<double>("parallel", "bucket-mb", 16.0, "16", "data-parallel gradient all-reduce bucket size (MiB)");
+  o.add<std::string>("checkpoint", "save-dir", "", "where checkpoints and `latest` go (default: the run directory)");
+  o.add<int64_t>("checkpoint", "save-every", 0, "checkpoint every N steps (0 = only at the end and on a stop)");
+  o.add<int>("checkpoint", "keep-last", 0, "keep only the newest K checkpoints, deleting older ones after a newer one "
+                                           "is committed (0 = keep all)");
+  o.add<std::string>("checkpoint", "resume", "",
+                     "auto = continue from the newest valid checkpoint in save-dir (fresh start if none); or a "
+                     "checkpoint directory / save directory to continue from (refused if damaged)");
   o.add<double>("system", "peak-gflops", 0.0, "0",
                 "peak FLOP/s (in GFLOP/s) for MFU; 0 = measure cblas_sgemm at start-up");
   o.add<int>("system", "threads", 0, "OpenMP/OpenBLAS threads (0 = all cores)");
@@ -95,6 +108,11 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   p.grad_clip = vm["grad-clip"].as<float>();
   p.peak_gflops = vm["peak-gflops"].as<double>();
   p.quiet = vm["quiet"].as<bool>();
+  p.stop_at = vm["stop-at"].as<int64_t>();
+  p.save_dir = vm["save-dir"].as<std::string>();
+  p.save_every = vm["save-every"].as<int64_t>();
+  p.keep_last = vm["keep-last"].as<int>();
+  p.resume = vm["resume"].as<std::string>();
   CHORUS_CHECK(p.sample_tokens >= 0, "sample-tokens: must be >= 0, got %d", p.sample_tokens);
   p.zero_stage = vm["zero"].as<int>();
   CHORUS_CHECK(p.zero_stage == 0 || p.zero_stage == 1, "zero: must be 0 or 1, got %d", p.zero_stage);
@@ -108,6 +126,11 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   p.grid = &grid;
 
   auto r = train::pretrain(p);
+  if (r.stopped) return r.stop_signal != 0 ? train::kExitPreempted : 0;
+  if (r.steps_done == r.start_step) {
+    log_info("done: the run was already complete at step %lld", static_cast<long long>(r.steps_done));
+    return 0;
+  }
   log_info("done: %lld steps, train loss %.4f -> %.4f, val loss %.4f, val bpb %.4f, median %.0f tok/s, MFU "
            "%.1f%%",
            static_cast<long long>(r.steps_done), r.first_loss, r.last_loss, r.val_loss, r.val_bpb, r.tokens_per_s,

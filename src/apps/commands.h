@@ -11,6 +11,7 @@ int cmd_train_tokenizer(int argc, char** argv, dist::Runtime& rt);
 int cmd_prepare_text(int argc, char** argv, dist::Runtime& rt);
 int cmd_pretrain(int argc, char** argv, dist::Runtime& rt);
 int cmd_generate(int argc, char** argv, dist::Runtime& rt);
+int cmd_checkpoint(int argc, char** argv, dist::Runtime& rt);
 
 // Refuses to run a single-process tool on more than one rank.
 void require_single_process(dist::Runtime& rt, const char* command);

@@ -23,6 +23,7 @@ const Command kCommands[] = {
     {"prepare-text", chorus::apps::cmd_prepare_text, "tokenize text files into HDF5 train/val shards"},
     {"pretrain", chorus::apps::cmd_pretrain, "pretrain a GPT on prepared shards"},
     {"generate", chorus::apps::cmd_generate, "sample text from trained GPT weights"},
+    {"checkpoint", chorus::apps::cmd_checkpoint, "inspect, verify, hash, reshard or export a checkpoint"},
 };
 
 void usage(std::FILE* out) {

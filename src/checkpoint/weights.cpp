@@ -1,29 +1,18 @@
 #include "checkpoint/weights.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <filesystem>
 
+#include "checkpoint/durable.h"
 #include "core/error.h"
 #include "core/hdf5.h"
 
 namespace chorus::checkpoint {
 
-
 namespace {
 
 constexpr const char* kFormat = "chorus-weights";
 constexpr int64_t kVersion = 1;
-
-void fsync_path(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  CHORUS_CHECK(fd >= 0, "weights: cannot open '%s' to fsync", path.c_str());
-  int rc = ::fsync(fd);
-  ::close(fd);
-  CHORUS_CHECK(rc == 0, "weights: fsync of '%s' failed", path.c_str());
-}
 
 }  // namespace
 
@@ -64,11 +53,23 @@ void save_weights(const std::string& path, models::Gpt& model, const std::string
     }
   }
   if (grid.world_rank() != 0) return;
+  std::vector<WeightsTensorView> views;
+  const float* params = model.params().data();
+  size_t index = 0;
+  for (const auto& p : model.param_table()) {
+    const nn::ShardSpec spec = shard_spec(p);
+    views.push_back({p.name, spec.global_shape, global[index].empty() ? params + p.offset : global[index].data()});
+    ++index;
+  }
+  write_weights_file(path, model.config(), tokenizer_hash, views);
+}
+
+void write_weights_file(const std::string& path, const models::GptConfig& c, const std::string& tokenizer_hash,
+                        const std::vector<WeightsTensorView>& tensors) {
   h5::quiet_errors();
   const std::string tmp = path + ".tmp";
   {
     h5::File f = h5::File::create(tmp);
-    const auto& c = model.config();
     h5::write_attr_string(f, "format", kFormat);
     h5::write_attr_int(f, "version", kVersion);
     h5::write_attr_int(f, "n_layer", c.n_layer);
@@ -79,19 +80,14 @@ void save_weights(const std::string& path, models::Gpt& model, const std::string
     h5::write_attr_string(f, "tokenizer_hash", tokenizer_hash);
     h5::Id<H5Gclose> group(H5Gcreate2(f.get(), "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     CHORUS_CHECK(group.valid(), "weights: cannot create group 'params' in '%s'", tmp.c_str());
-    const float* params = model.params().data();
-    size_t index = 0;
-    for (const auto& p : model.param_table()) {
-      const nn::ShardSpec spec = shard_spec(p);
-      const float* data = global[index].empty() ? params + p.offset : global[index].data();
-      ++index;
-      std::vector<hsize_t> dims(spec.global_shape.begin(), spec.global_shape.end());
+    for (const auto& t : tensors) {
+      std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
       h5::SpaceId space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
-      h5::DatasetId ds(H5Dcreate2(group.get(), p.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+      h5::DatasetId ds(H5Dcreate2(group.get(), t.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
                                   H5P_DEFAULT, H5P_DEFAULT));
-      CHORUS_CHECK(ds.valid(), "weights: cannot create dataset 'params/%s' in '%s'", p.name.c_str(), tmp.c_str());
-      CHORUS_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
-                   "weights: writing 'params/%s' to '%s' failed: %s", p.name.c_str(), tmp.c_str(),
+      CHORUS_CHECK(ds.valid(), "weights: cannot create dataset 'params/%s' in '%s'", t.name.c_str(), tmp.c_str());
+      CHORUS_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data) >= 0,
+                   "weights: writing 'params/%s' to '%s' failed: %s", t.name.c_str(), tmp.c_str(),
                    h5::last_error().c_str());
     }
     f.flush();
@@ -177,6 +173,43 @@ void load_weights(const std::string& path, models::Gpt& model, const std::string
                  h5::last_error().c_str());
     if (sharded) nn::slice_shard(spec, tp_rank, tp, global.data(), params + p.offset);
   }
+}
+
+std::vector<WeightsTensor> read_weights_tensors(const std::string& path, WeightsHeader* header) {
+  h5::quiet_errors();
+  h5::File f = h5::File::open_read(path);
+  WeightsHeader h = read_header(f);
+  if (header) *header = h;
+  CHORUS_CHECK(H5Lexists(f.get(), "params", H5P_DEFAULT) > 0, "weights '%s': group 'params' is missing", path.c_str());
+  h5::Id<H5Gclose> g(H5Gopen2(f.get(), "params", H5P_DEFAULT));
+  CHORUS_CHECK(g.valid(), "weights '%s': cannot open group 'params'", path.c_str());
+  std::vector<std::string> names;
+  auto cb = [](hid_t, const char* name, const H5L_info_t*, void* data) -> herr_t {
+    static_cast<std::vector<std::string>*>(data)->push_back(name);
+    return 0;
+  };
+  CHORUS_CHECK(H5Literate(g.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr, cb, &names) >= 0,
+               "weights '%s': cannot list group 'params'", path.c_str());
+  std::vector<WeightsTensor> out;
+  for (const auto& name : names) {
+    h5::DatasetId ds(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT));
+    CHORUS_CHECK(ds.valid(), "weights '%s': cannot open tensor 'params/%s'", path.c_str(), name.c_str());
+    h5::SpaceId space(H5Dget_space(ds.get()));
+    const int rank = H5Sget_simple_extent_ndims(space.get());
+    CHORUS_CHECK(rank >= 1 && rank <= 4, "weights '%s': tensor 'params/%s' has %d dimensions", path.c_str(),
+                 name.c_str(), rank);
+    std::vector<hsize_t> dims(static_cast<size_t>(rank));
+    H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+    WeightsTensor t;
+    t.name = name;
+    t.shape.assign(dims.begin(), dims.end());
+    t.data.resize(numel_of(t.shape));
+    CHORUS_CHECK(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) >= 0,
+                 "weights '%s': reading tensor 'params/%s' failed: %s", path.c_str(), name.c_str(),
+                 h5::last_error().c_str());
+    out.push_back(std::move(t));
+  }
+  return out;
 }
 
 }  // namespace chorus::checkpoint

@@ -3,10 +3,12 @@
 // root attributes format = "chorus-weights", version = 1, the model config
 // (n_layer, n_embd, n_head, vocab_size, context) and tokenizer_hash.
 // `generate` and later the speech fine-tune start from it. (Sharded,
-// resumable checkpoints with optimizer state are a separate format.)
+// resumable checkpoints with optimizer state are a separate format,
+// checkpoint/checkpoint.h; `chorus checkpoint export` turns one into this.)
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "dist/grid.h"
 #include "models/gpt/gpt.h"
@@ -24,6 +26,27 @@ struct WeightsHeader {
 // DP group 0 and world rank 0 writes the file.
 void save_weights(const std::string& path, models::Gpt& model, const std::string& tokenizer_hash,
                   dist::ParallelGrid& grid);
+// A global tensor to write: its name under /params, shape and data.
+struct WeightsTensorView {
+  std::string name;
+  std::vector<int64_t> shape;
+  const float* data = nullptr;
+};
+// Writes a weights file from global tensors, atomically (path + ".tmp",
+// fsync, rename, fsync of the directory). save_weights and checkpoint export
+// use it.
+void write_weights_file(const std::string& path, const models::GptConfig& config, const std::string& tokenizer_hash,
+                        const std::vector<WeightsTensorView>& tensors);
+
+// A tensor read back from a weights file.
+struct WeightsTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+// Reads the header and every tensor under /params (in name order).
+std::vector<WeightsTensor> read_weights_tensors(const std::string& path, WeightsHeader* header = nullptr);
+
 // Reads only the attributes; throws chorus::Error naming the file and field.
 WeightsHeader read_weights_header(const std::string& path);
 // Loads every parameter by name into a model built with the same config,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -12,9 +13,11 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/cpu/peak_flops.h"
+#include "checkpoint/checkpoint.h"
 #include "checkpoint/weights.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/rng.h"
 #include "core/timer.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
@@ -46,6 +49,95 @@ void validate_options(const PretrainOptions& o) {
   CHORUS_CHECK(o.eval_batches >= 1, "eval-batches: must be >= 1, got %d", o.eval_batches);
   CHORUS_CHECK(o.log_every >= 1, "log-every: must be >= 1, got %d", o.log_every);
   CHORUS_CHECK(!o.run_dir.empty(), "run-dir: must be set");
+  CHORUS_CHECK(o.save_every >= 0, "save-every: must be >= 0, got %lld", static_cast<long long>(o.save_every));
+  CHORUS_CHECK(o.keep_last >= 0, "keep-last: must be >= 0, got %d", o.keep_last);
+  CHORUS_CHECK(o.stop_at >= 0, "stop-at: must be >= 0, got %lld", static_cast<long long>(o.stop_at));
+}
+
+// SIGTERM / SIGUSR1 only set a flag; the loop agrees on it over all ranks at
+// the end of every step, checkpoints and stops (DESIGN.md "Signals").
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+class StopSignals {
+ public:
+  explicit StopSignals(bool enable) : enabled_(enable) {
+    if (!enabled_) return;
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, &old_term_);
+    sigaction(SIGUSR1, &sa, &old_usr1_);
+  }
+  ~StopSignals() {
+    if (!enabled_) return;
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  // The signal any rank received (0: none). Collective over `world`.
+  int agreed(dist::Communicator& world) const {
+    if (!enabled_) return 0;
+    return static_cast<int>(world.all_reduce_scalar(static_cast<double>(g_stop_signal), dist::ReduceOp::max));
+  }
+
+ private:
+  bool enabled_;
+  struct sigaction old_term_ {}, old_usr1_ {};
+};
+
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "a signal";
+  }
+}
+
+// Keeps the rows of metrics.jsonl up to `step` (a resumed run rewrites what
+// came after its checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in.good()) return;
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    try {
+      if (nlohmann::json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // a torn last line of a killed run
+    }
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
+// Warns (rank 0) about settings that differ from the checkpoint's: allowed,
+// but then the run does not continue exactly as one uninterrupted run would.
+void warn_differences(const checkpoint::Manifest& m, const PretrainOptions& o, uint64_t samples_per_step) {
+  auto warn = [](const char* what, const std::string& ckpt, const std::string& now) {
+    log_warn("resume: %s was %s in the checkpoint and is %s now: the run continues, but not exactly as one "
+             "uninterrupted run would",
+             what, ckpt.c_str(), now.c_str());
+  };
+  auto num = [](double v) { return strfmt("%g", v); };
+  if (m.schedule.total_steps != o.steps) warn("steps", num(m.schedule.total_steps), num(o.steps));
+  if (m.schedule.max_lr != o.lr) warn("lr", num(m.schedule.max_lr), num(o.lr));
+  if (m.schedule.min_lr != o.min_lr) warn("min-lr", num(m.schedule.min_lr), num(o.min_lr));
+  if (m.schedule.warmup != o.warmup) warn("warmup", num(m.schedule.warmup), num(o.warmup));
+  if (m.sampler.seed != o.seed) warn("seed (data order)", num(m.sampler.seed), num(o.seed));
+  if (m.sampler.seq_len != o.seq_len) warn("seq-len", num(m.sampler.seq_len), num(o.seq_len));
+  if (m.sampler.samples_per_step != samples_per_step)
+    warn("the global batch (sequences per step)", num(m.sampler.samples_per_step), num(samples_per_step));
+  if (m.optimizer.beta1 != o.adamw.beta1 || m.optimizer.beta2 != o.adamw.beta2 || m.optimizer.eps != o.adamw.eps ||
+      m.optimizer.weight_decay != o.adamw.weight_decay)
+    warn("AdamW (beta1, beta2, eps, weight-decay)",
+         strfmt("(%g, %g, %g, %g)", m.optimizer.beta1, m.optimizer.beta2, m.optimizer.eps, m.optimizer.weight_decay),
+         strfmt("(%g, %g, %g, %g)", o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay));
+  if (m.optimizer.grad_clip != o.grad_clip) warn("grad-clip", num(m.optimizer.grad_clip), num(o.grad_clip));
 }
 
 struct Evaluation {
@@ -89,6 +181,10 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
   validate_options(opt);
   optim::CosineSchedule schedule{opt.lr, opt.min_lr, opt.warmup, opt.steps};
   schedule.validate();
+
+  // Installed first: a pre-emption warning during start-up (loading a large
+  // checkpoint) must not kill the process; it is acted on after the first step.
+  StopSignals signals(opt.handle_signals);
 
   dist::ParallelGrid single = dist::ParallelGrid::single();
   dist::ParallelGrid& grid = opt.grid ? *opt.grid : single;
@@ -151,12 +247,93 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
            model.activation_bytes() / double(1 << 20), omp_get_max_threads(), peak_gflops,
            opt.peak_gflops > 0 ? "from config" : "measured sgemm");
 
-  MetricsWriter metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), writer, /*truncate=*/true);
+  // Checkpoint state: views of the model and optimizer, plus this rank's RNG
+  // (stream 1000 + world rank) that stochastic layers draw from.
+  Rng rng(opt.seed, 1000 + static_cast<uint64_t>(grid.world_rank()));
+  checkpoint::LossScalerState loss_scaler;  // fp32: off, scale 1
+  checkpoint::RankState ck;
+  ck.tensors = checkpoint::tensor_table(model);
+  for (const auto& p : model.param_table()) ck.offsets.push_back(p.offset);
+  ck.params = model.params();
+  ck.opt_range = {optimizer.owned().begin, optimizer.owned().end};
+  ck.exp_avg = optimizer.adamw().m();
+  ck.exp_avg_sq = optimizer.adamw().v();
+  const std::string save_dir = opt.save_dir.empty() ? opt.run_dir : opt.save_dir;
+  const uint64_t samples_per_step = static_cast<uint64_t>(B) * dp * opt.grad_accum;
+  int64_t start_step = 0;
+  uint64_t tokens_seen = 0;
+  if (!opt.resume.empty()) {
+    ck.rng = rng.state();
+    auto loaded = checkpoint::resume_checkpoint(grid, opt.resume, save_dir, opt.zero_stage, opt.model,
+                                                tokenizer.hash(), ck);
+    if (loaded) {
+      const checkpoint::Manifest& m = loaded->manifest;
+      start_step = m.step;
+      tokens_seen = m.tokens_seen;
+      train_loader.set_consumed(m.sampler.consumed);
+      loss_scaler = m.loss_scaler;
+      if (loaded->rng_restored) {
+        rng.set_state(ck.rng);
+      } else if (writer) {
+        log_warn("resume: RNG states not restored (%s); each rank starts its stream (seed, 1000 + rank) afresh",
+                 m.rng.empty() ? "the checkpoint holds none: it was resharded offline to another world size"
+                               : strfmt("saved by %d ranks, this run has %d", m.layout.world(), grid.world_size())
+                                     .c_str());
+      }
+      if (writer) warn_differences(m, opt, samples_per_step);
+      log_info("resumed from %s: step %lld, %llu tokens seen%s; read %.1f MB in %.2f s (%.0f MB/s read)",
+               loaded->path.c_str(), static_cast<long long>(start_step), static_cast<unsigned long long>(tokens_seen),
+               loaded->resharded ? strfmt(" (resharded from %s)", m.layout.describe().c_str()).c_str() : "",
+               loaded->bytes / 1e6, loaded->seconds, loaded->bytes / 1e6 / std::max(loaded->seconds, 1e-9));
+    } else {
+      log_info("resume auto: no checkpoint in %s; starting from step 0", save_dir.c_str());
+    }
+  } else if (writer && fs::exists(fs::path(save_dir) / "latest")) {
+    log_warn("%s already holds checkpoints ('latest' exists); this run starts from step 0 and replaces them as it "
+             "saves (use --resume auto to continue instead)",
+             save_dir.c_str());
+  }
+  auto save = [&](int64_t steps_done) {
+    checkpoint::Manifest meta;
+    meta.model = opt.model;
+    meta.tokenizer_hash = tokenizer.hash();
+    meta.eot_token = tokenizer.eot();
+    meta.step = steps_done;
+    meta.tokens_seen = tokens_seen;
+    meta.sampler = {train_loader.consumed(), opt.seed, T, samples_per_step};
+    meta.schedule = {steps_done, opt.lr, opt.min_lr, opt.warmup, opt.steps};
+    meta.optimizer.t = steps_done;  // AdamW's t for step s is s + 1
+    meta.optimizer.beta1 = opt.adamw.beta1;
+    meta.optimizer.beta2 = opt.adamw.beta2;
+    meta.optimizer.eps = opt.adamw.eps;
+    meta.optimizer.weight_decay = opt.adamw.weight_decay;
+    meta.optimizer.grad_clip = opt.grad_clip;
+    meta.loss_scaler = loss_scaler;
+    meta.layout.zero = opt.zero_stage;
+    meta.run = {{"batch", B}, {"grad_accum", opt.grad_accum}, {"seq_len", T}, {"seed", opt.seed},
+                {"steps", opt.steps}, {"run_dir", fs::absolute(opt.run_dir).string()},
+                {"data", fs::absolute(opt.data_dir).string()},
+                {"tokenizer", fs::absolute(opt.tokenizer_path).string()}};
+    ck.rng = rng.state();
+    const auto r = checkpoint::save_checkpoint(grid, save_dir, meta, ck, opt.keep_last);
+    log_info("checkpoint: saved %s (%d files, %.1f MB in %.2f s, %.0f MB/s write)", r.path.c_str(), r.n_files,
+             r.bytes / 1e6, r.seconds, r.bytes / 1e6 / std::max(r.seconds, 1e-9));
+    return r.path;
+  };
+
+  if (writer && start_step > 0) truncate_metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), start_step);
+  MetricsWriter metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), writer, /*truncate=*/start_step == 0);
   std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());
   PretrainResult result;
+  result.start_step = start_step;
+  result.steps_done = start_step;
   std::vector<double> tok_rates, mfus;
+  const int64_t end_step = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
+  if (start_step >= end_step)
+    log_info("nothing to train: the checkpoint is at step %lld and the run ends at step %lld",
+             static_cast<long long>(start_step), static_cast<long long>(end_step));
 
-  for (int64_t step = 0; step < opt.steps; ++step) {
+  for (int64_t step = start_step; step < end_step; ++step) {
     Timer timer;
     model.zero_grad();
     double loss_sum = 0.0;
@@ -177,11 +354,12 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
     const double secs = timer.seconds();
     const double tok_s = static_cast<double>(tokens_per_step) / secs;
     const double mfu = flops_per_token * tok_s / (peak_gflops * 1e9 * grid.world_size());
-    if (step > 0 || opt.steps == 1) {
+    if (step > start_step || end_step - start_step == 1) {
       tok_rates.push_back(tok_s);
       mfus.push_back(mfu);
     }
-    if (step == 0) result.first_loss = loss;
+    tokens_seen += static_cast<uint64_t>(tokens_per_step);
+    if (step == start_step) result.first_loss = loss;
     result.last_loss = loss;
     result.steps_done = step + 1;
 
@@ -194,7 +372,7 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
     }
     nlohmann::json row = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
                           {"tokens_per_s", tok_s}, {"mfu", mfu}, {"peak_mem_mib", peak_mem / double(1 << 20)},
-                          {"tokens", (step + 1) * tokens_per_step}};
+                          {"tokens", tokens_seen}};
     const bool last = step + 1 == opt.steps;
     if (last || (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)) {
       Evaluation ev = evaluate(model, val_loader, *val_stream, opt.eval_batches, x, y, B, T, grid.dp());
@@ -206,6 +384,33 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
                                static_cast<long long>(opt.steps), ev.loss, ev.bpb);
     }
     metrics.write(row);
+
+    // Every rank stops after the same step: a signal on any rank is agreed on here.
+    const int64_t done = step + 1;
+    int sig = signals.agreed(grid.world());
+    const bool end = sig != 0 || done == end_step;
+    if (end || (opt.save_every > 0 && done % opt.save_every == 0)) {
+      result.checkpoint = save(done);
+      if (!end) sig = signals.agreed(grid.world());  // a signal during the save: stop now, it is saved
+    }
+    if (sig != 0) {
+      result.stop_signal = sig;
+      break;
+    }
+  }
+  result.stopped = result.steps_done < opt.steps;
+  if (result.stopped) {
+    const std::string saved = result.checkpoint.empty() ? std::string("no new checkpoint") : result.checkpoint;
+    if (result.stop_signal != 0)
+      log_info("stopped by %s after step %lld of %lld (%s); continue with --resume auto (exit code %d)",
+               signal_name(result.stop_signal), static_cast<long long>(result.steps_done),
+               static_cast<long long>(opt.steps), saved.c_str(), kExitPreempted);
+    else
+      log_info("stopped at step %lld of %lld (--stop-at; %s); continue with --resume auto",
+               static_cast<long long>(result.steps_done), static_cast<long long>(opt.steps), saved.c_str());
+    result.tokens_per_s = median(tok_rates);
+    result.mfu = median(mfus);
+    return result;
   }
   result.tokens_per_s = median(tok_rates);
   result.mfu = median(mfus);

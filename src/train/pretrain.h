@@ -1,6 +1,9 @@
 // The GPT pretraining loop: gradient accumulation, AdamW with warmup + cosine
 // LR, global-norm clipping, periodic validation (loss and bits per byte), one
-// log line per step and metrics.jsonl, final weights saved in the run directory.
+// log line per step and metrics.jsonl, final weights saved in the run directory;
+// sharded checkpoints every N steps, at the end and on a stop (--stop-at, or
+// SIGTERM / SIGUSR1 on any rank), and exact resume from them
+// (docs/CHECKPOINTS.md).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +14,11 @@
 #include "optim/adamw.h"
 
 namespace chorus::train {
+
+// Exit code of `chorus pretrain` when SIGTERM or SIGUSR1 stopped it after a
+// checkpoint (EX_TEMPFAIL: "try again"); launch/slurm/pretrain.sbatch requeues
+// the job on it and the next run continues with --resume auto.
+inline constexpr int kExitPreempted = 75;
 
 struct PretrainOptions {
   models::GptConfig model;        // model.vocab_size 0 = take the tokenizer's
@@ -40,6 +48,14 @@ struct PretrainOptions {
   dist::ParallelGrid* grid = nullptr;
   int zero_stage = 0;             // 1: shard optimizer state over DP (ZeRO-1)
   double bucket_mb = 16.0;        // DP all-reduce bucket size
+  // Checkpoints (docs/CHECKPOINTS.md). steps above is the length the LR
+  // schedule is built for, not the steps of this invocation.
+  std::string save_dir;           // where step-NNNNNNNN/ and `latest` go ("" = run_dir)
+  int64_t save_every = 0;         // checkpoint every N steps (0: only at the end and on a stop)
+  int keep_last = 0;              // keep only the newest K checkpoints (0 = all)
+  std::string resume;             // "" = fresh; "auto" = newest valid in save_dir, else fresh; or a path
+  int64_t stop_at = 0;            // > 0: end after step K with a checkpoint, as a pre-emption would
+  bool handle_signals = true;     // SIGTERM / SIGUSR1: finish the step, checkpoint, stop
   // Fault injection for tests: throw on world rank fail_rank at step fail_step
   // (from the CHORUS_FAIL_AT="rank:step" environment variable; -1 = never).
   int fail_rank = -1;
@@ -56,6 +72,10 @@ struct PretrainResult {
   double mfu = 0.0;               // median MFU
   std::string weights_path;       // <run_dir>/model.h5
   std::string sample;             // generated text when sample_tokens > 0
+  int64_t start_step = 0;         // the step this invocation started from (> 0: resumed)
+  bool stopped = false;           // ended before `steps` (--stop-at or a signal), after a checkpoint
+  int stop_signal = 0;            // the signal that stopped it (0: none)
+  std::string checkpoint;         // the last checkpoint written ("" = none)
 };
 
 PretrainResult pretrain(const PretrainOptions& opt);

@@ -1,0 +1,196 @@
+// Export: a checkpoint becomes (1) a chorus weights file that loads into a
+// Gpt with identical parameters and hashes like the checkpoint, and (2) a
+// GPT-2 safetensors directory: names, shapes (Conv1D transposed, wte
+// unpadded) and values are checked by parsing the file here, and, where
+// Debian's python3-torch is installed, PyTorch loads it and computes the same
+// logits as Chorus.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/tools.h"
+#include "checkpoint/weights.h"
+#include "ckpt_fixture.h"
+
+using namespace ckpt_test;
+using nlohmann::json;
+
+namespace {
+
+struct St {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+
+std::map<std::string, St> read_safetensors(const std::string& path, json* header_out) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_GE(bytes.size(), 8u);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  EXPECT_EQ((8 + n) % 8, 0u) << "data should start 8-byte aligned";
+  const json header = json::parse(bytes.substr(8, n));
+  if (header_out) *header_out = header;
+  std::map<std::string, St> out;
+  uint64_t expect_begin = 0;
+  for (const auto& [name, info] : header.items()) {
+    if (name == "__metadata__") continue;
+    EXPECT_EQ(info.at("dtype"), "F32") << name;
+    St t;
+    t.shape = info.at("shape").get<std::vector<int64_t>>();
+    const uint64_t b = info.at("data_offsets")[0], e = info.at("data_offsets")[1];
+    size_t numel = 1;
+    for (auto d : t.shape) numel *= static_cast<size_t>(d);
+    EXPECT_EQ(e - b, numel * 4) << name;
+    EXPECT_LE(8 + n + e, bytes.size()) << name;
+    t.data.resize(numel);
+    std::memcpy(t.data.data(), bytes.data() + 8 + n + b, numel * 4);
+    out[name] = std::move(t);
+    (void)expect_begin;
+  }
+  return out;
+}
+
+const float* tensor(const chorus::models::Gpt& m, std::span<const float> params, const std::string& name) {
+  for (const auto& p : m.param_table())
+    if (p.name == name) return params.data() + p.offset;
+  ADD_FAILURE() << "no tensor " << name;
+  return nullptr;
+}
+
+std::string run(const std::string& cmd, int* code) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+}  // namespace
+
+TEST(Export, ChorusWeightsLoadIntoAGptAndHashLikeTheCheckpoint) {
+  TempDir tmp("export");
+  TinyState s;
+  const std::string ckpt = s.save(tmp / "run").path;
+  const std::string out = tmp / "model.h5";
+  chorus::checkpoint::export_weights(ckpt, out);
+  const auto header = chorus::checkpoint::read_weights_header(out);
+  EXPECT_EQ(header.config.n_layer, 2);
+  EXPECT_EQ(header.config.vocab_size, 100);
+  EXPECT_EQ(header.tokenizer_hash, s.tok_hash);
+  chorus::models::Gpt g(header.config, 1, 4);
+  chorus::checkpoint::load_weights(out, g, s.tok_hash);
+  EXPECT_TRUE(same_floats(g.params(), s.st.params));
+  EXPECT_EQ(chorus::checkpoint::hash(out, false), chorus::checkpoint::hash(ckpt, false));
+}
+
+TEST(Export, SafetensorsHasGpt2NamesShapesAndValues) {
+  TempDir tmp("export");
+  TinyState s;
+  const std::string ckpt = s.save(tmp / "run").path;
+  const std::string out = tmp / "hf";
+  chorus::checkpoint::export_safetensors(ckpt, out);
+  json header;
+  const auto st = read_safetensors(out + "/model.safetensors", &header);
+  EXPECT_EQ(header.at("__metadata__").at("format"), "pt");
+  const int64_t C = 32, V = 100, ctx = 16;
+  std::map<std::string, std::vector<int64_t>> want = {
+      {"wte.weight", {V, C}}, {"wpe.weight", {ctx, C}}, {"ln_f.weight", {C}}, {"ln_f.bias", {C}}};
+  for (int l = 0; l < 2; ++l) {
+    const std::string h = "h." + std::to_string(l) + ".";
+    want[h + "ln_1.weight"] = {C};
+    want[h + "ln_1.bias"] = {C};
+    want[h + "attn.c_attn.weight"] = {C, 3 * C};
+    want[h + "attn.c_attn.bias"] = {3 * C};
+    want[h + "attn.c_proj.weight"] = {C, C};
+    want[h + "attn.c_proj.bias"] = {C};
+    want[h + "ln_2.weight"] = {C};
+    want[h + "ln_2.bias"] = {C};
+    want[h + "mlp.c_fc.weight"] = {C, 4 * C};
+    want[h + "mlp.c_fc.bias"] = {4 * C};
+    want[h + "mlp.c_proj.weight"] = {4 * C, C};
+    want[h + "mlp.c_proj.bias"] = {C};
+  }
+  ASSERT_EQ(st.size(), want.size());
+  for (const auto& [name, shape] : want) {
+    ASSERT_TRUE(st.count(name)) << name;
+    EXPECT_EQ(st.at(name).shape, shape) << name;
+  }
+  auto& m = s.model;
+  auto params = s.st.params;
+  // wte: the real vocabulary rows of ours, row for row
+  EXPECT_EQ(std::memcmp(st.at("wte.weight").data.data(), tensor(m, params, "wte.weight"), V * C * 4), 0);
+  // Conv1D weights are ours transposed: theirs[i][o] == ours[o][i]
+  for (const char* name : {"h.1.attn.c_attn.weight", "h.0.mlp.c_fc.weight", "h.1.mlp.c_proj.weight"}) {
+    const auto& t = st.at(name);
+    const float* ours = tensor(m, params, name);
+    const int64_t in = t.shape[0], outd = t.shape[1];
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t o = 0; o < outd; ++o)
+        ASSERT_EQ(t.data[i * outd + o], ours[o * in + i]) << name << " " << i << "," << o;
+  }
+  EXPECT_EQ(std::memcmp(st.at("h.0.attn.c_attn.bias").data.data(), tensor(m, params, "h.0.attn.c_attn.bias"),
+                        96 * 4),
+            0);
+  std::ifstream cin(out + "/config.json");
+  const json cfg = json::parse(cin);
+  EXPECT_EQ(cfg.at("model_type"), "gpt2");
+  EXPECT_EQ(cfg.at("n_layer"), 2);
+  EXPECT_EQ(cfg.at("n_embd"), 32);
+  EXPECT_EQ(cfg.at("n_head"), 4);
+  EXPECT_EQ(cfg.at("vocab_size"), 100);
+  EXPECT_EQ(cfg.at("n_positions"), 16);
+  EXPECT_EQ(cfg.at("activation_function"), "gelu_new");
+  EXPECT_EQ(cfg.at("eos_token_id"), 99);
+}
+
+TEST(Export, PyTorchLoadsTheSafetensorsAndComputesChorusLogits) {
+  int code = -1;
+  run("/usr/bin/python3 -c 'import torch' 2>&1", &code);
+  if (code != 0) GTEST_SKIP() << "/usr/bin/python3 with torch is not available";
+  TempDir tmp("export");
+  TinyState s;
+  const std::string ckpt = s.save(tmp / "run").path;
+  const std::string out = tmp / "hf";
+  chorus::checkpoint::export_safetensors(ckpt, out);
+  const std::vector<int32_t> toks = {3, 97, 14, 15, 92, 65, 35, 0, 99, 42};
+  std::string csv;
+  for (auto t : toks) csv += chorus::strfmt(csv.empty() ? "%d" : ",%d", t);
+  const std::string script = std::string(CHORUS_SOURCE_DIR) + "/tests/checkpoint/gpt2_safetensors_check.py";
+  const std::string text =
+      run("OMP_NUM_THREADS=1 /usr/bin/python3 " + script + " " + out + " " + csv + " 2>&1", &code);
+  ASSERT_EQ(code, 0) << text;
+  const json j = json::parse(text.substr(text.find('{')));
+  std::printf("[ export  ] loaded by PyTorch via %s\n", j.at("loader").get<std::string>().c_str());
+  EXPECT_EQ(j.at("shapes").at("h.0.attn.c_attn.weight"), (std::vector<int64_t>{32, 96}));
+  const auto& logits = j.at("logits");
+  ASSERT_EQ(logits.size(), toks.size());
+
+  const int T = static_cast<int>(toks.size());
+  chorus::models::Gpt g(tiny_config(), 1, T);
+  std::copy(s.st.params.begin(), s.st.params.end(), g.params().begin());
+  g.forward(toks.data(), nullptr, 1, T);
+  const float* ours = g.logits();
+  const int Vp = tiny_config().padded_vocab(), V = tiny_config().vocab_size;
+  double worst = 0, scale = 0;
+  for (int t = 0; t < T; ++t) {
+    ASSERT_EQ(logits[t].size(), static_cast<size_t>(V));
+    for (int v = 0; v < V; ++v) {
+      const double theirs = logits[t][v].get<double>();
+      worst = std::max(worst, std::fabs(theirs - ours[t * Vp + v]));
+      scale = std::max(scale, std::fabs(theirs));
+    }
+  }
+  std::printf("[ export  ] max |logit difference| %.2e (max |logit| %.2e)\n", worst, scale);
+  EXPECT_LT(worst, 1e-4 * std::max(1.0, scale));
+}

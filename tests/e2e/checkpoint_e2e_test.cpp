@@ -1,0 +1,398 @@
+// Checkpoints through the chorus executable on gpt-tiny (docs/CHECKPOINTS.md):
+//   - exact resume: a run stopped after step 3 (--stop-at) and resumed with
+//     --resume auto ends with the same `checkpoint hash` (parameters, and with
+//     the Adam moments), byte-identical checkpoint files and the same loss at
+//     every step as an uninterrupted run — on 1 rank, DP 2, ZeRO-1, gradient
+//     accumulation, TP 2 and DP 2 x TP 2 with ZeRO-1;
+//   - resharding TP 2 -> 1 -> 2 and DP 2 -> 1 -> 2 offline keeps the hash (and
+//     gives byte-identical files back), and the next step's loss matches, also
+//     when a run loads another layout's checkpoint at start-up;
+//   - a save killed by SIGKILL at any point leaves `latest` on the previous
+//     checkpoint, which verifies and resumes exactly;
+//   - truncated, bit-flipped and missing files, another model config or
+//     tokenizer and an unknown format version are refused by name;
+//   - SIGTERM (one rank) and SIGUSR1 (forwarded by mpirun to two ranks)
+//     finish the step, write a checkpoint and exit with code 75.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "checkpoint/manifest.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;
+};
+
+Result sh(const std::string& cmd) {
+  Result r;
+  FILE* p = popen(("( " + cmd + " ) 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+std::string mpirun(int np) {
+  return std::string(CHORUS_MPIRUN) +
+         " --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np " +
+         std::to_string(np) + " ";
+}
+
+std::vector<double> losses(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::vector<double> out;
+  for (std::string line; std::getline(in, line);)
+    out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
+}
+
+chorus::checkpoint::Manifest manifest(const std::string& dir) {
+  return chorus::checkpoint::read_manifest(dir + "/manifest.json");
+}
+
+class Ckpt : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("chorus_ckpt_e2e_" + std::to_string(getpid()));
+    fs::create_directories(dir_ / "text");
+    const std::string src = std::string(CHORUS_SOURCE_DIR) + "/datasets/text/";
+    for (const char* lang : {"en", "fr"})
+      fs::copy_file(src + lang + ".txt", dir_ / "text" / (std::string(lang) + ".txt"));
+    const std::string bin = CHORUS_BINARY;
+    ASSERT_EQ(sh(bin + " train-tokenizer --quiet --input " + (dir_ / "text").string() +
+                 " --vocab 512 --out " + (dir_ / "tok.json").string())
+                  .code,
+              0);
+    ASSERT_EQ(sh(bin + " prepare-text --quiet --tokenizer " + (dir_ / "tok.json").string() + " --input " +
+                 (dir_ / "text").string() + " --out " + (dir_ / "shards").string())
+                  .code,
+              0);
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  static std::string path(const std::string& name) { return (dir_ / name).string(); }
+
+  static std::string pretrain_cmd(int np, const std::string& run_dir, const std::string& args,
+                                  const std::string& tok = "tok.json", const std::string& shards = "shards") {
+    return (np > 1 ? mpirun(np) : std::string()) + CHORUS_BINARY + " pretrain --quiet --config " +
+           CHORUS_SOURCE_DIR + "/configs/gpt-tiny.ini --tokenizer " + path(tok) + " --data " + path(shards) +
+           " --run-dir " + run_dir + (args.find("--steps") == std::string::npos ? " --steps 6" : "") +
+           " --warmup 2 --eval-every 0 --peak-gflops 100 --threads 1 " + args;
+  }
+  // Runs pretrain and expects exit code `want`.
+  static Result pretrain(int np, const std::string& run_dir, const std::string& args, int want = 0) {
+    const std::string cmd = "timeout 120 " + pretrain_cmd(np, run_dir, args);
+    Result r = sh(cmd);
+    EXPECT_EQ(r.code, want) << cmd << "\n" << r.out;
+    return r;
+  }
+  static Result tool(const std::string& args) {
+    return sh(std::string(CHORUS_BINARY) + " checkpoint " + args);
+  }
+  static std::string hash(const std::string& dir, bool with_optimizer = false) {
+    Result r = tool("hash " + dir + (with_optimizer ? " --with-optimizer" : ""));
+    EXPECT_EQ(r.code, 0) << r.out;
+    return r.out.substr(0, 64);
+  }
+  // Every file of two checkpoints has the same digest.
+  static void expect_same_files(const std::string& a, const std::string& b) {
+    const auto ma = manifest(a), mb = manifest(b);
+    ASSERT_EQ(ma.files.size(), mb.files.size());
+    for (size_t i = 0; i < ma.files.size(); ++i) {
+      EXPECT_EQ(ma.files[i].path, mb.files[i].path);
+      EXPECT_EQ(ma.files[i].sha256, mb.files[i].sha256) << ma.files[i].path;
+    }
+  }
+
+  // Uninterrupted 6 steps vs stopped after 3 and resumed: bit-identical.
+  static void exact_resume(const std::string& name, int np, const std::string& layout) {
+    const std::string full = path(name + "_full"), split = path(name + "_split");
+    pretrain(np, full, layout);
+    pretrain(np, split, layout + " --stop-at 3 --save-every 2 --keep-last 1");
+    EXPECT_FALSE(fs::exists(split + "/step-00000002")) << "keep-last 1 keeps only step 3";
+    EXPECT_EQ(fs::read_symlink(split + "/latest").string(), "step-00000003");
+    EXPECT_FALSE(fs::exists(split + "/model.h5")) << "a stopped run writes no final weights";
+    auto r = pretrain(np, split, layout + " --resume auto");
+    const auto a = losses(full), b = losses(split);
+    ASSERT_EQ(a.size(), 6u);
+    ASSERT_EQ(b.size(), 6u);
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+    const std::string ha = hash(full), hb = hash(split);
+    EXPECT_EQ(ha, hb);
+    EXPECT_EQ(hash(full, true), hash(split, true));
+    EXPECT_EQ(hash(full + "/model.h5"), ha);
+    expect_same_files(full + "/step-00000006", split + "/step-00000006");
+    std::printf(
+        "[ resume  ] %s: uninterrupted and resumed after step 3 both hash to %.16s..., losses identical\n",
+        name.c_str(), ha.c_str());
+  }
+
+  // The training loss logged for `step` in run_dir/metrics.jsonl.
+  static double loss_at(const std::string& run_dir, int step) {
+    std::ifstream in(run_dir + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const auto row = nlohmann::json::parse(line);
+      if (row["step"].get<int>() == step) return row["loss"].get<double>();
+    }
+    ADD_FAILURE() << run_dir << " logged no step " << step;
+    return NAN;
+  }
+
+  static fs::path dir_;
+};
+fs::path Ckpt::dir_;
+
+}  // namespace
+
+TEST_F(Ckpt, ExactResumeSingleRank) { exact_resume("one", 1, "--batch 8"); }
+TEST_F(Ckpt, ExactResumeDataParallel2) { exact_resume("dp2", 2, "--batch 4"); }
+TEST_F(Ckpt, ExactResumeZero1Dp2) { exact_resume("zero1", 2, "--batch 4 --zero 1"); }
+TEST_F(Ckpt, ExactResumeGradAccum) {
+  exact_resume("accum", 1, "--batch 4 --grad-accum 2");
+  exact_resume("dp2accum", 2, "--batch 2 --grad-accum 2 --zero 1");
+}
+TEST_F(Ckpt, ExactResumeTensorParallel2) { exact_resume("tp2", 2, "--batch 8 --tp 2"); }
+TEST_F(Ckpt, ExactResumeDp2xTp2Zero1) { exact_resume("dp2tp2", 4, "--batch 4 --tp 2 --zero 1"); }
+
+TEST_F(Ckpt, ReshardDp2To1To2) {
+  const std::string full = path("rdp_full"), a = path("rdp_a");
+  pretrain(2, full, "--batch 4 --zero 1");
+  pretrain(2, a, "--batch 4 --zero 1 --stop-at 3");
+  const std::string A = a + "/step-00000003", B = path("rdp_b"), C = path("rdp_c");
+  auto r = tool("reshard " + A + " --out " + B + " --dp 1 --zero 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = tool("reshard " + B + " --out " + C + " --dp 2 --zero 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string h = hash(A);
+  EXPECT_EQ(hash(B), h);
+  EXPECT_EQ(hash(C), h);
+  EXPECT_EQ(hash(B, true), hash(A, true));
+  expect_same_files(A, C);
+  // The next step on one rank (global batch unchanged), from the resharded copy and
+  // from the original (resharded at start-up): the same loss, close to DP 2's.
+  const std::string r1 = path("rdp_r1"), r2 = path("rdp_r2");
+  pretrain(1, r1, "--batch 8 --stop-at 4 --resume " + B);
+  r = pretrain(1, r2, "--batch 8 --stop-at 4 --resume " + a);
+  EXPECT_NE(r.out.find("resharded from tp 1 x dp 2, zero 1"), std::string::npos) << r.out;
+  EXPECT_EQ(loss_at(r1, 4), loss_at(r2, 4));
+  EXPECT_NEAR(loss_at(r1, 4), loss_at(full, 4), 1e-5 * std::fabs(loss_at(full, 4)));
+  EXPECT_EQ(hash(r1), hash(r2));
+  std::printf(
+      "[ reshard ] DP 2 -> 1 -> 2: hash %.16s... throughout; step-4 loss %.7f (1 rank) vs %.7f (DP 2)\n",
+      h.c_str(), loss_at(r1, 4), loss_at(full, 4));
+}
+
+TEST_F(Ckpt, ReshardTp2To1To2) {
+  const std::string full = path("rtp_full"), a = path("rtp_a");
+  pretrain(2, full, "--batch 8 --tp 2");
+  pretrain(2, a, "--batch 8 --tp 2 --stop-at 3");
+  const std::string A = a + "/step-00000003", B = path("rtp_b"), C = path("rtp_c");
+  auto r = tool("reshard " + A + " --out " + B + " --tp 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = tool("reshard " + B + " --out " + C + " --tp 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string h = hash(A);
+  EXPECT_EQ(hash(B), h);
+  EXPECT_EQ(hash(C), h);
+  EXPECT_EQ(hash(C, true), hash(A, true));
+  expect_same_files(A, C);
+  // Next step: TP 2 from the round-tripped copy equals the uninterrupted TP 2 run;
+  // TP 1 from the resharded copy and from the TP-2 original (start-up) agree.
+  const std::string t2 = path("rtp_t2"), t1 = path("rtp_t1"), t1s = path("rtp_t1s"), t12 = path("rtp_t12");
+  pretrain(2, t2, "--batch 8 --tp 2 --stop-at 4 --resume " + C);
+  EXPECT_EQ(loss_at(t2, 4), loss_at(full, 4));
+  pretrain(1, t1, "--batch 8 --stop-at 4 --resume " + B);
+  r = pretrain(1, t1s, "--batch 8 --stop-at 4 --resume " + a);
+  EXPECT_NE(r.out.find("resharded from tp 2 x dp 1"), std::string::npos) << r.out;
+  EXPECT_EQ(loss_at(t1, 4), loss_at(t1s, 4));
+  EXPECT_NEAR(loss_at(t1, 4), loss_at(full, 4), 1e-5 * std::fabs(loss_at(full, 4)));
+  // TP 1 -> 2 at start-up
+  pretrain(2, t12, "--batch 8 --tp 2 --stop-at 4 --resume " + B);
+  EXPECT_EQ(loss_at(t12, 4), loss_at(full, 4));
+  std::printf(
+      "[ reshard ] TP 2 -> 1 -> 2: hash %.16s... throughout; step-4 loss %.7f (TP 1) vs %.7f (TP 2)\n",
+      h.c_str(), loss_at(t1, 4), loss_at(full, 4));
+}
+
+TEST_F(Ckpt, SigkillDuringASaveLeavesThePreviousCheckpoint) {
+  const std::string full = path("kill_full");
+  pretrain(1, full, "--batch 8");
+  const std::string want = hash(full, true);
+  // Kill during the save of step 4: after the first shard file (1), after the manifest
+  // (3), after the rename of step-00000004.tmp (4), i.e. just before `latest` moves.
+  for (int n : {1, 3, 4}) {
+    const std::string run = path("kill_" + std::to_string(n));
+    auto r = sh("CHORUS_CKPT_KILL_AT=4:" + std::to_string(n) + " " +
+                pretrain_cmd(1, run, "--batch 8 --save-every 2"));
+    EXPECT_EQ(r.code, 128 + SIGKILL) << r.out;
+    EXPECT_EQ(fs::read_symlink(run + "/latest").string(), "step-00000002") << "kill after event " << n;
+    r = tool("verify " + run);
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("OK " + run + "/step-00000002"), std::string::npos) << r.out;
+    r = pretrain(1, run, "--batch 8 --save-every 2 --resume auto");
+    EXPECT_NE(r.out.find("resumed from " + run + "/step-00000002"), std::string::npos) << r.out;
+    EXPECT_EQ(hash(run, true), want) << "kill after event " << n;
+    EXPECT_FALSE(fs::exists(run + "/step-00000004.tmp"));
+  }
+  // Two ranks (ZeRO-1), both killed after their first shard file.
+  const std::string run = path("kill_mpi");
+  auto r = sh(
+      mpirun(2) + "-x CHORUS_CKPT_KILL_AT=4:1 " + std::string(CHORUS_BINARY) + " pretrain --quiet --config " +
+      CHORUS_SOURCE_DIR + "/configs/gpt-tiny.ini --tokenizer " + path("tok.json") + " --data " +
+      path("shards") + " --run-dir " + run +
+      " --steps 6 --warmup 2 --eval-every 0 --peak-gflops 100 --threads 1 --batch 4 --zero 1 --save-every 2");
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_EQ(fs::read_symlink(run + "/latest").string(), "step-00000002");
+  EXPECT_EQ(tool("verify " + run).code, 0);
+}
+
+TEST_F(Ckpt, DamagedCheckpointsAreRefusedNamingTheFile) {
+  const std::string run = path("dmg");
+  pretrain(1, run, "--batch 8 --stop-at 3");
+  const std::string good = run + "/step-00000003";
+  auto variant = [&](const std::string& name) {
+    const std::string d = path(name);
+    fs::copy(good, d, fs::copy_options::recursive);
+    return d;
+  };
+  struct Case {
+    std::string name, file, expect;
+  };
+  const std::string truncated = variant("dmg_trunc"), flipped = variant("dmg_flip"),
+                    missing = variant("dmg_missing");
+  fs::resize_file(truncated + "/model-tp00.h5", fs::file_size(truncated + "/model-tp00.h5") - 1000);
+  {
+    std::fstream f(flipped + "/optim-tp00-dp00.h5", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(4000);
+    char c;
+    f.read(&c, 1);
+    c ^= 1;
+    f.seekp(4000);
+    f.write(&c, 1);
+  }
+  fs::remove(missing + "/optim-tp00-dp00.h5");
+  for (const Case& c : {Case{"truncated", truncated + "/model-tp00.h5", "truncated"},
+                        Case{"bit flip", flipped + "/optim-tp00-dp00.h5", "SHA-256"},
+                        Case{"missing", missing + "/optim-tp00-dp00.h5", "missing"}}) {
+    auto r = tool("verify " + fs::path(c.file).parent_path().string());
+    EXPECT_EQ(r.code, 1) << c.name << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.file), std::string::npos) << c.name << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.expect), std::string::npos) << c.name << "\n" << r.out;
+    r = pretrain(1, path("dmg_run"), "--batch 8 --resume " + fs::path(c.file).parent_path().string(), 1);
+    EXPECT_NE(r.out.find(c.file), std::string::npos) << c.name << "\n" << r.out;
+    EXPECT_FALSE(fs::exists(path("dmg_run") + "/metrics.jsonl")) << "no training after a refused load";
+  }
+  EXPECT_EQ(tool("verify " + good).code, 0);
+}
+
+TEST_F(Ckpt, AnotherConfigTokenizerOrFormatVersionIsRefused) {
+  const std::string run = path("cfg");
+  pretrain(1, run, "--batch 8 --stop-at 3");
+  auto r = pretrain(1, run, "--batch 8 --resume auto --n-embd 32", 1);
+  EXPECT_NE(r.out.find("model.n_embd"), std::string::npos) << r.out;
+  // a tokenizer of the same size trained on other text, with its own shards
+  const std::string bin = CHORUS_BINARY;
+  ASSERT_EQ(sh(bin + " train-tokenizer --quiet --input " + path("text/en.txt") + " --vocab 512 --out " +
+               path("tok2.json"))
+                .code,
+            0);
+  ASSERT_EQ(sh(bin + " prepare-text --quiet --tokenizer " + path("tok2.json") + " --input " + path("text") +
+               " --out " + path("shards2"))
+                .code,
+            0);
+  r = sh("timeout 60 " + pretrain_cmd(1, run, "--batch 8 --resume auto", "tok2.json", "shards2"));
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("tokenizer.hash"), std::string::npos) << r.out;
+  // a manifest from a future format version (its self-hash consistent)
+  const std::string d = run + "/step-00000003";
+  auto m = manifest(d);
+  m.format_version = 2;
+  chorus::checkpoint::write_manifest(d + "/manifest.json", m);
+  r = tool("verify " + d);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("format_version"), std::string::npos) << r.out;
+  r = pretrain(1, run, "--batch 8 --resume auto", 1);
+  EXPECT_NE(r.out.find("'format_version' is 2, this build reads version 1"), std::string::npos) << r.out;
+}
+
+TEST_F(Ckpt, SigtermOnOneRankCheckpointsAndExits75) {
+  const std::string run = path("sigterm");
+  // Long enough never to finish: stopped by SIGTERM once 5 steps are logged.
+  const std::string cmd = pretrain_cmd(1, run, "--batch 8 --steps 100000");
+  auto r =
+      sh(cmd + " & pid=$!; for i in $(seq 600); do kill -0 $pid 2>/dev/null || break; [ -f " + run +
+         "/metrics.jsonl ] && [ $(wc -l < " + run +
+         "/metrics.jsonl) -ge 5 ] && break; sleep 0.05; done; kill -TERM $pid; wait $pid; echo \"rc=$?\"");
+  ASSERT_NE(r.out.find("rc=75"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("stopped by SIGTERM"), std::string::npos) << r.out;
+  const auto k = static_cast<int64_t>(losses(run).size());
+  ASSERT_GE(k, 5);
+  const auto m = manifest(run + "/latest");
+  EXPECT_EQ(m.step, k) << "the checkpoint is of the last finished step";
+  EXPECT_EQ(tool("verify " + run).code, 0);
+  // The stopped run continues exactly: two more steps equal an uninterrupted run's.
+  const std::string stop = " --stop-at " + std::to_string(k + 2);
+  pretrain(1, run, "--batch 8 --steps 100000 --resume auto" + stop);
+  const std::string ref = path("sigterm_ref");
+  pretrain(1, ref, "--batch 8 --steps 100000" + stop);
+  EXPECT_EQ(hash(run, true), hash(ref, true));
+  EXPECT_EQ(losses(run), losses(ref));
+}
+
+TEST_F(Ckpt, SigusrToMpirunStopsEveryRankAtTheSameStep) {
+  const std::string run = path("sigusr");
+  const std::string cmd = pretrain_cmd(2, run, "--batch 4 --zero 1 --steps 100000");
+  auto r =
+      sh(cmd + " & pid=$!; for i in $(seq 600); do kill -0 $pid 2>/dev/null || break; [ -f " + run +
+         "/metrics.jsonl ] && [ $(wc -l < " + run +
+         "/metrics.jsonl) -ge 5 ] && break; sleep 0.05; done; kill -USR1 $pid; wait $pid; echo \"rc=$?\"");
+  ASSERT_NE(r.out.find("rc=75"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("stopped by SIGUSR1"), std::string::npos) << r.out;
+  const auto m = manifest(run + "/latest");
+  EXPECT_EQ(m.step, static_cast<int64_t>(losses(run).size()));
+  EXPECT_EQ(m.rng.size(), 2u);
+  EXPECT_EQ(m.files.size(), 3u);  // one model file, two ZeRO-1 optimizer slices
+  EXPECT_EQ(tool("verify " + run).code, 0);
+}
+
+TEST_F(Ckpt, ToolsInspectExportAndAFreshAutoStart) {
+  const std::string run = path("tools");
+  auto r = pretrain(1, run, "--batch 8 --resume auto --stop-at 3");
+  EXPECT_NE(r.out.find("no checkpoint in " + run + "; starting from step 0"), std::string::npos) << r.out;
+  r = tool("inspect " + run + " --tensors");
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* s : {"step         3", "layout       tp 1 x dp 1, zero 0", "model-tp00.h5",
+                        "optim-tp00-dp00.h5", "h.1.mlp.c_proj.weight", "(64, 256)"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+  const std::string h5 = path("tools_export.h5");
+  ASSERT_EQ(tool("export " + run + " --out " + h5).code, 0);
+  EXPECT_EQ(hash(h5), hash(run));
+  r = sh(std::string(CHORUS_BINARY) + " generate --weights " + h5 + " --tokenizer " + path("tok.json") +
+         " --prompt 'The ' --max-new-tokens 8 --seed 1");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.rfind("The ", 0), 0u) << r.out;
+  r = tool("export " + run + " --format safetensors --out " + path("tools_hf"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(path("tools_hf/model.safetensors")));
+  EXPECT_TRUE(fs::exists(path("tools_hf/config.json")));
+  r = tool("frobnicate " + run);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("unknown action 'frobnicate'"), std::string::npos) << r.out;
+}
