@@ -20,7 +20,7 @@ fi
 out=$(mktemp -d)
 for r in $(seq 1 "$rounds"); do
   OMP_NUM_THREADS=$threads "$chorus" pretrain --config "configs/$preset.ini" --tokenizer "$tok" --data "$shards" \
-    --run-dir "$out/chorus" --steps "$steps" --warmup 1 --eval-every 0 --eval-batches 1 --threads "$threads" \
+    --run-dir "$out/chorus$r" --steps "$steps" --warmup 1 --eval-every 0 --eval-batches 1 --threads "$threads" \
     --quiet | tail -1 | tee -a "$out/chorus.txt"
   OMP_WAIT_POLICY=passive /usr/bin/python3 bench/peers/torch_gpt_bench.py --preset "$preset" --threads "$threads" \
     --steps "$steps" --json 2>/dev/null | grep "^JSON " | tee -a "$out/peer.txt"

@@ -19,7 +19,7 @@ struct GenerateOptions {
 
 // Feeds `prompt` (non-empty, ids < vocab_size) through the model's KV cache,
 // then samples up to max_new_tokens ids, stopping early at stop_token (not
-// included in the result) or at the model's context length. on_token, when
+// included in the result; UINT32_MAX never stops) or at the model's context length. on_token, when
 // set, is called with each new id as it is produced (streaming output).
 // The model must have been built with max_batch >= 1.
 std::vector<uint32_t> generate(models::Gpt& model, const std::vector<uint32_t>& prompt,

@@ -425,8 +425,10 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
     g.temperature = opt.sample_temperature;
     g.top_k = opt.sample_top_k;
     g.seed = opt.seed;
-    auto ids = generate(model, {tokenizer.eot()}, g, tokenizer.eot());
-    result.sample = tokenizer.decode(ids);
+    // Sample across document boundaries (a young model often ends a document
+    // at once): <|endoftext|> is shown as a line break instead of stopping.
+    auto ids = generate(model, {tokenizer.eot()}, g, /*stop_token=*/UINT32_MAX);
+    for (uint32_t id : ids) result.sample += id == tokenizer.eot() ? std::string("\n") : tokenizer.token_bytes(id);
   }
   return result;
 }

@@ -61,8 +61,11 @@ std::string E2E::tok_, E2E::shards_;
 TEST_F(E2E, TinyGptLearnsAndLogsMetrics) {
   const std::string run_dir = (dir_ / "run").string();
   auto r = run("pretrain --config " + config() + " --tokenizer " + tok_ + " --data " + shards_ + " --run-dir " +
-               run_dir + " --steps 60 --peak-gflops 100 --log-every 10");
+               run_dir + " --steps 60 --peak-gflops 100 --log-every 10 --sample-tokens 30");
   ASSERT_EQ(r.code, 0) << r.out;
+  const auto at = r.out.find("sample:\n");
+  ASSERT_NE(at, std::string::npos) << r.out;
+  EXPECT_GT(r.out.size() - at, 20u) << "the sample is (nearly) empty:\n" << r.out;
   EXPECT_NE(r.out.find("tok/s"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("MFU"), std::string::npos) << r.out;
 
