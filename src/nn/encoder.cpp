@@ -3,6 +3,7 @@
 #include "nn/encoder.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstddef>
 
 namespace chorus::nn {
@@ -23,6 +24,11 @@ void encoder_forward(float* out, const int32_t* tokens, const float* wte, const 
 
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
                       int C) {
+  encoder_backward_rows(dwte, dwpe, dout, tokens, 0, INT64_MAX, B, T, C);
+}
+
+void encoder_backward_rows(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int64_t row_begin,
+                           int64_t n_rows, int B, int T, int C) {
   // Split by column blocks so repeated tokens never race and the sum order is
   // fixed: each thread owns columns [c0, c0 + nc) of every row.
   constexpr int kBlock = 64;
@@ -33,15 +39,16 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t
     const int nc = std::min(kBlock, C - c0);
     for (int b = 0; b < B; ++b) {
       for (int t = 0; t < T; ++t) {
-        const size_t r = static_cast<size_t>(b) * T + t;
-        const float* d = dout + r * C + c0;
-        float* gte = dwte + static_cast<size_t>(tokens[r]) * C + c0;
+        const size_t i = static_cast<size_t>(b) * T + t;
+        const float* d = dout + i * C + c0;
         float* gpe = dwpe + static_cast<size_t>(t) * C + c0;
 #pragma omp simd
-        for (int c = 0; c < nc; ++c) {
-          gte[c] += d[c];
-          gpe[c] += d[c];
-        }
+        for (int c = 0; c < nc; ++c) gpe[c] += d[c];
+        const int64_t row = static_cast<int64_t>(tokens[i]) - row_begin;
+        if (row < 0 || row >= n_rows) continue;
+        float* gte = dwte + static_cast<size_t>(row) * C + c0;
+#pragma omp simd
+        for (int c = 0; c < nc; ++c) gte[c] += d[c];
       }
     }
   }

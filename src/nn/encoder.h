@@ -19,4 +19,10 @@ void encoder_forward(float* out, const int32_t* tokens, const float* wte, const 
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int B, int T,
                       int C);
 
+// The same for a slice of the vocabulary (vocab-parallel embedding): only
+// tokens in [row_begin, row_begin + n_rows) scatter into dwte (n_rows, C), row
+// token - row_begin; dwpe gets every position.
+void encoder_backward_rows(float* dwte, float* dwpe, const float* dout, const int32_t* tokens, int64_t row_begin,
+                           int64_t n_rows, int B, int T, int C);
+
 }  // namespace chorus::nn

@@ -54,32 +54,7 @@ void vocab_parallel_embedding_forward(float* out, const int32_t* tokens, const f
 
 void vocab_parallel_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                                        const VocabRange& r, int B, int T, int C) {
-  if (covers_all(r)) {
-    encoder_backward(dwte, dwpe, dout, tokens, B, T, C);
-    return;
-  }
-  // As encoder_backward: each thread owns a block of columns of every row, so
-  // repeated tokens never race and the summation order is fixed.
-  constexpr int kBlock = 64;
-  const int n_blocks = (C + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (n_blocks > 1 && static_cast <size_t>(B) * T * C > (1u << 15))
-  for (int blk = 0; blk < n_blocks; ++blk) {
-    const int c0 = blk * kBlock;
-    const int nc = std::min(kBlock, C - c0);
-    for (int b = 0; b < B; ++b) {
-      for (int t = 0; t < T; ++t) {
-        const size_t i = static_cast<size_t>(b) * T + t;
-        const float* d = dout + i * C + c0;
-        float* gpe = dwpe + static_cast<size_t>(t) * C + c0;
-#pragma omp simd
-        for (int c = 0; c < nc; ++c) gpe[c] += d[c];
-        if (!r.owns(tokens[i])) continue;
-        float* gte = dwte + static_cast<size_t>(tokens[i] - r.begin) * C + c0;
-#pragma omp simd
-        for (int c = 0; c < nc; ++c) gte[c] += d[c];
-      }
-    }
-  }
+  encoder_backward_rows(dwte, dwpe, dout, tokens, r.begin, r.size, B, T, C);
 }
 
 void vocab_parallel_cross_entropy_forward(float* losses, float* lse, float* stats, const float* logits,

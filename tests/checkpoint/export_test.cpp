@@ -5,6 +5,8 @@
 // Debian's python3-torch is installed, PyTorch loads it and computes the same
 // logits as Chorus.
 #include <gtest/gtest.h>
+
+#include "common/process.h"
 #include <sys/wait.h>
 
 #include <array>
@@ -65,15 +67,9 @@ const float* tensor(const chorus::models::Gpt& m, std::span<const float> params,
 }
 
 std::string run(const std::string& cmd, int* code) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = pclose(p);
-  *code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
+  auto r = chorus::testing::sh(cmd);
+  *code = r.code;
+  return r.out;
 }
 
 }  // namespace

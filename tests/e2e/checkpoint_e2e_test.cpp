@@ -27,41 +27,17 @@
 #include <vector>
 
 #include "checkpoint/manifest.h"
+#include "common/process.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out;
-};
+using chorus::testing::losses;
+using chorus::testing::mpirun;
+using chorus::testing::Result;
+using chorus::testing::sh;
 
-Result sh(const std::string& cmd) {
-  Result r;
-  FILE* p = popen(("( " + cmd + " ) 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
-
-std::string mpirun(int np) {
-  return std::string(CHORUS_MPIRUN) +
-         " --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np " +
-         std::to_string(np) + " ";
-}
-
-std::vector<double> losses(const std::string& run_dir) {
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::vector<double> out;
-  for (std::string line; std::getline(in, line);)
-    out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
-  return out;
-}
 
 chorus::checkpoint::Manifest manifest(const std::string& dir) {
   return chorus::checkpoint::read_manifest(dir + "/manifest.json");

@@ -18,33 +18,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/process.h"
 #include "core/hdf5.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out;
-};
-
-Result sh(const std::string& cmd) {
-  Result r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-std::string mpirun(int np) {
-  return std::string(CHORUS_MPIRUN) + " --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np " +
-         std::to_string(np) + " ";
-}
+using chorus::testing::losses;
+using chorus::testing::mpirun;
+using chorus::testing::sh;
 
 std::map<std::string, std::vector<float>> read_params(const std::string& path) {
   chorus::h5::quiet_errors();
@@ -68,12 +51,6 @@ std::map<std::string, std::vector<float>> read_params(const std::string& path) {
   return out;
 }
 
-std::vector<double> losses(const std::string& run_dir) {
-  std::ifstream in(run_dir + "/metrics.jsonl");
-  std::vector<double> out;
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
-  return out;
-}
 
 class Parallel : public ::testing::Test {
  protected:

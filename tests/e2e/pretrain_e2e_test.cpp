@@ -11,27 +11,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/process.h"
+
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out;  // stdout + stderr
-};
+using chorus::testing::Result;
 
-Result run(const std::string& args) {
-  std::string cmd = std::string(CHORUS_BINARY) + " " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+Result run(const std::string& args) { return chorus::testing::chorus(args); }
 
 class E2E : public ::testing::Test {
  protected:

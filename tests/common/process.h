@@ -1,0 +1,58 @@
+// Helpers for tests that run whole jobs: run a shell command and capture its
+// output, the mpirun prefix used for multi-rank jobs, and reading the losses
+// a run wrote to metrics.jsonl. Header-only; include as "common/process.h".
+#pragma once
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace chorus::testing {
+
+struct Result {
+  int code = -1;     // exit code; 128 + signal when killed by a signal
+  std::string out;   // stdout and stderr, interleaved
+};
+
+// Runs `cmd` with /bin/sh, capturing stdout and stderr.
+inline Result sh(const std::string& cmd) {
+  Result r;
+  FILE* p = popen(("( " + cmd + " ) 2>&1").c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+#ifdef CHORUS_BINARY
+// Runs the chorus executable with `args`.
+inline Result chorus(const std::string& args) { return sh(std::string(CHORUS_BINARY) + " " + args); }
+#endif
+
+#ifdef CHORUS_MPIRUN
+// "mpirun ... -np N " for a bounded multi-rank job on this machine (root,
+// more ranks than cores, one OpenMP thread per rank).
+inline std::string mpirun(int np) {
+  return std::string(CHORUS_MPIRUN) + " --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np " +
+         std::to_string(np) + " ";
+}
+#endif
+
+// The "loss" of every row of <run_dir>/metrics.jsonl.
+inline std::vector<double> losses(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::vector<double> out;
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
+}
+
+}  // namespace chorus::testing
