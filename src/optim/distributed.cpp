@@ -55,6 +55,12 @@ StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> g
   CHORUS_CHECK(params.size() == n_ && grads.size() == n_, "optimizer: buffers of %zu / %zu floats, expected %zu",
                params.size(), grads.size(), n_);
   StepStats st;
+  // TP-replicated tensors (LayerNorms, row-parallel biases, wpe) get the same
+  // gradient on every TP rank by construction; averaging them over TP keeps
+  // the replicas identical even if a rank ever sums in another order (e.g.
+  // another OpenMP thread count). Averaging equal values is exact for TP 2.
+  if (tp_.size() > 1)
+    for (const auto& r : tp_replicated_) tp_.all_reduce(grads.data() + r.begin, r.end - r.begin, dist::ReduceOp::avg);
   if (cfg_.zero_stage == 0) {
     if (dp_.size() > 1)
       for (size_t b = 0; b < n_; b += cfg_.bucket_floats)

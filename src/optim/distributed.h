@@ -7,6 +7,7 @@
 //           AdamW on its contiguous chunk of the buffer only (its fp32 masters
 //           and Adam moments), then all-gather the updated parameters.
 //           Optimizer memory per rank falls by the DP degree.
+// Gradients of TP-replicated tensors are first averaged over the TP group.
 // The global gradient norm counts tensors sharded over TP on every TP rank
 // and TP-replicated tensors (LayerNorm, row-parallel biases, wpe) once, so it
 // equals the single-rank norm. Clipping uses that norm on every rank.
