@@ -25,9 +25,19 @@ std::vector<std::string> split_commas(const std::string& s) {
   return out;
 }
 
-void apply_threads(int threads) {
+// Options every text tool shares (threads, quiet, positional inputs, --config);
+// parses argv and applies --threads. Returns false when --help was shown.
+bool parse_text_tool(OptionSet& o, const char* threads_help, int argc, char** argv, po::variables_map& vm) {
+  o.add<int>("system", "threads", 0, threads_help);
+  o.add_switch("system", "quiet", "no progress bar");
+  o.positional("input", -1);
+  o.allow_config();
+  if (!o.parse(argc, argv, vm)) return false;
+  CHORUS_CHECK(vm.count("input"), "input: no text given (use --input FILE|DIR)");
+  const int threads = vm["threads"].as<int>();
   CHORUS_CHECK(threads >= 0, "threads: must be >= 0, got %d", threads);
   if (threads > 0) omp_set_num_threads(threads);
+  return true;
 }
 
 }  // namespace
@@ -49,14 +59,8 @@ int cmd_train_tokenizer(int argc, char** argv, dist::Runtime& rt) {
   o.add<int>("tokenizer", "vocab", 8192, "vocabulary size including the 256 bytes and the special tokens");
   o.add<std::string>("tokenizer", "languages", "",
                      "comma-separated ISO 639-1 codes that get a <|xx|> token (default: the 33 of datasets/text)");
-  o.add<int>("system", "threads", 0, "OpenMP threads for counting (0 = all cores)");
-  o.add_switch("system", "quiet", "no progress bar");
-  o.positional("input", -1);
-  o.allow_config();
   po::variables_map vm;
-  if (!o.parse(argc, argv, vm)) return 0;
-  CHORUS_CHECK(vm.count("input"), "input: no text given (use --input FILE|DIR)");
-  apply_threads(vm["threads"].as<int>());
+  if (!parse_text_tool(o, "OpenMP threads for counting (0 = all cores)", argc, argv, vm)) return 0;
   data::TokenizerTrainOptions opt;
   opt.vocab_size = vm["vocab"].as<int>();
   opt.languages = split_commas(vm["languages"].as<std::string>());
@@ -82,14 +86,8 @@ int cmd_prepare_text(int argc, char** argv, dist::Runtime& rt) {
   o.add<double>("data", "val-fraction", 0.05, "0.05", "fraction of documents held out for validation");
   o.add<uint64_t>("data", "shard-tokens", 16u << 20, "maximum tokens per shard file");
   o.add<uint64_t>("data", "seed", 1234, "seed of the train/val assignment");
-  o.add<int>("system", "threads", 0, "OpenMP threads for tokenizing (0 = all cores)");
-  o.add_switch("system", "quiet", "no progress bar");
-  o.positional("input", -1);
-  o.allow_config();
   po::variables_map vm;
-  if (!o.parse(argc, argv, vm)) return 0;
-  CHORUS_CHECK(vm.count("input"), "input: no text given (use --input FILE|DIR)");
-  apply_threads(vm["threads"].as<int>());
+  if (!parse_text_tool(o, "OpenMP threads for tokenizing (0 = all cores)", argc, argv, vm)) return 0;
   const double val_fraction = vm["val-fraction"].as<double>();
   CHORUS_CHECK(val_fraction > 0.0 && val_fraction < 1.0, "val-fraction: must be in (0, 1), got %g", val_fraction);
   auto tok = data::Tokenizer::load(vm["tokenizer"].as<std::string>());
