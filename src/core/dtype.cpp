@@ -127,4 +127,16 @@ void convert(float* dst, const float* src, size_t n) {
   chunked(n, [&](size_t b, size_t e) { std::memcpy(dst + b, src + b, (e - b) * sizeof(float)); });
 }
 
+void convert_serial(float* dst, const bf16* src, size_t n) { bf16_to_f32_range(dst, &src->bits, 0, n); }
+void convert_serial(bf16* dst, const float* src, size_t n) { f32_to_bf16_range(&dst->bits, src, 0, n); }
+void convert_serial(float* dst, const fp16* src, size_t n) {
+  f16c_available() ? fp16_to_f32_f16c(dst, &src->bits, 0, n) : fp16_to_f32_scalar(dst, &src->bits, 0, n);
+}
+void convert_serial(fp16* dst, const float* src, size_t n) {
+  f16c_available() ? f32_to_fp16_f16c(&dst->bits, src, 0, n) : f32_to_fp16_scalar(&dst->bits, src, 0, n);
+}
+void convert_serial(float* dst, const float* src, size_t n) {
+  if (dst != src && n > 0) std::memmove(dst, src, n * sizeof(float));
+}
+
 }  // namespace chorus

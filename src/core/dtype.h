@@ -135,6 +135,13 @@ void convert(bf16* dst, const float* src, size_t n);
 void convert(fp16* dst, const float* src, size_t n);
 void convert(float* dst, const float* src, size_t n);
 
+// The same on the calling thread only (no OpenMP), for rows inside parallel loops.
+void convert_serial(float* dst, const bf16* src, size_t n);
+void convert_serial(float* dst, const fp16* src, size_t n);
+void convert_serial(bf16* dst, const float* src, size_t n);
+void convert_serial(fp16* dst, const float* src, size_t n);
+void convert_serial(float* dst, const float* src, size_t n);
+
 // Whether the fp16 bulk conversions use the F16C instructions on this CPU.
 bool f16c_available();
 

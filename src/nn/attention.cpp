@@ -7,6 +7,7 @@
 
 #include "backend/cpu/ops.h"
 #include "backend/cpu/vmath.h"
+#include "nn/typed.h"
 
 namespace chorus::nn {
 
@@ -25,62 +26,93 @@ inline void softmax_row(float* p, int n, int n_zero) {
 
 }  // namespace
 
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
+template <typename T>
+void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
   const int hs = C / NH;
   const int ld = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  const size_t TT = static_cast<size_t>(Tn) * Tn, Ths = static_cast<size_t>(Tn) * hs;
   cpu::SerialBlasScope serial_blas;  // one single-threaded GEMM per (b, h) task
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {
-      const float* q = qkv + static_cast<size_t>(b) * T * ld + h * hs;
-      const float* k = q + C;
-      const float* v = q + 2 * C;
-      float* p = att + (static_cast<size_t>(b) * NH + h) * T * T;
-      float* y = out + static_cast<size_t>(b) * T * C + h * hs;
-      for (int i0 = 0; i0 < T; i0 += kAttnBlock) {
-        const int i1 = std::min(T, i0 + kAttnBlock);
+      const T* q_t = qkv + static_cast<size_t>(b) * Tn * ld + h * hs;
+      float* in = cpu::thread_scratch(cpu::kScratchAttnQKV, 3 * Ths);
+      const F32View q = f32_rows(q_t, Tn, hs, ld, in);
+      const F32View k = f32_rows(q_t + C, Tn, hs, ld, in + Ths);
+      const F32View v = f32_rows(q_t + 2 * C, Tn, hs, ld, in + 2 * Ths);
+      T* p_t = att + (static_cast<size_t>(b) * NH + h) * TT;
+      float* p = f32_accumulator(p_t, TT, cpu::kScratchAttnP);  // ld Tn
+      T* y_t = out + static_cast<size_t>(b) * Tn * C + h * hs;
+      float* y = kIsF32<T> ? reinterpret_cast<float*>(y_t) : cpu::thread_scratch(cpu::kScratchAttnGrad, Ths);
+      const int ldy = kIsF32<T> ? C : hs;
+      for (int i0 = 0; i0 < Tn; i0 += kAttnBlock) {
+        const int i1 = std::min(Tn, i0 + kAttnBlock);
+        float* pb = p + static_cast<size_t>(i0) * Tn;
         // scores[i0:i1, 0:i1] = scale * q[i0:i1] @ k[0:i1]^T
-        cpu::gemm(false, true, i1 - i0, i1, hs, scale, q + static_cast<size_t>(i0) * ld, ld, k, ld, 0.0f,
-                  p + static_cast<size_t>(i0) * T, T);
-        for (int t = i0; t < i1; ++t) softmax_row(p + static_cast<size_t>(t) * T, t + 1, i1);
+        cpu::gemm(false, true, i1 - i0, i1, hs, scale, q.p + static_cast<size_t>(i0) * q.ld, q.ld, k.p, k.ld, 0.0f,
+                  pb, Tn);
+        for (int t = i0; t < i1; ++t) {
+          float* row = p + static_cast<size_t>(t) * Tn;
+          softmax_row(row, t + 1, i1);
+          if constexpr (!kIsF32<T>) {
+            for (int u = 0; u <= t; ++u) row[u] = round_to<T>(row[u]);  // what backward will read
+            convert_serial(p_t + static_cast<size_t>(t) * Tn, row, i1);
+          }
+        }
         // y[i0:i1] = P[i0:i1, 0:i1] @ v[0:i1]
-        cpu::gemm(false, false, i1 - i0, hs, i1, 1.0f, p + static_cast<size_t>(i0) * T, T, v, ld, 0.0f,
-                  y + static_cast<size_t>(i0) * C, C);
+        cpu::gemm(false, false, i1 - i0, hs, i1, 1.0f, pb, Tn, v.p, v.ld, 0.0f, y + static_cast<size_t>(i0) * ldy,
+                  ldy);
       }
+      store_rows(y_t, C, y, ldy, Tn, hs);
     }
   }
 }
 
-void attention_backward(float* dqkv, float* datt, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH) {
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int Tn, int C, int NH) {
   const int hs = C / NH;
   const int ld = 3 * C;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  const size_t TT = static_cast<size_t>(Tn) * Tn, Ths = static_cast<size_t>(Tn) * hs;
   cpu::SerialBlasScope serial_blas;  // one single-threaded GEMM per (b, h) task
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {
-      const size_t qkv_off = static_cast<size_t>(b) * T * ld + h * hs;
-      const float* q = qkv + qkv_off;
-      const float* k = q + C;
-      const float* v = q + 2 * C;
-      float* dq = dqkv + qkv_off;
-      float* dk = dq + C;
-      float* dv = dq + 2 * C;
-      const float* p = att + (static_cast<size_t>(b) * NH + h) * T * T;
-      float* dp = datt + (static_cast<size_t>(b) * NH + h) * T * T;
-      const float* dy = dout + static_cast<size_t>(b) * T * C + h * hs;
+      const size_t qkv_off = static_cast<size_t>(b) * Tn * ld + h * hs;
+      float* in = cpu::thread_scratch(cpu::kScratchAttnQKV, 4 * Ths);
+      const F32View q = f32_rows(qkv + qkv_off, Tn, hs, ld, in);
+      const F32View k = f32_rows(qkv + qkv_off + C, Tn, hs, ld, in + Ths);
+      const F32View v = f32_rows(qkv + qkv_off + 2 * C, Tn, hs, ld, in + 2 * Ths);
+      const F32View dy = f32_rows(dout + static_cast<size_t>(b) * Tn * C + h * hs, Tn, hs, C, in + 3 * Ths);
+      T* dq_t = dqkv + qkv_off;
+      float* grad = cpu::thread_scratch(cpu::kScratchAttnGrad, 3 * Ths);
+      float* dq = kIsF32<T> ? reinterpret_cast<float*>(dq_t) : grad;
+      float* dk = kIsF32<T> ? reinterpret_cast<float*>(dq_t + C) : grad + Ths;
+      float* dv = kIsF32<T> ? reinterpret_cast<float*>(dq_t + 2 * C) : grad + 2 * Ths;
+      const int ldg = kIsF32<T> ? ld : hs;
+      const T* p_t = att + (static_cast<size_t>(b) * NH + h) * TT;
+      const float* p;
+      if constexpr (kIsF32<T>) {
+        p = p_t;
+      } else {  // each row's block-wide valid part [0, end of its row block)
+        float* p32 = cpu::thread_scratch(cpu::kScratchAttnP, TT);
+        for (int t = 0; t < Tn; ++t)
+          convert_serial(p32 + static_cast<size_t>(t) * Tn, p_t + static_cast<size_t>(t) * Tn,
+                         std::min(Tn, (t / kAttnBlock + 1) * kAttnBlock));
+        p = p32;
+      }
+      float* dp = cpu::thread_scratch(cpu::kScratchAttnDS, TT);
 
-      for (int i0 = 0; i0 < T; i0 += kAttnBlock) {
-        const int i1 = std::min(T, i0 + kAttnBlock);
+      for (int i0 = 0; i0 < Tn; i0 += kAttnBlock) {
+        const int i1 = std::min(Tn, i0 + kAttnBlock);
         // dP[i0:i1, 0:i1] = dy[i0:i1] @ v[0:i1]^T
-        cpu::gemm(false, true, i1 - i0, i1, hs, 1.0f, dy + static_cast<size_t>(i0) * C, C, v, ld, 0.0f,
-                  dp + static_cast<size_t>(i0) * T, T);
+        cpu::gemm(false, true, i1 - i0, i1, hs, 1.0f, dy.p + static_cast<size_t>(i0) * dy.ld, dy.ld, v.p, v.ld, 0.0f,
+                  dp + static_cast<size_t>(i0) * Tn, Tn);
         // softmax backward in place: dS = P * (dP - sum(P * dP)) * scale
         for (int t = i0; t < i1; ++t) {
-          const float* pr = p + static_cast<size_t>(t) * T;
-          float* g = dp + static_cast<size_t>(t) * T;
+          const float* pr = p + static_cast<size_t>(t) * Tn;
+          float* g = dp + static_cast<size_t>(t) * Tn;
           const int n = t + 1;
           const float s = cpu::dot(pr, g, n);
           const cpu::VecF vs = cpu::splat(s);
@@ -91,22 +123,35 @@ void attention_backward(float* dqkv, float* datt, const float* dout, const float
           for (u = n; u < i1; ++u) g[u] = 0.0f;
         }
         // dq[i0:i1] = dS[i0:i1, 0:i1] @ k[0:i1]
-        cpu::gemm(false, false, i1 - i0, hs, i1, 1.0f, dp + static_cast<size_t>(i0) * T, T, k, ld, 0.0f,
-                  dq + static_cast<size_t>(i0) * ld, ld);
+        cpu::gemm(false, false, i1 - i0, hs, i1, 1.0f, dp + static_cast<size_t>(i0) * Tn, Tn, k.p, k.ld, 0.0f,
+                  dq + static_cast<size_t>(i0) * ldg, ldg);
       }
       // Key/value gradients by column block j: only query rows t >= j0 see keys
       // in [j0, j1). dv[j] = P[j0:T, j]^T @ dy[j0:T], dk[j] = dS[j0:T, j]^T @ q[j0:T].
-      for (int j0 = 0; j0 < T; j0 += kAttnBlock) {
-        const int j1 = std::min(T, j0 + kAttnBlock);
-        const size_t diag = static_cast<size_t>(j0) * T + j0;
-        cpu::gemm(true, false, j1 - j0, hs, T - j0, 1.0f, p + diag, T, dy + static_cast<size_t>(j0) * C, C,
-                  0.0f, dv + static_cast<size_t>(j0) * ld, ld);
-        cpu::gemm(true, false, j1 - j0, hs, T - j0, 1.0f, dp + diag, T, q + static_cast<size_t>(j0) * ld, ld,
-                  0.0f, dk + static_cast<size_t>(j0) * ld, ld);
+      for (int j0 = 0; j0 < Tn; j0 += kAttnBlock) {
+        const int j1 = std::min(Tn, j0 + kAttnBlock);
+        const size_t diag = static_cast<size_t>(j0) * Tn + j0;
+        cpu::gemm(true, false, j1 - j0, hs, Tn - j0, 1.0f, p + diag, Tn, dy.p + static_cast<size_t>(j0) * dy.ld,
+                  dy.ld, 0.0f, dv + static_cast<size_t>(j0) * ldg, ldg);
+        cpu::gemm(true, false, j1 - j0, hs, Tn - j0, 1.0f, dp + diag, Tn, q.p + static_cast<size_t>(j0) * q.ld,
+                  q.ld, 0.0f, dk + static_cast<size_t>(j0) * ldg, ldg);
+      }
+      if constexpr (!kIsF32<T>) {
+        store_rows(dq_t, ld, dq, hs, Tn, hs);
+        store_rows(dq_t + C, ld, dk, hs, Tn, hs);
+        store_rows(dq_t + 2 * C, ld, dv, hs, Tn, hs);
       }
     }
   }
 }
+
+#define CHORUS_INSTANTIATE(T)                                                                  \
+  template void attention_forward<T>(T*, T*, const T*, int, int, int, int);                    \
+  template void attention_backward<T>(T*, const T*, const T*, const T*, int, int, int, int);
+CHORUS_INSTANTIATE(float)
+CHORUS_INSTANTIATE(bf16)
+CHORUS_INSTANTIATE(fp16)
+#undef CHORUS_INSTANTIATE
 
 void attention_decode(float* out, float* scores, const float* q, size_t q_stride, const float* k_cache,
                       const float* v_cache, size_t cache_stride, int B, int n_ctx, int C, int NH) {

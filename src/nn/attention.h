@@ -9,6 +9,14 @@
 // block i only multiplies keys [0, end of block i), skipping most of the upper
 // triangle.
 //
+// Written once for T in {float, bf16, fp16} (nn/typed.h): each (batch, head)
+// task views its q, k, v (and dy) as fp32 (converted copies in per-thread
+// scratch for 16-bit T), computes scores, softmax and products in fp32, and
+// rounds the saved probabilities and the outputs once into T. The forward
+// product P @ v uses the probabilities as rounded, so backward differentiates
+// exactly what forward computed. The score gradient lives in one (T, T)
+// per-thread scratch, never a (B, NH, T, T) buffer.
+//
 // Gradient rule for every layer in src/nn: backward ACCUMULATES (+=) into
 // parameter gradients and OVERWRITES activation gradients.
 #pragma once
@@ -24,13 +32,13 @@ inline constexpr int kAttnBlock = 32;
 //   probabilities in [0, t] and zeros up to the end of its row block; entries
 //   beyond that are never written nor read.
 // qkv (B, T, 3C). C % NH == 0.
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH);
+template <typename T>
+void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH);
 
 // dqkv (B, T, 3C): overwritten with d/dq, d/dk, d/dv.
-// datt (B, NH, T, T): scratch (the probability gradient, then the score gradient).
 // dout (B, T, C); qkv and att as saved by attention_forward.
-void attention_backward(float* dqkv, float* datt, const float* dout, const float* qkv, const float* att,
-                        int B, int T, int C, int NH);
+template <typename T>
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int Tn, int C, int NH);
 
 // One decoding step against a KV cache, for generation.
 // out (B, C): attention output of the newest position of each sequence.

@@ -2,29 +2,61 @@
 // overwrites activation gradients (see matmul.h).
 #include "nn/matmul.h"
 
+#include "backend/cpu/gemm.h"
 #include "backend/cpu/ops.h"
+#include "nn/typed.h"
 
 namespace chorus::nn {
 
 namespace cpu = chorus::backend::cpu;
 
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C,
-                    int OC, const float* residual) {
+template <typename T>
+void matmul_forward_f32(float* acc, const T* inp, const T* weight, const Same<T>* bias, int N, int C, int OC,
+                        const Same<T>* residual) {
   float beta = 0.0f;
   if (bias != nullptr || residual != nullptr) {
-    // Pre-fill out with bias (+ residual) and let the GEMM accumulate onto it:
-    // one write pass instead of a GEMM then an extra read-modify-write pass.
-    cpu::add_row_broadcast(out, residual, bias, N, OC);
+    // Pre-fill the accumulator with bias (+ residual) and let the GEMM add onto
+    // it: one write pass instead of a GEMM then an extra read-modify-write pass.
+    cpu::add_row_broadcast(acc, residual, bias, N, OC);
     beta = 1.0f;
   }
-  cpu::gemm(false, true, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
+  cpu::gemm_mixed(false, true, N, OC, C, 1.0f, inp, C, weight, C, beta, acc, OC);
 }
 
-void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int N, int C, int OC) {
-  if (dinp != nullptr) cpu::gemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
-  if (dweight != nullptr) cpu::gemm(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* weight, const Same<T>* bias, int N, int C, int OC,
+                    const Same<T>* residual) {
+  const size_t n = static_cast<size_t>(N) * OC;
+  float* acc = f32_accumulator(out, n, cpu::kScratchAcc);
+  matmul_forward_f32(acc, inp, weight, bias, N, C, OC, residual);
+  commit(out, acc, n);
+}
+
+template <typename T>
+void matmul_backward_f32(float* dinp_acc, float* dweight, float* dbias, const T* dout, const T* inp,
+                         const T* weight, int N, int C, int OC) {
+  if (dinp_acc != nullptr) cpu::gemm_mixed(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp_acc, C);
+  if (dweight != nullptr) cpu::gemm_mixed(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
   if (dbias != nullptr) cpu::col_sum_accumulate(dbias, dout, N, OC);
 }
+
+template <typename T>
+void matmul_backward(Same<T>* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight, int N,
+                     int C, int OC) {
+  const size_t n = static_cast<size_t>(N) * C;
+  float* acc = dinp != nullptr ? f32_accumulator(dinp, n, cpu::kScratchAcc) : nullptr;
+  matmul_backward_f32(acc, dweight, dbias, dout, inp, weight, N, C, OC);
+  if (dinp != nullptr) commit(dinp, acc, n);
+}
+
+#define CHORUS_INSTANTIATE(T)                                                                                  \
+  template void matmul_forward<T>(T*, const T*, const T*, const T*, int, int, int, const T*);                \
+  template void matmul_forward_f32<T>(float*, const T*, const T*, const T*, int, int, int, const T*);        \
+  template void matmul_backward<T>(T*, float*, float*, const T*, const T*, const T*, int, int, int);         \
+  template void matmul_backward_f32<T>(float*, float*, float*, const T*, const T*, const T*, int, int, int);
+CHORUS_INSTANTIATE(float)
+CHORUS_INSTANTIATE(bf16)
+CHORUS_INSTANTIATE(fp16)
+#undef CHORUS_INSTANTIATE
 
 }  // namespace chorus::nn

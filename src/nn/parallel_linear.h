@@ -17,9 +17,14 @@
 // tp == nullptr or a group of one: exactly matmul_forward / matmul_backward.
 // With tp > 1 every rank of the group must make the same calls in the same order.
 //
+// Every tensor in T (float, bf16 or fp16) as in nn/matmul.h; the TP
+// all-reduces run on the fp32 accumulators, before the one rounding into T.
+//
 // Gradient rule for every layer in src/nn: backward ACCUMULATES (+=) into
 // parameter gradients and OVERWRITES activation gradients.
 #pragma once
+
+#include "nn/typed.h"
 
 namespace chorus::dist {
 class Communicator;
@@ -29,27 +34,30 @@ namespace chorus::nn {
 
 // out (N, OC_local) = inp (N, C) @ weight^T + bias: weight (OC_local, C) and
 // bias (OC_local) or nullptr are this rank's rows; inp is replicated.
-void column_parallel_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
-                             int C, int OC_local);
+template <typename T>
+void column_parallel_forward(T* out, const T* inp, const T* weight, const Same<T>* bias, int N, int C, int OC_local);
 
 // dinp (N, C) = sum over the TP group of dout_r @ weight_r (overwritten, the
 // same on every rank); dweight, dbias += this rank's rows' gradients.
 // dout (N, OC_local); inp, weight as forward.
-void column_parallel_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                              const float* weight, int N, int C, int OC_local, dist::Communicator* tp);
+template <typename T>
+void column_parallel_backward(Same<T>* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight,
+                              int N, int C, int OC_local, dist::Communicator* tp);
 
 // out (N, OC) = sum over the TP group of inp_r (N, C_local) @ weight_r^T,
 // + bias (OC, replicated, or nullptr) + residual ((N, OC), replicated, or
 // nullptr; out may alias it). TP rank 0 folds bias and residual into its
 // partial product before the all-reduce, so they are added exactly once and no
 // extra pass is made. The result is the same on every rank.
-void row_parallel_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
-                          int C_local, int OC, const float* residual, dist::Communicator* tp);
+template <typename T>
+void row_parallel_forward(T* out, const T* inp, const T* weight, const Same<T>* bias, int N, int C_local,
+                          int OC, const Same<T>* residual, dist::Communicator* tp);
 
 // dinp (N, C_local) = dout @ weight (overwritten); dweight (OC, C_local) +=
 // dout^T @ inp; dbias (OC) += column sums of dout (the same on every rank, as
 // dout is replicated). No communication.
-void row_parallel_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                           const float* weight, int N, int C_local, int OC);
+template <typename T>
+void row_parallel_backward(Same<T>* dinp, float* dweight, float* dbias, const T* dout, const T* inp, const T* weight,
+                           int N, int C_local, int OC);
 
 }  // namespace chorus::nn

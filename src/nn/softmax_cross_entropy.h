@@ -3,6 +3,8 @@
 // columns v >= V are not part of the distribution: excluded from the softmax
 // and given zero gradient. The softmax is never stored: forward keeps the
 // per-row log-sum-exp and backward recomputes the probabilities from it.
+// Logits and their gradient are in T (float, bf16 or fp16); the max, the sum
+// of exponentials and the log-sum-exp are fp32.
 //
 // Gradient rule for every layer in src/nn: backward ACCUMULATES (+=) into
 // parameter gradients and OVERWRITES activation gradients.
@@ -14,14 +16,16 @@ namespace chorus::nn {
 
 // losses (N) = lse - logits[target]; lse (N) = log sum_{v < V} exp(logits[v]).
 // logits (N, Vp); targets (N) in [0, V), or < 0 to ignore a row (loss 0).
-void softmax_cross_entropy_forward(float* losses, float* lse, const float* logits, const int32_t* targets,
+template <typename T>
+void softmax_cross_entropy_forward(float* losses, float* lse, const T* logits, const int32_t* targets,
                                    int N, int V, int Vp);
 
 // dlogits (N, Vp) = dloss * (softmax(logits) - onehot(target)) for v < V, 0 for
 // padded columns and ignored rows (overwritten). dloss: gradient of the
 // objective w.r.t. each row's loss (e.g. 1/N for the mean). dlogits may alias
 // logits (in place), which is how the GPT LM head saves a (N, Vp) buffer.
-void softmax_cross_entropy_backward(float* dlogits, const float* logits, const float* lse,
+template <typename T>
+void softmax_cross_entropy_backward(T* dlogits, const T* logits, const float* lse,
                                     const int32_t* targets, float dloss, int N, int V, int Vp);
 
 }  // namespace chorus::nn

@@ -11,6 +11,10 @@
 // With tp > 1 every rank of the group must make the same calls in the same
 // order, with the same tokens and targets.
 //
+// Tensors in T (float, bf16 or fp16); the TP all-reduces, sums and the softmax
+// statistics are fp32 (a 16-bit embedding row is exact in fp32, so the
+// all-reduced sum equals the owner's row before it is rounded once).
+//
 // Gradient rule for every layer in src/nn: backward ACCUMULATES (+=) into
 // parameter gradients and OVERWRITES activation gradients.
 #pragma once
@@ -39,15 +43,17 @@ struct VocabRange {
 // not own), the TP group ALL-REDUCEs (sum), then wpe (replicated) is added
 // once. wte (r.size, C) is this rank's rows; wpe (>= T, C). The result is the
 // same on every rank.
-void vocab_parallel_embedding_forward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
-                                      const VocabRange& r, int B, int T, int C, dist::Communicator* tp);
+template <typename T>
+void vocab_parallel_embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe,
+                                      const VocabRange& r, int B, int Tn, int C, dist::Communicator* tp);
 
 // Backward of the all-reduce is the identity: dwte (r.size, C) += dout rows of
 // the tokens this rank owns; dwpe (>= T, C) += dout summed over B (the same on
 // every rank). dout (B, T, C) is replicated. Deterministic (column blocks, rows
 // in order).
-void vocab_parallel_embedding_backward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
-                                       const VocabRange& r, int B, int T, int C);
+template <typename T>
+void vocab_parallel_embedding_backward(float* dwte, float* dwpe, const T* dout, const int32_t* tokens,
+                                       const VocabRange& r, int B, int Tn, int C);
 
 // Parallel softmax cross-entropy over local logits (N, r.size), the columns
 // [r.begin, r.begin + r.size) of the full (N, Vp) logits:
@@ -57,7 +63,8 @@ void vocab_parallel_embedding_backward(float* dwte, float* dwpe, const float* do
 // losses (N) = lse - logits[target], lse (N) = log sum_{v < V} exp(logits[v]):
 // the same on every rank. targets (N) global ids in [0, V), or < 0 to ignore a
 // row (loss 0). stats: scratch of 2N floats (unused when tp is one rank).
-void vocab_parallel_cross_entropy_forward(float* losses, float* lse, float* stats, const float* logits,
+template <typename T>
+void vocab_parallel_cross_entropy_forward(float* losses, float* lse, float* stats, const T* logits,
                                           const int32_t* targets, int N, const VocabRange& r,
                                           dist::Communicator* tp);
 
@@ -65,7 +72,8 @@ void vocab_parallel_cross_entropy_forward(float* losses, float* lse, float* stat
 // columns, 0 for padded columns and ignored rows (overwritten; may alias
 // logits). lse as forward. Local: no communication (the gradient w.r.t. the LM
 // head input is then the column-parallel all-reduce, nn/parallel_linear.h).
-void vocab_parallel_cross_entropy_backward(float* dlogits, const float* logits, const float* lse,
+template <typename T>
+void vocab_parallel_cross_entropy_backward(T* dlogits, const T* logits, const float* lse,
                                            const int32_t* targets, float dloss, int N, const VocabRange& r);
 
 }  // namespace chorus::nn

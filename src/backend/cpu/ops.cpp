@@ -78,26 +78,28 @@ void axpy(float* out, float alpha, const float* x, size_t n) {
   for (long i = 0; i < nn; ++i) out[i] += alpha * x[i];
 }
 
-void add_row_broadcast(float* out, const float* base, const float* row, int n_rows, int n_cols) {
+template <typename T>
+void add_row_broadcast(float* out, const std::type_identity_t<T>* base, const T* row, int n_rows, int n_cols) {
   const size_t total = static_cast<size_t>(n_rows) * n_cols;
 #pragma omp parallel for schedule(static) if (total > kParallelMin)
   for (int r = 0; r < n_rows; ++r) {
     float* o = out + static_cast<size_t>(r) * n_cols;
-    const float* b = base ? base + static_cast<size_t>(r) * n_cols : nullptr;
+    const T* b = base ? base + static_cast<size_t>(r) * n_cols : nullptr;
     if (b && row) {
 #pragma omp simd
-      for (int c = 0; c < n_cols; ++c) o[c] = b[c] + row[c];
+      for (int c = 0; c < n_cols; ++c) o[c] = to_f32(b[c]) + to_f32(row[c]);
     } else if (b) {
-      if (o != b) std::memcpy(o, b, n_cols * sizeof(float));
+      convert_serial(o, b, n_cols);  // a no-op for float when out aliases base
     } else if (row) {
-      std::memcpy(o, row, n_cols * sizeof(float));
+      convert_serial(o, row, n_cols);
     } else {
       std::memset(o, 0, n_cols * sizeof(float));
     }
   }
 }
 
-void col_sum_accumulate(float* out, const float* in, int n_rows, int n_cols) {
+template <typename T>
+void col_sum_accumulate(float* out, const T* in, int n_rows, int n_cols) {
   // Column blocks of 64 floats (4 cache lines): no two threads write one line.
   constexpr int kBlock = 64;
   const int n_blocks = (n_cols + kBlock - 1) / kBlock;
@@ -108,13 +110,21 @@ void col_sum_accumulate(float* out, const float* in, int n_rows, int n_cols) {
     const int nc = std::min(kBlock, n_cols - c0);
     float acc[kBlock] = {};
     for (int r = 0; r < n_rows; ++r) {
-      const float* x = in + static_cast<size_t>(r) * n_cols + c0;
+      const T* x = in + static_cast<size_t>(r) * n_cols + c0;
 #pragma omp simd
-      for (int c = 0; c < nc; ++c) acc[c] += x[c];
+      for (int c = 0; c < nc; ++c) acc[c] += to_f32(x[c]);
     }
     for (int c = 0; c < nc; ++c) out[c0 + c] += acc[c];
   }
 }
+
+#define CHORUS_INSTANTIATE(T)                                                          \
+  template void add_row_broadcast<T>(float*, const T*, const T*, int, int);            \
+  template void col_sum_accumulate<T>(float*, const T*, int, int);
+CHORUS_INSTANTIATE(float)
+CHORUS_INSTANTIATE(bf16)
+CHORUS_INSTANTIATE(fp16)
+#undef CHORUS_INSTANTIATE
 
 double sum_double(const float* x, size_t n) {
   double s = 0.0;

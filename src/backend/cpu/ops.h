@@ -14,6 +14,9 @@
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
+
+#include "core/dtype.h"
 
 namespace chorus::backend::cpu {
 
@@ -56,13 +59,18 @@ void add(float* out, const float* a, const float* b, size_t n);
 // out[i] += alpha * x[i].
 void axpy(float* out, float alpha, const float* x, size_t n);
 
-// out (n_rows, n_cols) = base (n_rows, n_cols) + row (n_cols) broadcast over rows.
-// base == nullptr means zeros, row == nullptr means zeros; out may alias base.
-void add_row_broadcast(float* out, const float* base, const float* row, int n_rows, int n_cols);
+// out (n_rows, n_cols) fp32 = base (n_rows, n_cols) + row (n_cols) broadcast
+// over rows, summed in fp32; base and row are float, bf16 or fp16.
+// base == nullptr means zeros, row == nullptr means zeros; out may alias base
+// (float only).
+template <typename T>
+void add_row_broadcast(float* out, const std::type_identity_t<T>* base, const T* row, int n_rows, int n_cols);
 
-// out (n_cols) += column sums of in (n_rows, n_cols). Parallel over column
-// blocks, each summed over rows in order (deterministic).
-void col_sum_accumulate(float* out, const float* in, int n_rows, int n_cols);
+// out (n_cols) += column sums of in (n_rows, n_cols) (float, bf16 or fp16),
+// in fp32. Parallel over column blocks, each summed over rows in order
+// (deterministic).
+template <typename T>
+void col_sum_accumulate(float* out, const T* in, int n_rows, int n_cols);
 
 // Sum of x (n) in double, serial (deterministic). For small reductions such as
 // the per-position losses.

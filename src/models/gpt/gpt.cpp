@@ -17,6 +17,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "backend/cpu/buffer.h"
 #include "backend/cpu/ops.h"
@@ -70,46 +71,71 @@ enum LayerParam {
 // How init_weights fills a tensor (a tag in the table, not a name match).
 enum class Init { kNormal, kResidualNormal, kZero, kOne };
 
-// Pointers of one block's tensors into params() or grads().
+// Pointers of one block's tensors into params() or grads() (P = float), or
+// into the compute copy of the weights (P = the storage dtype).
 // Shapes are global (TP = 1); with TP > 1 the local shard in brackets.
+template <typename P>
 struct LayerView {
-  float* ln1_w;     // (C)      h.{i}.ln_1.weight
-  float* ln1_b;     // (C)      h.{i}.ln_1.bias
-  float* attn_w;    // (3C, C)  [3Cl, C]  h.{i}.attn.c_attn.weight  column-parallel, q|k|v
-  float* attn_b;    // (3C)     [3Cl]     h.{i}.attn.c_attn.bias
-  float* proj_w;    // (C, C)   [C, Cl]   h.{i}.attn.c_proj.weight  row-parallel
-  float* proj_b;    // (C)      h.{i}.attn.c_proj.bias
-  float* ln2_w;     // (C)      h.{i}.ln_2.weight
-  float* ln2_b;     // (C)      h.{i}.ln_2.bias
-  float* fc_w;      // (4C, C)  [Fl, C]   h.{i}.mlp.c_fc.weight  column-parallel
-  float* fc_b;      // (4C)     [Fl]      h.{i}.mlp.c_fc.bias
-  float* fcproj_w;  // (C, 4C)  [C, Fl]   h.{i}.mlp.c_proj.weight  row-parallel
-  float* fcproj_b;  // (C)      h.{i}.mlp.c_proj.bias
+  P* ln1_w;     // (C)      h.{i}.ln_1.weight
+  P* ln1_b;     // (C)      h.{i}.ln_1.bias
+  P* attn_w;    // (3C, C)  [3Cl, C]  h.{i}.attn.c_attn.weight  column-parallel, q|k|v
+  P* attn_b;    // (3C)     [3Cl]     h.{i}.attn.c_attn.bias
+  P* proj_w;    // (C, C)   [C, Cl]   h.{i}.attn.c_proj.weight  row-parallel
+  P* proj_b;    // (C)      h.{i}.attn.c_proj.bias
+  P* ln2_w;     // (C)      h.{i}.ln_2.weight
+  P* ln2_b;     // (C)      h.{i}.ln_2.bias
+  P* fc_w;      // (4C, C)  [Fl, C]   h.{i}.mlp.c_fc.weight  column-parallel
+  P* fc_b;      // (4C)     [Fl]      h.{i}.mlp.c_fc.bias
+  P* fcproj_w;  // (C, 4C)  [C, Fl]   h.{i}.mlp.c_proj.weight  row-parallel
+  P* fcproj_b;  // (C)      h.{i}.mlp.c_proj.bias
 };
 
+template <typename P>
 struct ModelView {
-  float* wte = nullptr;  // (Vp, C) [Vl, C]  wte.weight, vocab-parallel (rows >= V stay zero)
-  float* wpe = nullptr;  // (ctx, C)  wpe.weight
-  std::vector<LayerView> layers;
-  float* lnf_w = nullptr;  // (C)       ln_f.weight
-  float* lnf_b = nullptr;  // (C)       ln_f.bias
+  P* wte = nullptr;  // (Vp, C) [Vl, C]  wte.weight, vocab-parallel (rows >= V stay zero)
+  P* wpe = nullptr;  // (ctx, C)  wpe.weight
+  std::vector<LayerView<P>> layers;
+  P* lnf_w = nullptr;  // (C)       ln_f.weight
+  P* lnf_b = nullptr;  // (C)       ln_f.bias
 };
 
-// Saved forward activations of one block (pointers into the activation buffer).
+// Saved forward activations of one block (pointers into the activation
+// buffer), in the storage dtype T; the LayerNorm statistics are fp32.
+template <typename T>
 struct LayerActs {
-  float* ln1;       // (B, T, C)
-  float* ln1_mean;  // (B, T)
-  float* ln1_rstd;  // (B, T)
-  float* qkv;       // (B, T, 3Cl) local heads' q | k | v
-  float* atty;      // (B, T, Cl)  local heads' attention output before c_proj
-  float* att;       // (B, NH/tp, T, T) softmax probabilities of the local heads
-  float* res2;      // (B, T, C)   x + attn(ln_1(x))
-  float* ln2;       // (B, T, C)
-  float* ln2_mean;  // (B, T)
-  float* ln2_rstd;  // (B, T)
-  float* fch;       // (B, T, Fl)  c_fc output (local columns)
-  float* fch_gelu;  // (B, T, Fl)
-  float* res3;      // (B, T, C)   block output
+  T* ln1;            // (B, T, C)
+  float* ln1_mean;   // (B, T)
+  float* ln1_rstd;   // (B, T)
+  T* qkv;            // (B, T, 3Cl) local heads' q | k | v
+  T* atty;           // (B, T, Cl)  local heads' attention output before c_proj
+  T* att;            // (B, NH/tp, T, T) softmax probabilities of the local heads
+  T* res2;           // (B, T, C)   x + attn(ln_1(x))
+  T* ln2;            // (B, T, C)
+  float* ln2_mean;   // (B, T)
+  float* ln2_rstd;   // (B, T)
+  T* fch;            // (B, T, Fl)  c_fc output (local columns)
+  T* fch_gelu;       // (B, T, Fl)
+  T* res3;           // (B, T, C)   block output
+};
+
+// The whole activation table of a training step in storage dtype T.
+template <typename T>
+struct Acts {
+  std::vector<LayerActs<T>> layers;
+  T* encoded = nullptr;       // (B, T, C)
+  T* lnf = nullptr;           // (B, T, C)
+  float* lnf_mean = nullptr;  // (B, T)
+  float* lnf_rstd = nullptr;  // (B, T)
+  T* logits = nullptr;        // (B, T, Vl) local columns; backward overwrites it with dlogits
+  float* losses = nullptr;    // (B, T)
+  float* lse = nullptr;       // (B, T) log-sum-exp of each row of the (global) logits
+  float* ce_stats = nullptr;  // (2, B, T) parallel cross-entropy scratch (TP > 1 only)
+  // Backward scratch, reused by every layer.
+  T* dres = nullptr;   // (B, T, C) residual-stream gradient
+  T* dln = nullptr;    // (B, T, C) gradient at a layernorm output
+  T* datty = nullptr;  // (B, T, Cl)
+  T* dqkv = nullptr;   // (B, T, 3Cl)
+  T* dfch = nullptr;   // (B, T, Fl)
 };
 
 }  // namespace
@@ -117,6 +143,7 @@ struct LayerActs {
 struct Gpt::State {
   int max_batch = 0;
   int max_seq = 0;
+  Precision precision = Precision::fp32;
   // Tensor parallelism: tp == nullptr when the group is one rank.
   dist::Communicator* tp = nullptr;
   int tp_size = 1;
@@ -127,36 +154,46 @@ struct Gpt::State {
   nn::VocabRange vocab;  // this rank's rows of wte / columns of the logits
   std::vector<ParamSpec> table;
   std::vector<Init> init;  // one per table entry
-  cpu::AlignedBuffer params;
-  cpu::AlignedBuffer grads;
-  ModelView p;  // views into params
-  ModelView g;  // the same views into grads
+  cpu::AlignedBuffer params;  // fp32 master weights
+  cpu::AlignedBuffer grads;   // fp32 gradients
+  ModelView<float> p;  // views into params
+  ModelView<float> g;  // the same views into grads
+  // bf16 / fp16: the weights rounded to the compute dtype, refreshed from the
+  // masters before a forward whenever params() may have changed them.
+  cpu::AlignedBuffer compute_params;
+  ModelView<bf16> p_bf16;
+  ModelView<fp16> p_fp16;
+  bool compute_stale = true;
 
-  // Activation buffer, sized once for (max_batch, max_seq).
+  // Activation buffer, sized once for (max_batch, max_seq) in the compute dtype
+  // (only the table of that dtype is bound).
   cpu::AlignedBuffer acts;
-  std::vector<LayerActs> layer_acts;
-  float* encoded = nullptr;   // (B, T, C)
-  float* lnf = nullptr;       // (B, T, C)
-  float* lnf_mean = nullptr;  // (B, T)
-  float* lnf_rstd = nullptr;  // (B, T)
-  float* logits = nullptr;    // (B, T, Vl) local columns; backward overwrites it with dlogits
-  float* losses = nullptr;    // (B, T)
-  float* lse = nullptr;       // (B, T) log-sum-exp of each row of the (global) logits
-  float* ce_stats = nullptr;  // (2, B, T) parallel cross-entropy scratch (TP > 1 only)
-  // Backward scratch, reused by every layer.
-  float* dres = nullptr;         // (B, T, C) residual-stream gradient
-  float* dln = nullptr;          // (B, T, C) gradient at a layernorm output
-  float* datty = nullptr;        // (B, T, Cl)
-  float* dqkv = nullptr;         // (B, T, 3Cl)
-  float* dfch = nullptr;         // (B, T, Fl)
-  float* datt = nullptr;         // (B, NH/tp, T, T)
+  size_t acts_bytes = 0;
+  Acts<float> a_f32;
+  Acts<bf16> a_bf16;
+  Acts<fp16> a_fp16;
   std::vector<int32_t> tokens;   // (B, T) copy of the last forward's input
   std::vector<int32_t> targets;  // (B, T)
   int B = 0;
   int T = 0;
   bool backward_ready = false;  // a forward with targets whose logits are intact
 
-  // KV cache and decode scratch (allocated by reset_cache).
+  template <typename T>
+  Acts<T>& acts_of() {
+    if constexpr (std::is_same_v<T, float>) return a_f32;
+    else if constexpr (std::is_same_v<T, bf16>) return a_bf16;
+    else return a_fp16;
+  }
+  // The weights forward and backward compute with: the masters for fp32.
+  template <typename T>
+  const ModelView<T>& weights_of() {
+    if constexpr (std::is_same_v<T, float>) return p;
+    else if constexpr (std::is_same_v<T, bf16>) return p_bf16;
+    else return p_fp16;
+  }
+
+  // KV cache and decode scratch (allocated by reset_cache). Decoding runs in
+  // fp32 on the master weights.
   cpu::AlignedBuffer cache;
   int cache_B = 0;
   int n_cached = 0;
@@ -175,15 +212,16 @@ struct Gpt::State {
 
 namespace {
 
-ModelView make_view(float* base, const std::vector<ParamSpec>& table, int n_layer) {
-  ModelView v;
+template <typename P>
+ModelView<P> make_view(P* base, const std::vector<ParamSpec>& table, int n_layer) {
+  ModelView<P> v;
   auto at = [&](size_t i) { return base + table[i].offset; };
   v.wte = at(0);
   v.wpe = at(1);
   v.layers.resize(n_layer);
   for (int l = 0; l < n_layer; ++l) {
     const size_t i = 2 + static_cast<size_t>(l) * kParamsPerLayer;
-    LayerView& lv = v.layers[l];
+    LayerView<P>& lv = v.layers[l];
     lv.ln1_w = at(i + kLn1W);
     lv.ln1_b = at(i + kLn1B);
     lv.attn_w = at(i + kAttnW);
@@ -203,27 +241,68 @@ ModelView make_view(float* base, const std::vector<ParamSpec>& table, int n_laye
   return v;
 }
 
-// Lays out named (pointer, numel) slots in one buffer, each slot starting on
-// a 64-byte boundary.
+// Lays out named (pointer, numel) slots of any element type in one buffer,
+// each slot starting on a 64-byte boundary.
 class Arena {
  public:
-  void add(float** slot, size_t numel) {
-    slots_.push_back({slot, total_});
-    total_ += (numel + 15) / 16 * 16;
+  template <typename U>
+  void add(U** slot, size_t numel) {
+    slots_.push_back({reinterpret_cast<void**>(slot), total_});
+    total_ += (numel * sizeof(U) + 63) / 64 * 64;
   }
-  size_t total() const { return total_; }
-  void bind(float* base) const {
-    for (const auto& s : slots_) *s.slot = base + s.offset;
+  size_t bytes() const { return total_; }
+  void bind(void* base) const {
+    for (const auto& s : slots_) *s.slot = static_cast<char*>(base) + s.offset;
   }
 
  private:
   struct Slot {
-    float** slot;
-    size_t offset;
+    void** slot;
+    size_t offset;  // bytes
   };
   std::vector<Slot> slots_;
   size_t total_ = 0;
 };
+
+// Allocates and binds the activation table of dtype T for (max_batch, max_seq).
+template <typename T>
+void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int n_layer, size_t N, size_t C,
+                      size_t NHl, size_t Cl, size_t Fl, size_t Vl, size_t att, bool tp) {
+  Arena arena;
+  a.layers.resize(n_layer);
+  arena.add(&a.encoded, N * C);
+  for (auto& la : a.layers) {
+    arena.add(&la.ln1, N * C);
+    arena.add(&la.ln1_mean, N);
+    arena.add(&la.ln1_rstd, N);
+    arena.add(&la.qkv, N * 3 * Cl);
+    arena.add(&la.atty, N * Cl);
+    arena.add(&la.att, att);
+    arena.add(&la.res2, N * C);
+    arena.add(&la.ln2, N * C);
+    arena.add(&la.ln2_mean, N);
+    arena.add(&la.ln2_rstd, N);
+    arena.add(&la.fch, N * Fl);
+    arena.add(&la.fch_gelu, N * Fl);
+    arena.add(&la.res3, N * C);
+  }
+  arena.add(&a.lnf, N * C);
+  arena.add(&a.lnf_mean, N);
+  arena.add(&a.lnf_rstd, N);
+  arena.add(&a.logits, N * Vl);  // never (N, Vp) with TP > 1
+  arena.add(&a.losses, N);
+  arena.add(&a.lse, N);
+  if (tp) arena.add(&a.ce_stats, 2 * N);
+  arena.add(&a.dres, N * C);
+  arena.add(&a.dln, N * C);
+  arena.add(&a.datty, N * Cl);
+  arena.add(&a.dqkv, N * 3 * Cl);
+  arena.add(&a.dfch, N * Fl);
+  (void)NHl;
+  bytes = arena.bytes();
+  buffer = cpu::AlignedBuffer((bytes + sizeof(float) - 1) / sizeof(float));
+  arena.bind(buffer.data());
+}
 
 void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what) {
   for (size_t i = 0; i < n; ++i) {
@@ -236,7 +315,7 @@ void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what) {
 
 Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq) : Gpt(cfg, max_batch, max_seq, nullptr) {}
 
-Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp)
+Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp, Precision precision)
     : cfg_(cfg), s_(std::make_unique<State>()) {
   cfg_.validate();
   CHORUS_CHECK(max_batch > 0, "Gpt: max_batch must be > 0, got %d", max_batch);
@@ -245,6 +324,7 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
   State& s = *s_;
   s.max_batch = max_batch;
   s.max_seq = max_seq;
+  s.precision = precision;
 
   const int64_t L = cfg_.n_layer, C = cfg_.n_embd, Vp = cfg_.padded_vocab(), ctx = cfg_.context;
   if (tp != nullptr && tp->size() > 1) {
@@ -313,44 +393,32 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
   s.p = make_view(s.params.data(), s.table, cfg_.n_layer);
   s.g = make_view(s.grads.data(), s.table, cfg_.n_layer);
 
+  if (precision != Precision::fp32) {
+    // The compute copy: 2 bytes per parameter, views at the same offsets.
+    s.compute_params = cpu::AlignedBuffer((offset + 1) / 2);
+    if (precision == Precision::bf16)
+      s.p_bf16 = make_view(reinterpret_cast<bf16*>(s.compute_params.data()), s.table, cfg_.n_layer);
+    else
+      s.p_fp16 = make_view(reinterpret_cast<fp16*>(s.compute_params.data()), s.table, cfg_.n_layer);
+  }
+
   // Activation table: every saved tensor and backward scratch, for (max_batch,
-  // max_seq); the TP-split ones at their local width.
+  // max_seq), in the compute dtype; the TP-split ones at their local width.
   const size_t N = static_cast<size_t>(max_batch) * max_seq;
   const size_t NHl = s.n_head_local, Cl = s.attn_local, Fl = s.mlp_local, Vl = s.vocab.size;
   const size_t att = static_cast<size_t>(max_batch) * NHl * max_seq * max_seq;
-  Arena arena;
-  s.layer_acts.resize(cfg_.n_layer);
-  arena.add(&s.encoded, N * C);
-  for (auto& la : s.layer_acts) {
-    arena.add(&la.ln1, N * C);
-    arena.add(&la.ln1_mean, N);
-    arena.add(&la.ln1_rstd, N);
-    arena.add(&la.qkv, N * 3 * Cl);
-    arena.add(&la.atty, N * Cl);
-    arena.add(&la.att, att);
-    arena.add(&la.res2, N * C);
-    arena.add(&la.ln2, N * C);
-    arena.add(&la.ln2_mean, N);
-    arena.add(&la.ln2_rstd, N);
-    arena.add(&la.fch, N * Fl);
-    arena.add(&la.fch_gelu, N * Fl);
-    arena.add(&la.res3, N * C);
+  const bool tp_on = s.tp != nullptr;
+  switch (precision) {
+    case Precision::fp32:
+      bind_activations(s.a_f32, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on);
+      break;
+    case Precision::bf16:
+      bind_activations(s.a_bf16, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on);
+      break;
+    case Precision::fp16:
+      bind_activations(s.a_fp16, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on);
+      break;
   }
-  arena.add(&s.lnf, N * C);
-  arena.add(&s.lnf_mean, N);
-  arena.add(&s.lnf_rstd, N);
-  arena.add(&s.logits, N * Vl);  // never (N, Vp) with TP > 1
-  arena.add(&s.losses, N);
-  arena.add(&s.lse, N);
-  if (s.tp != nullptr) arena.add(&s.ce_stats, 2 * N);
-  arena.add(&s.dres, N * C);
-  arena.add(&s.dln, N * C);
-  arena.add(&s.datty, N * Cl);
-  arena.add(&s.dqkv, N * 3 * Cl);
-  arena.add(&s.dfch, N * Fl);
-  arena.add(&s.datt, att);
-  s.acts = cpu::AlignedBuffer(arena.total());
-  arena.bind(s.acts.data());
   s.tokens.assign(N, 0);
   s.targets.assign(N, 0);
 }
@@ -401,7 +469,19 @@ void Gpt::init_weights(uint64_t seed) {
   }
 }
 
-std::span<float> Gpt::params() { return {s_->params.data(), s_->params.size()}; }
+std::span<float> Gpt::params() {
+  s_->compute_stale = true;  // the caller may write the masters
+  return {s_->params.data(), s_->params.size()};
+}
+std::span<const float> Gpt::master_params() const { return {s_->params.data(), s_->params.size()}; }
+Precision Gpt::precision() const { return s_->precision; }
+
+void Gpt::refresh_compute_weights() {
+  State& s = *s_;
+  if (s.precision == Precision::bf16) convert(s.p_bf16.wte, s.params.data(), s.params.size());
+  if (s.precision == Precision::fp16) convert(s.p_fp16.wte, s.params.data(), s.params.size());
+  s.compute_stale = false;
+}
 std::span<float> Gpt::grads() { return {s_->grads.data(), s_->grads.size()}; }
 const std::vector<ParamSpec>& Gpt::param_table() const { return s_->table; }
 size_t Gpt::n_params() const { return s_->params.size(); }
@@ -427,34 +507,60 @@ double Gpt::flops_per_token(int T) const {
          12.0 * cfg_.n_layer * static_cast<double>(cfg_.n_embd) * static_cast<double>(T);
 }
 
-size_t Gpt::activation_bytes() const { return s_->acts.size() * sizeof(float); }
+size_t Gpt::activation_bytes() const { return s_->acts_bytes; }
+
+GptMemory Gpt::memory() const {
+  const State& s = *s_;
+  GptMemory m;
+  m.master_bytes = s.params.size() * sizeof(float);
+  m.compute_weight_bytes = s.compute_params.size() * sizeof(float);
+  m.grad_bytes = s.grads.size() * sizeof(float);
+  m.activation_bytes = s.acts_bytes;
+  m.kv_cache_bytes = s.cache.size() * sizeof(float);
+  return m;
+}
 
 float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T) {
   State& s = *s_;
   CHORUS_CHECK(tokens != nullptr, "Gpt::forward: tokens is null");
   CHORUS_CHECK(B > 0 && B <= s.max_batch, "Gpt::forward: B = %d outside [1, max_batch = %d]", B, s.max_batch);
   CHORUS_CHECK(T > 0 && T <= s.max_seq, "Gpt::forward: T = %d outside [1, max_seq = %d]", T, s.max_seq);
-  const int C = cfg_.n_embd, V = cfg_.vocab_size;
-  const int NHl = s.n_head_local, Cl = s.attn_local, Fl = s.mlp_local, Vl = s.vocab.size;
   const int N = B * T;
-  check_tokens(tokens, N, V, "tokens");
-  if (targets != nullptr) check_tokens(targets, N, V, "targets");
+  check_tokens(tokens, N, cfg_.vocab_size, "tokens");
+  if (targets != nullptr) check_tokens(targets, N, cfg_.vocab_size, "targets");
   std::memcpy(s.tokens.data(), tokens, N * sizeof(int32_t));
   if (targets != nullptr) std::memcpy(s.targets.data(), targets, N * sizeof(int32_t));
   s.B = B;
   s.T = T;
   s.backward_ready = false;
+  if (s.compute_stale) refresh_compute_weights();
+  switch (s.precision) {
+    case Precision::bf16: return forward_typed<bf16>(targets != nullptr);
+    case Precision::fp16: return forward_typed<fp16>(targets != nullptr);
+    case Precision::fp32: break;
+  }
+  return forward_typed<float>(targets != nullptr);
+}
+
+template <typename T>
+float Gpt::forward_typed(bool with_targets) {
+  State& s = *s_;
+  const int B = s.B, Tn = s.T, N = B * Tn;
+  const int C = cfg_.n_embd;
+  const int NHl = s.n_head_local, Cl = s.attn_local, Fl = s.mlp_local, Vl = s.vocab.size;
+  const ModelView<T>& p = s.weights_of<T>();
+  Acts<T>& A = s.acts_of<T>();
 
   // Every activation that enters a LayerNorm or the residual stream is
   // replicated (identical on every TP rank); qkv, atty, fch are local columns.
-  nn::vocab_parallel_embedding_forward(s.encoded, s.tokens.data(), s.p.wte, s.p.wpe, s.vocab, B, T, C, s.tp);
-  const float* x = s.encoded;  // (B, T, C) residual stream entering the block
+  nn::vocab_parallel_embedding_forward(A.encoded, s.tokens.data(), p.wte, p.wpe, s.vocab, B, Tn, C, s.tp);
+  const T* x = A.encoded;  // (B, T, C) residual stream entering the block
   for (int l = 0; l < cfg_.n_layer; ++l) {
-    const LayerView& w = s.p.layers[l];
-    const LayerActs& a = s.layer_acts[l];
+    const LayerView<T>& w = p.layers[l];
+    const LayerActs<T>& a = A.layers[l];
     nn::layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, w.ln1_w, w.ln1_b, N, C);
     nn::column_parallel_forward(a.qkv, a.ln1, w.attn_w, w.attn_b, N, C, 3 * Cl);
-    nn::attention_forward(a.atty, a.att, a.qkv, B, T, Cl, NHl);  // the local heads only
+    nn::attention_forward(a.atty, a.att, a.qkv, B, Tn, Cl, NHl);  // the local heads only
     nn::row_parallel_forward(a.res2, a.atty, w.proj_w, w.proj_b, N, Cl, C, /*residual=*/x, s.tp);
     nn::layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_w, w.ln2_b, N, C);
     nn::column_parallel_forward(a.fch, a.ln2, w.fc_w, w.fc_b, N, C, Fl);
@@ -462,17 +568,31 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T) 
     nn::row_parallel_forward(a.res3, a.fch_gelu, w.fcproj_w, w.fcproj_b, N, Fl, C, /*residual=*/a.res2, s.tp);
     x = a.res3;
   }
-  nn::layernorm_forward(s.lnf, s.lnf_mean, s.lnf_rstd, x, s.p.lnf_w, s.p.lnf_b, N, C);
+  nn::layernorm_forward(A.lnf, A.lnf_mean, A.lnf_rstd, x, p.lnf_w, p.lnf_b, N, C);
   // LM head tied to the vocab-parallel wte: this rank's (N, Vl) columns only.
-  nn::column_parallel_forward(s.logits, s.lnf, s.p.wte, nullptr, N, C, Vl);
-  if (targets == nullptr) return 0.0f;
-  nn::vocab_parallel_cross_entropy_forward(s.losses, s.lse, s.ce_stats, s.logits, s.targets.data(), N,
-                                           s.vocab, s.tp);
+  nn::column_parallel_forward<T>(A.logits, A.lnf, p.wte, nullptr, N, C, Vl);
+  if (!with_targets) return 0.0f;
+  nn::vocab_parallel_cross_entropy_forward(A.losses, A.lse, A.ce_stats, A.logits, s.targets.data(), N, s.vocab,
+                                           s.tp);
   s.backward_ready = true;
-  return static_cast<float>(cpu::sum_double(s.losses, N) / N);
+  return static_cast<float>(cpu::sum_double(A.losses, N) / N);
 }
 
-const float* Gpt::logits() const { return s_->logits; }
+const float* Gpt::logits() const {
+  CHORUS_CHECK(s_->precision == Precision::fp32,
+               "Gpt::logits: the logits are %s in this model; use logits_f32()", precision_name(s_->precision));
+  return s_->a_f32.logits;
+}
+
+void Gpt::logits_f32(float* out) const {
+  const State& s = *s_;
+  const size_t n = static_cast<size_t>(s.B) * s.T * s.vocab.size;
+  switch (s.precision) {
+    case Precision::fp32: convert(out, s.a_f32.logits, n); break;
+    case Precision::bf16: convert(out, s.a_bf16.logits, n); break;
+    case Precision::fp16: convert(out, s.a_fp16.logits, n); break;
+  }
+}
 
 void Gpt::backward(float loss_scale) {
   State& s = *s_;
@@ -480,38 +600,49 @@ void Gpt::backward(float loss_scale) {
                "Gpt::backward: needs a forward with targets first, and runs once per forward (it reuses the "
                "logits buffer)");
   s.backward_ready = false;
-  const int B = s.B, T = s.T, N = B * T;
+  switch (s.precision) {
+    case Precision::bf16: backward_typed<bf16>(loss_scale); return;
+    case Precision::fp16: backward_typed<fp16>(loss_scale); return;
+    case Precision::fp32: backward_typed<float>(loss_scale); return;
+  }
+}
+
+template <typename T>
+void Gpt::backward_typed(float loss_scale) {
+  State& s = *s_;
+  const int B = s.B, Tn = s.T, N = B * Tn;
   const int C = cfg_.n_embd;
   const int NHl = s.n_head_local, Cl = s.attn_local, Fl = s.mlp_local, Vl = s.vocab.size;
+  const ModelView<T>& p = s.weights_of<T>();
+  Acts<T>& A = s.acts_of<T>();
 
   // Mean over N positions, times the caller's scale. dlogits overwrite logits.
-  float* dlogits = s.logits;
-  nn::vocab_parallel_cross_entropy_backward(dlogits, s.logits, s.lse, s.targets.data(), loss_scale / N, N,
+  T* dlogits = A.logits;
+  nn::vocab_parallel_cross_entropy_backward(dlogits, A.logits, A.lse, s.targets.data(), loss_scale / N, N,
                                             s.vocab);
-  nn::column_parallel_backward(s.dln, s.g.wte, nullptr, dlogits, s.lnf, s.p.wte, N, C, Vl, s.tp);
-  const float* x_last = s.layer_acts.back().res3;
-  nn::layernorm_backward(s.dres, s.g.lnf_w, s.g.lnf_b, s.dln, x_last, s.p.lnf_w, s.lnf_mean, s.lnf_rstd, N,
-                         C);
+  nn::column_parallel_backward(A.dln, s.g.wte, nullptr, dlogits, A.lnf, p.wte, N, C, Vl, s.tp);
+  const T* x_last = A.layers.back().res3;
+  nn::layernorm_backward<T>(A.dres, s.g.lnf_w, s.g.lnf_b, A.dln, x_last, p.lnf_w, A.lnf_mean, A.lnf_rstd, N, C);
 
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
-    const LayerView& w = s.p.layers[l];
-    const LayerView& g = s.g.layers[l];
-    const LayerActs& a = s.layer_acts[l];
-    const float* x = l == 0 ? s.encoded : s.layer_acts[l - 1].res3;
-    // s.dres holds d(res3); the MLP branch and the skip both receive it.
+    const LayerView<T>& w = p.layers[l];
+    const LayerView<float>& g = s.g.layers[l];
+    const LayerActs<T>& a = A.layers[l];
+    const T* x = l == 0 ? A.encoded : A.layers[l - 1].res3;
+    // A.dres holds d(res3); the MLP branch and the skip both receive it.
     // dres and dln are replicated (the column-parallel backward all-reduces dln).
-    nn::row_parallel_backward(s.dfch, g.fcproj_w, g.fcproj_b, s.dres, a.fch_gelu, w.fcproj_w, N, Fl, C);
-    nn::gelu_backward(s.dfch, a.fch, s.dfch, static_cast<size_t>(N) * Fl);
-    nn::column_parallel_backward(s.dln, g.fc_w, g.fc_b, s.dfch, a.ln2, w.fc_w, N, C, Fl, s.tp);
-    nn::layernorm_backward(s.dres, g.ln2_w, g.ln2_b, s.dln, a.res2, w.ln2_w, a.ln2_mean, a.ln2_rstd, N, C,
-                           /*dresidual=*/s.dres);  // now d(res2)
-    nn::row_parallel_backward(s.datty, g.proj_w, g.proj_b, s.dres, a.atty, w.proj_w, N, Cl, C);
-    nn::attention_backward(s.dqkv, s.datt, s.datty, a.qkv, a.att, B, T, Cl, NHl);
-    nn::column_parallel_backward(s.dln, g.attn_w, g.attn_b, s.dqkv, a.ln1, w.attn_w, N, C, 3 * Cl, s.tp);
-    nn::layernorm_backward(s.dres, g.ln1_w, g.ln1_b, s.dln, x, w.ln1_w, a.ln1_mean, a.ln1_rstd, N, C,
-                           /*dresidual=*/s.dres);  // now d(x)
+    nn::row_parallel_backward(A.dfch, g.fcproj_w, g.fcproj_b, A.dres, a.fch_gelu, w.fcproj_w, N, Fl, C);
+    nn::gelu_backward<T>(A.dfch, a.fch, A.dfch, static_cast<size_t>(N) * Fl);
+    nn::column_parallel_backward(A.dln, g.fc_w, g.fc_b, A.dfch, a.ln2, w.fc_w, N, C, Fl, s.tp);
+    nn::layernorm_backward<T>(A.dres, g.ln2_w, g.ln2_b, A.dln, a.res2, w.ln2_w, a.ln2_mean, a.ln2_rstd, N, C,
+                              /*dresidual=*/A.dres);  // now d(res2)
+    nn::row_parallel_backward(A.datty, g.proj_w, g.proj_b, A.dres, a.atty, w.proj_w, N, Cl, C);
+    nn::attention_backward<T>(A.dqkv, A.datty, a.qkv, a.att, B, Tn, Cl, NHl);
+    nn::column_parallel_backward(A.dln, g.attn_w, g.attn_b, A.dqkv, a.ln1, w.attn_w, N, C, 3 * Cl, s.tp);
+    nn::layernorm_backward<T>(A.dres, g.ln1_w, g.ln1_b, A.dln, x, w.ln1_w, a.ln1_mean, a.ln1_rstd, N, C,
+                              /*dresidual=*/A.dres);  // now d(x)
   }
-  nn::vocab_parallel_embedding_backward(s.g.wte, s.g.wpe, s.dres, s.tokens.data(), s.vocab, B, T, C);
+  nn::vocab_parallel_embedding_backward<T>(s.g.wte, s.g.wpe, A.dres, s.tokens.data(), s.vocab, B, Tn, C);
 }
 
 void Gpt::zero_grad() { cpu::fill(s_->grads.data(), 0.0f, s_->grads.size()); }
@@ -540,7 +671,7 @@ void Gpt::reset_cache(int B) {
     arena.add(&s.dec_logits, b * Vp);
     arena.add(&s.dec_scores, b * NH * ctx);
     s.cache = cpu::AlignedBuffer();  // free the old one first
-    s.cache = cpu::AlignedBuffer(arena.total());
+    s.cache = cpu::AlignedBuffer((arena.bytes() + sizeof(float) - 1) / sizeof(float));
     arena.bind(s.cache.data());
     s.cache_B = B;
   }
@@ -562,9 +693,9 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   const size_t layer_stride = static_cast<size_t>(B) * ctx * C;
 
   // (B, 1) sequence at position pos: wpe row pos.
-  nn::encoder_forward(s.dec_x, tokens, s.p.wte, s.p.wpe + static_cast<size_t>(pos) * C, B, 1, C);
+  nn::encoder_forward<float>(s.dec_x, tokens, s.p.wte, s.p.wpe + static_cast<size_t>(pos) * C, B, 1, C);
   for (int l = 0; l < cfg_.n_layer; ++l) {
-    const LayerView& w = s.p.layers[l];
+    const LayerView<float>& w = s.p.layers[l];
     float* kc = s.k_cache + l * layer_stride;
     float* vc = s.v_cache + l * layer_stride;
     nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln1_w, w.ln1_b, B, C);
@@ -584,7 +715,7 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
     nn::matmul_forward(s.dec_x, s.dec_fch, w.fcproj_w, w.fcproj_b, B, 4 * C, C, /*residual=*/s.dec_x);
   }
   nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, s.p.lnf_w, s.p.lnf_b, B, C);
-  nn::matmul_forward(s.dec_logits, s.dec_ln, s.p.wte, nullptr, B, C, Vp);
+  nn::matmul_forward<float>(s.dec_logits, s.dec_ln, s.p.wte, nullptr, B, C, Vp);
   s.n_cached = pos + 1;
   return s.dec_logits;
 }

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace chorus::dist {
 class Communicator;
 }
@@ -65,6 +67,15 @@ struct ParamSpec {
   int tp_parts = 1;
 };
 
+// Bytes a model holds, by kind (the memory report of a training run).
+struct GptMemory {
+  size_t master_bytes = 0;          // fp32 master weights (params())
+  size_t compute_weight_bytes = 0;  // their bf16 / fp16 copy (0 for fp32)
+  size_t grad_bytes = 0;            // fp32 gradients
+  size_t activation_bytes = 0;      // saved activations + backward scratch, in the compute dtype
+  size_t kv_cache_bytes = 0;        // decoding
+};
+
 class Gpt {
  public:
   // Allocates parameters, gradients and activations for batches up to
@@ -83,7 +94,14 @@ class Gpt {
   //   - logits() is this rank's vocabulary shard (no rank holds full logits);
   //   - reset_cache()/decode_step() throw: generation runs on one rank.
   // Scratch for the TP collectives is preallocated: a step still allocates nothing.
-  Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp);
+  //
+  // precision: the storage dtype of activations, activation gradients and the
+  // compute copy of the weights (docs/DESIGN.md "Mixed precision"). params()
+  // are always the fp32 masters and grads() fp32; for bf16 / fp16 the weights
+  // are rounded into the compute copy before the next forward whenever
+  // params() was taken since the last one (an optimizer step, a load).
+  Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp,
+      Precision precision = Precision::fp32);
   ~Gpt();
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
@@ -95,8 +113,15 @@ class Gpt {
   // tensors as one rank would and keeps its shard.
   void init_weights(uint64_t seed);
 
+  // fp32 master weights. Taking the mutable span marks the compute copy stale.
   std::span<float> params();
+  std::span<const float> master_params() const;
   std::span<float> grads();
+  Precision precision() const;
+  // Rounds the masters into the compute copy now (forward does it by itself
+  // when needed).
+  void refresh_compute_weights();
+  GptMemory memory() const;
   const std::vector<ParamSpec>& param_table() const;
   size_t n_params() const;       // floats in params() on this rank (incl. padded vocab rows)
   // Parameters for FLOP accounting as in bench/peers/torch_gpt_bench.py:
@@ -115,7 +140,10 @@ class Gpt {
   // with TP = 1; with TP > 1 this rank's shard (B, T, local_vocab()), the
   // columns [vocab_begin(), vocab_begin() + local_vocab()) of the full logits.
   // Valid until backward(), which reuses this buffer for the logit gradient.
+  // fp32 models only (throws otherwise); logits_f32 converts from any
+  // precision into out ((B, T, local_vocab()) floats).
   const float* logits() const;
+  void logits_f32(float* out) const;
   int vocab_begin() const;  // TP rank * padded_vocab / TP
   int local_vocab() const;  // padded_vocab / TP
   int tp_size() const;
@@ -135,6 +163,11 @@ class Gpt {
   const float* decode_step(const int32_t* tokens, int pos);
 
  private:
+  template <typename T>
+  float forward_typed(bool with_targets);
+  template <typename T>
+  void backward_typed(float loss_scale);
+
   GptConfig cfg_;
   struct State;
   std::unique_ptr<State> s_;
