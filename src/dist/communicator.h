@@ -15,9 +15,22 @@
 #include <memory>
 #include <string>
 
+#include "core/dtype.h"
+
 namespace chorus::dist {
 
-enum class DType { f32, f64, i32, i64, u64 };
+// bf16 and f16 are chorus::bf16 / chorus::fp16 (src/core/dtype.h), 2 bytes.
+// Their reductions combine in fp32 and round back to the 16-bit type (round to
+// nearest even) after every combine, so a sum over R ranks is rounded R - 1
+// times (plus once more for avg, which scales the sum by 1/size in fp32): the
+// result can depend on the reduction order (the backend's algorithm, the group
+// size) and differ from the fp32 sum rounded once by up to about one 16-bit ulp
+// per combine. Every rank still receives the same bits: the MPI backend reduces
+// each element on exactly one rank (reduce-scatter, then all-gather); NCCL's
+// maintainers state ncclAllReduce does too (NVIDIA/nccl#434). NCCL's avg
+// (ncclAvg) scales each input by 1/size before the sum instead, so its bits
+// can differ from the MPI backend's. max and min are exact (MPI: a NaN wins).
+enum class DType { f32, f64, i32, i64, u64, bf16, f16 };
 enum class ReduceOp { sum, avg, max, min };
 
 size_t dtype_size(DType t);
@@ -56,6 +69,8 @@ class Communicator {
   // Typed conveniences.
   void all_reduce(float* buf, size_t n, ReduceOp op) { all_reduce(buf, n, DType::f32, op); }
   void all_reduce(double* buf, size_t n, ReduceOp op) { all_reduce(buf, n, DType::f64, op); }
+  void all_reduce(bf16* buf, size_t n, ReduceOp op) { all_reduce(buf, n, DType::bf16, op); }
+  void all_reduce(fp16* buf, size_t n, ReduceOp op) { all_reduce(buf, n, DType::f16, op); }
   double all_reduce_scalar(double x, ReduceOp op) {
     all_reduce(&x, 1, DType::f64, op);
     return x;
