@@ -23,7 +23,8 @@ namespace fs = std::filesystem;
 
 int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   OptionSet o("pretrain",
-              "Pretrains a GPT-2-style model on HDF5 text shards (CPU backend, fp32). Prints one line per step\n"
+              "Pretrains a GPT-2-style model on HDF5 text shards (CPU backend; fp32, bf16 or fp16 compute with fp32\n"
+              "master weights). Prints one line per step\n"
               "and writes <run-dir>/metrics.jsonl, <run-dir>/config.json and the final weights <run-dir>/model.h5.\n"
               "Global batch per optimizer step = batch x grad-accum x DP sequences of seq-len tokens.\n"
               "Distributed: mpirun -np N chorus pretrain ... --tp T runs DP = N / T data-parallel replicas of a\n"
@@ -51,6 +52,22 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   o.add<int>("train", "eval-batches", 8, "validation micro-batches per evaluation");
   o.add<int>("train", "log-every", 1, "print a step line every N steps (metrics.jsonl gets every step)");
   o.add<int>("train", "sample-tokens", 0, "after training, print a sample of this many generated tokens");
+  o.add<std::string>("train", "precision", "fp32",
+                     "compute dtype of activations and of the weights' compute copy: fp32 | bf16 | fp16. Master "
+                     "weights, gradients and Adam state stay fp32 in every precision, and checkpoints hold the fp32 "
+                     "masters, so a run may resume in another precision. bf16 is recommended where the CPU has bf16 "
+                     "matrix units (AMX-BF16, AVX512-BF16: oneDNN runs its GEMMs several times faster than fp32) "
+                     "and halves activation memory everywhere; on CPUs without them its GEMMs run through fp32 "
+                     "SGEMM and it is about as fast as fp32. fp16 needs loss scaling (on by default with it)");
+  o.add<std::string>("train", "loss-scaling", "auto",
+                     "auto = dynamic loss scaling for fp16, off otherwise | dynamic | off");
+  o.add<double>("train", "loss-scale-init", 65536.0, "65536", "initial loss scale (dynamic loss scaling)");
+  o.add<double>("train", "loss-scale-growth", 2.0, "2", "multiply the scale by this after loss-scale-interval "
+                "finite steps in a row (> 1)");
+  o.add<int64_t>("train", "loss-scale-interval", 2000, "finite steps in a row before the scale grows");
+  o.add<double>("train", "loss-scale-backoff", 0.5, "0.5", "multiply the scale by this when a step had Inf/NaN "
+                "gradients on any rank (that step is skipped on every rank); in (0, 1)");
+  o.add<int>("train", "max-skipped-steps", 20, "stop with an error after this many skipped (non-finite) steps in a row");
   o.add<float>("optim", "lr", 6e-4f, "6e-4", "peak learning rate");
   o.add<float>("optim", "min-lr", 6e-5f, "6e-5", "final learning rate of the cosine decay");
   o.add<int64_t>("optim", "warmup", 100, "linear warmup steps");
@@ -62,6 +79,11 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   o.add<int>("parallel", "tp", 1, "tensor-parallel degree (divides the ranks, heads, MLP width, padded vocab)");
   o.add<int>("parallel", "zero", 0, "1 = ZeRO-1: shard optimizer state over data-parallel ranks");
   o.add<double>("parallel", "bucket-mb", 16.0, "16", "data-parallel gradient all-reduce bucket size (MiB)");
+  o.add<std::string>("parallel", "grad-reduce-dtype", "fp32",
+                     "dtype of the data-parallel gradient reduction: fp32 (exact average; default) | bf16 (half "
+                     "the bytes on the wire, for bandwidth-bound clusters; each gradient is rounded to 8 mantissa "
+                     "bits, ~0.4% relative error per element, which AdamW mostly tolerates but which changes "
+                     "results and the gradient norm slightly)");
   o.add<std::string>("checkpoint", "save-dir", "", "where checkpoints and `latest` go (default: the run directory)");
   o.add<int64_t>("checkpoint", "save-every", 0, "checkpoint every N steps (0 = only at the end and on a stop)");
   o.add<int>("checkpoint", "keep-last", 0, "keep only the newest K checkpoints, deleting older ones after a newer one "
@@ -118,6 +140,26 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   CHORUS_CHECK(p.zero_stage == 0 || p.zero_stage == 1, "zero: must be 0 or 1, got %d", p.zero_stage);
   p.bucket_mb = vm["bucket-mb"].as<double>();
   CHORUS_CHECK(p.bucket_mb > 0, "bucket-mb: must be > 0, got %g", p.bucket_mb);
+  p.precision = parse_precision(vm["precision"].as<std::string>());
+  const std::string scaling = vm["loss-scaling"].as<std::string>();
+  CHORUS_CHECK(scaling == "auto" || scaling == "dynamic" || scaling == "off",
+               "loss-scaling: expected auto, dynamic or off, got '%s'", scaling.c_str());
+  p.loss_scaler.enabled = scaling == "dynamic" || (scaling == "auto" && p.precision == Precision::fp16);
+  p.loss_scaler.init_scale = vm["loss-scale-init"].as<double>();
+  p.loss_scaler.growth = vm["loss-scale-growth"].as<double>();
+  p.loss_scaler.growth_interval = vm["loss-scale-interval"].as<int64_t>();
+  p.loss_scaler.backoff = vm["loss-scale-backoff"].as<double>();
+  p.max_skipped_in_a_row = vm["max-skipped-steps"].as<int>();
+  if (p.precision == Precision::fp16 && !p.loss_scaler.enabled)
+    log_warn("precision fp16 without loss scaling: small gradients underflow to zero (use --loss-scaling auto)");
+  const std::string reduce = vm["grad-reduce-dtype"].as<std::string>();
+  CHORUS_CHECK(reduce == "fp32" || reduce == "bf16", "grad-reduce-dtype: expected fp32 or bf16, got '%s'",
+               reduce.c_str());
+  p.grad_reduce_dtype = reduce == "bf16" ? dist::DType::bf16 : dist::DType::f32;
+  if (const char* f = std::getenv("CHORUS_INJECT_INF")) {
+    CHORUS_CHECK(std::sscanf(f, "%d:%ld", &p.nonfinite_rank, &p.nonfinite_step) == 2,
+                 "CHORUS_INJECT_INF: expected RANK:STEP, got '%s'", f);
+  }
   if (const char* f = std::getenv("CHORUS_FAIL_AT")) {
     CHORUS_CHECK(std::sscanf(f, "%d:%ld", &p.fail_rank, &p.fail_step) == 2,
                  "CHORUS_FAIL_AT: expected RANK:STEP, got '%s'", f);
@@ -132,9 +174,13 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
     return 0;
   }
   log_info("done: %lld steps, train loss %.4f -> %.4f, val loss %.4f, val bpb %.4f, median %.0f tok/s, MFU "
-           "%.1f%%",
+           "%.1f%%%s",
            static_cast<long long>(r.steps_done), r.first_loss, r.last_loss, r.val_loss, r.val_bpb, r.tokens_per_s,
-           100.0 * r.mfu);
+           100.0 * r.mfu,
+           p.loss_scaler.enabled
+               ? strfmt(", loss scale %g, %lld steps skipped", r.loss_scale, static_cast<long long>(r.skipped_steps))
+                     .c_str()
+               : "");
   if (!r.sample.empty()) log_info("sample:\n%s\n", r.sample.c_str());
   return 0;
 }

@@ -99,6 +99,7 @@ class Fields {
     return v;
   }
   const std::string& where() const { return where_; }
+  bool has(const std::string& key) const { return obj_.contains(key); }
 
  private:
   const json& obj_;
@@ -180,7 +181,11 @@ json manifest_to_json(const Manifest& m) {
                     {"weight_decay", m.optimizer.weight_decay},
                     {"grad_clip", m.optimizer.grad_clip},
                     {"masters", "model"}};
-  j["loss_scaler"] = {{"enabled", m.loss_scaler.enabled}, {"scale", m.loss_scaler.scale}};
+  j["loss_scaler"] = {{"enabled", m.loss_scaler.enabled},
+                      {"scale", m.loss_scaler.scale},
+                      {"good_steps", m.loss_scaler.good_steps},
+                      {"skipped_steps", m.loss_scaler.skipped_steps}};
+  j["precision"] = m.precision;
   j["layout"] = {
       {"tp", m.layout.tp}, {"dp", m.layout.dp}, {"zero", m.layout.zero}, {"world", m.layout.world()}};
   json rng = json::array();
@@ -283,6 +288,15 @@ Manifest manifest_from_json(const json& j, const std::string& where) {
   Fields ls = root.object("loss_scaler");
   m.loss_scaler.enabled = ls.boolean("enabled");
   m.loss_scaler.scale = ls.f64("scale");
+  // Written since mixed precision; older manifests (fp32 runs) lack them.
+  if (ls.has("good_steps")) m.loss_scaler.good_steps = ls.i64("good_steps");
+  if (ls.has("skipped_steps")) m.loss_scaler.skipped_steps = ls.i64("skipped_steps");
+  if (root.has("precision")) {
+    m.precision = root.str("precision");
+    CHORUS_CHECK(m.precision == "fp32" || m.precision == "bf16" || m.precision == "fp16",
+                 "checkpoint manifest '%s': field 'precision' is '%s', expected fp32, bf16 or fp16", where.c_str(),
+                 m.precision.c_str());
+  }
   Fields lay = root.object("layout");
   m.layout.tp = lay.i32("tp", 1);
   m.layout.dp = lay.i32("dp", 1);

@@ -73,8 +73,10 @@ struct OptimizerState {
 };
 
 struct LossScalerState {
-  bool enabled = false;  // fp32 training: no loss scaling
+  bool enabled = false;  // fp32 / bf16 training: no loss scaling
   double scale = 1.0;
+  int64_t good_steps = 0;     // consecutive finite steps since the scale last changed
+  int64_t skipped_steps = 0;  // steps skipped for non-finite gradients so far
 };
 
 struct Manifest {
@@ -88,6 +90,9 @@ struct Manifest {
   ScheduleState schedule;
   OptimizerState optimizer;
   LossScalerState loss_scaler;
+  // The compute dtype the run trained in ("fp32", "bf16", "fp16"); the
+  // weights in the files are always the fp32 masters, so any precision loads.
+  std::string precision = "fp32";
   Layout layout;
   std::vector<RankRng> rng;  // by world rank (may be empty after an offline reshard)
   std::vector<TensorInfo> tensors;

@@ -116,7 +116,9 @@ std::string inspect(const std::string& path, bool list_tensors) {
   s += strfmt("  optimizer    %s t=%lld beta1 %g beta2 %g eps %g weight-decay %g grad-clip %g\n",
               m.optimizer.type.c_str(), static_cast<long long>(m.optimizer.t), m.optimizer.beta1,
               m.optimizer.beta2, m.optimizer.eps, m.optimizer.weight_decay, m.optimizer.grad_clip);
-  s += strfmt("  loss scaler  %s (scale %g)\n", m.loss_scaler.enabled ? "on" : "off", m.loss_scaler.scale);
+  s += strfmt("  precision    %s (weights stored as fp32 masters)\n", m.precision.c_str());
+  s += strfmt("  loss scaler  %s (scale %g, %lld steps skipped)\n", m.loss_scaler.enabled ? "on" : "off",
+              m.loss_scaler.scale, static_cast<long long>(m.loss_scaler.skipped_steps));
   s += strfmt("  rng          %zu rank state(s)\n", m.rng.size());
   s += strfmt("  files        %zu, %s\n", m.files.size(), mb(m.total_bytes()).c_str());
   for (const auto& f : m.files) {

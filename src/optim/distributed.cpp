@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
@@ -24,11 +25,19 @@ DistributedOptimizer::DistributedOptimizer(size_t n, std::vector<Range> decay, s
   CHORUS_CHECK(cfg.bucket_floats > 0, "bucket-mb: must be > 0");
   std::sort(tp_replicated_.begin(), tp_replicated_.end(),
             [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  CHORUS_CHECK(cfg.grad_reduce_dtype == dist::DType::f32 || cfg.grad_reduce_dtype == dist::DType::bf16,
+               "grad-reduce-dtype: must be fp32 or bf16");
+  const bool bf16_reduce = cfg.grad_reduce_dtype == dist::DType::bf16 && dp.size() > 1;
   if (cfg.zero_stage == 1) {
     owned_ = {dist::chunk_begin(n, dp.size(), dp.rank()), dist::chunk_begin(n, dp.size(), dp.rank() + 1)};
     grad_shard_.resize(owned_.end - owned_.begin);
+    if (bf16_reduce) {
+      reduce_buf_.resize(n);
+      reduce_shard_.resize(grad_shard_.size());
+    }
   } else {
     owned_ = {0, n};
+    if (bf16_reduce) reduce_buf_.resize(std::min(n, cfg.bucket_floats));
   }
   adamw_ = std::make_unique<AdamW>(owned_.end - owned_.begin, clip_ranges(decay, owned_), cfg.adamw);
 }
@@ -51,10 +60,55 @@ double DistributedOptimizer::sum_squares(const float* g, Range r) const {
   return sharded + replicated;
 }
 
-StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> grads, float lr, int64_t t) {
+bool DistributedOptimizer::unscale_and_check(std::span<float> grads, double scale) const {
+  const float inv = static_cast<float>(1.0 / scale);
+  const bool rescale = scale != 1.0;
+  const long n = static_cast<long>(grads.size());
+  float* g = grads.data();
+  int bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static)
+  for (long i = 0; i < n; ++i) {
+    if (rescale) g[i] *= inv;
+    bad |= !std::isfinite(g[i]);
+  }
+  return bad != 0;
+}
+
+void DistributedOptimizer::all_reduce_grads(std::span<float> grads) {
+  if (dp_.size() == 1) return;
+  for (size_t b = 0; b < n_; b += cfg_.bucket_floats) {
+    const size_t len = std::min(cfg_.bucket_floats, n_ - b);
+    if (reduce_buf_.empty()) {
+      dp_.all_reduce(grads.data() + b, len, dist::ReduceOp::avg);
+    } else {
+      convert(reduce_buf_.data(), grads.data() + b, len);
+      dp_.all_reduce(reduce_buf_.data(), len, dist::DType::bf16, dist::ReduceOp::avg);
+      convert(grads.data() + b, reduce_buf_.data(), len);
+    }
+  }
+}
+
+StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> grads, float lr, int64_t t,
+                                     const StepOptions& so) {
   CHORUS_CHECK(params.size() == n_ && grads.size() == n_, "optimizer: buffers of %zu / %zu floats, expected %zu",
                params.size(), grads.size(), n_);
+  CHORUS_CHECK(so.grad_scale > 0.0 && std::isfinite(so.grad_scale), "optimizer: gradient scale %g is not > 0",
+               so.grad_scale);
   StepStats st;
+  if (so.skip_nonfinite || so.grad_scale != 1.0) {
+    const bool bad = unscale_and_check(grads, so.grad_scale);
+    if (so.skip_nonfinite) {
+      // Every DP and TP rank must agree: max over DP, then over TP, is the world's.
+      double any = bad ? 1.0 : 0.0;
+      if (dp_.size() > 1) any = dp_.all_reduce_scalar(any, dist::ReduceOp::max);
+      if (tp_.size() > 1) any = tp_.all_reduce_scalar(any, dist::ReduceOp::max);
+      if (any != 0.0) {
+        st.grad_norm = std::numeric_limits<double>::infinity();
+        st.skipped = true;
+        return st;
+      }
+    }
+  }
   // TP-replicated tensors (LayerNorms, row-parallel biases, wpe) get the same
   // gradient on every TP rank by construction; averaging them over TP keeps
   // the replicas identical even if a rank ever sums in another order (e.g.
@@ -62,16 +116,20 @@ StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> g
   if (tp_.size() > 1)
     for (const auto& r : tp_replicated_) tp_.all_reduce(grads.data() + r.begin, r.end - r.begin, dist::ReduceOp::avg);
   if (cfg_.zero_stage == 0) {
-    if (dp_.size() > 1)
-      for (size_t b = 0; b < n_; b += cfg_.bucket_floats)
-        dp_.all_reduce(grads.data() + b, std::min(cfg_.bucket_floats, n_ - b), dist::ReduceOp::avg);
+    all_reduce_grads(grads);
     st.grad_norm = std::sqrt(sum_squares(grads.data(), {0, n_}));
     clip_by_global_norm(grads, st.grad_norm, cfg_.grad_clip);
     adamw_->step(params, grads, lr, t);
     return st;
   }
   // ZeRO-1
-  dp_.reduce_scatter(grads.data(), grad_shard_.data(), n_, dist::DType::f32, dist::ReduceOp::avg);
+  if (reduce_buf_.empty()) {
+    dp_.reduce_scatter(grads.data(), grad_shard_.data(), n_, dist::DType::f32, dist::ReduceOp::avg);
+  } else {
+    convert(reduce_buf_.data(), grads.data(), n_);
+    dp_.reduce_scatter(reduce_buf_.data(), reduce_shard_.data(), n_, dist::DType::bf16, dist::ReduceOp::avg);
+    convert(grad_shard_.data(), reduce_shard_.data(), grad_shard_.size());
+  }
   double ss = sum_squares(grad_shard_.data(), owned_);
   ss = dp_.all_reduce_scalar(ss, dist::ReduceOp::sum);
   st.grad_norm = std::sqrt(ss);

@@ -7,12 +7,15 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/gemm.h"
 #include "backend/cpu/peak_flops.h"
+#include "backend/cpu/workspace.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/weights.h"
 #include "core/error.h"
@@ -52,6 +55,8 @@ void validate_options(const PretrainOptions& o) {
   CHORUS_CHECK(o.save_every >= 0, "save-every: must be >= 0, got %lld", static_cast<long long>(o.save_every));
   CHORUS_CHECK(o.keep_last >= 0, "keep-last: must be >= 0, got %d", o.keep_last);
   CHORUS_CHECK(o.stop_at >= 0, "stop-at: must be >= 0, got %lld", static_cast<long long>(o.stop_at));
+  CHORUS_CHECK(o.max_skipped_in_a_row >= 1, "max-skipped-steps: must be >= 1, got %d", o.max_skipped_in_a_row);
+  o.loss_scaler.validate();
 }
 
 // SIGTERM / SIGUSR1 only set a flag; the loop agrees on it over all ranks at
@@ -200,7 +205,7 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
   data::DataLoader train_loader(train_stream, T, B * dp, grid.dp_rank(), dp, opt.seed);
   data::DataLoader val_loader(val_stream, T, B * dp, grid.dp_rank(), dp, opt.seed ^ 0x76616cull);
 
-  models::Gpt model(opt.model, B, T, &grid.tp());
+  models::Gpt model(opt.model, B, T, &grid.tp(), opt.precision);
   model.init_weights(opt.seed);
   std::vector<optim::Range> decay, replicated;
   for (const auto& p : model.param_table()) {
@@ -212,6 +217,7 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
   ocfg.zero_stage = opt.zero_stage;
   ocfg.bucket_floats = std::max<size_t>(1, static_cast<size_t>(opt.bucket_mb * (1 << 20) / sizeof(float)));
   ocfg.grad_clip = opt.grad_clip;
+  ocfg.grad_reduce_dtype = opt.grad_reduce_dtype;
   optim::DistributedOptimizer optimizer(model.n_params(), decay, replicated, ocfg, grid.dp(), grid.tp());
 
   const double peak_gflops = opt.peak_gflops > 0 ? opt.peak_gflops : backend::cpu::measure_sgemm_gflops();
@@ -227,7 +233,9 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
         {"data", fs::absolute(opt.data_dir).string()},
         {"batch", B}, {"seq_len", T}, {"grad_accum", opt.grad_accum}, {"steps", opt.steps}, {"seed", opt.seed},
         {"lr", opt.lr}, {"min_lr", opt.min_lr}, {"warmup", opt.warmup}, {"grad_clip", opt.grad_clip},
-        {"weight_decay", opt.adamw.weight_decay}, {"beta1", opt.adamw.beta1}, {"beta2", opt.adamw.beta2}};
+        {"weight_decay", opt.adamw.weight_decay}, {"beta1", opt.adamw.beta1}, {"beta2", opt.adamw.beta2},
+        {"precision", precision_name(opt.precision)}, {"loss_scaling", opt.loss_scaler.enabled},
+        {"grad_reduce_dtype", opt.grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32"}};
     std::ofstream(fs::path(opt.run_dir) / "config.json") << cfg.dump(2) << "\n";
   }
 
@@ -240,17 +248,23 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
            static_cast<unsigned long long>(train_loader.n_samples()), T,
            static_cast<unsigned long long>(val_stream->n_tokens()), static_cast<long long>(tokens_per_step), B, T,
            opt.grad_accum, dp);
-  log_info("memory per rank: params %.1f MiB, grads %.1f MiB, Adam state %.1f MiB%s, activations %.1f MiB; %d "
-           "threads; MFU against %.1f GFLOP/s per rank (%s)",
-           model.n_params() * 4.0 / (1 << 20), model.n_params() * 4.0 / (1 << 20),
+  const models::GptMemory mem0 = model.memory();
+  log_info("compute: precision %s%s, DP gradient reduction in %s; %s", precision_name(opt.precision),
+           opt.loss_scaler.enabled ? strfmt(" with dynamic loss scaling (init %g)", opt.loss_scaler.init_scale).c_str()
+                                   : "",
+           opt.grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32", backend::cpu::gemm_describe().c_str());
+  log_info("memory per rank: fp32 master weights %.1f MiB, %s compute copy %.1f MiB, fp32 grads %.1f MiB, Adam "
+           "state %.1f MiB%s, activations (%s) %.1f MiB; %d threads; MFU against %.1f GFLOP/s per rank (%s)",
+           mem0.master_bytes / double(1 << 20), precision_name(opt.precision),
+           mem0.compute_weight_bytes / double(1 << 20), mem0.grad_bytes / double(1 << 20),
            optimizer.state_bytes() / double(1 << 20), opt.zero_stage ? " (ZeRO-1 slice)" : "",
-           model.activation_bytes() / double(1 << 20), omp_get_max_threads(), peak_gflops,
-           opt.peak_gflops > 0 ? "from config" : "measured sgemm");
+           precision_name(opt.precision), mem0.activation_bytes / double(1 << 20), omp_get_max_threads(),
+           peak_gflops, opt.peak_gflops > 0 ? "from config" : "measured sgemm");
 
   // Checkpoint state: views of the model and optimizer, plus this rank's RNG
   // (stream 1000 + world rank) that stochastic layers draw from.
   Rng rng(opt.seed, 1000 + static_cast<uint64_t>(grid.world_rank()));
-  checkpoint::LossScalerState loss_scaler;  // fp32: off, scale 1
+  optim::LossScaler scaler(opt.loss_scaler);
   checkpoint::RankState ck;
   ck.tensors = checkpoint::tensor_table(model);
   for (const auto& p : model.param_table()) ck.offsets.push_back(p.offset);
@@ -271,7 +285,14 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
       start_step = m.step;
       tokens_seen = m.tokens_seen;
       train_loader.set_consumed(m.sampler.consumed);
-      loss_scaler = m.loss_scaler;
+      scaler.restore({m.loss_scaler.enabled, m.loss_scaler.scale, m.loss_scaler.good_steps,
+                      m.loss_scaler.skipped_steps});
+      if (writer && m.precision != precision_name(opt.precision))
+        log_warn("resume: the checkpoint was trained in %s and this run computes in %s (the fp32 master weights "
+                 "and Adam state carry over exactly; the loss curve will not continue bit-for-bit)%s",
+                 m.precision.c_str(), precision_name(opt.precision),
+                 opt.loss_scaler.enabled && !m.loss_scaler.enabled ? "; loss scaling starts at its initial scale"
+                                                                    : "");
       if (loaded->rng_restored) {
         rng.set_state(ck.rng);
       } else if (writer) {
@@ -308,7 +329,9 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
     meta.optimizer.eps = opt.adamw.eps;
     meta.optimizer.weight_decay = opt.adamw.weight_decay;
     meta.optimizer.grad_clip = opt.grad_clip;
-    meta.loss_scaler = loss_scaler;
+    const optim::LossScalerSnapshot ls = scaler.snapshot();
+    meta.loss_scaler = {ls.enabled, ls.scale, ls.good_steps, ls.skipped_steps};
+    meta.precision = precision_name(opt.precision);
     meta.layout.zero = opt.zero_stage;
     meta.run = {{"batch", B}, {"grad_accum", opt.grad_accum}, {"seq_len", T}, {"seed", opt.seed},
                 {"steps", opt.steps}, {"run_dir", fs::absolute(opt.run_dir).string()},
@@ -337,20 +360,43 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
     Timer timer;
     model.zero_grad();
     double loss_sum = 0.0;
+    const double loss_scale = scaler.scale();  // 1 unless fp16 loss scaling
     for (int micro = 0; micro < opt.grad_accum; ++micro) {
       train_loader.next_batch(x.data(), y.data());
       loss_sum += model.forward(x.data(), y.data(), B, T);
-      model.backward(1.0f / static_cast<float>(opt.grad_accum));
+      model.backward(static_cast<float>(loss_scale / opt.grad_accum));
     }
     CHORUS_CHECK(!(grid.world_rank() == opt.fail_rank && step == opt.fail_step),
                  "injected failure at step %lld (CHORUS_FAIL_AT)", static_cast<long long>(step));
+    if (grid.world_rank() == opt.nonfinite_rank && step == opt.nonfinite_step)
+      model.grads()[0] = std::numeric_limits<float>::infinity();  // CHORUS_INJECT_INF
     // Gradients are synchronised once per optimizer step, after the last micro-batch.
     const float loss =
         static_cast<float>(grid.dp().all_reduce_scalar(loss_sum / opt.grad_accum, dist::ReduceOp::avg));
-    CHORUS_CHECK(std::isfinite(loss), "training diverged: loss is %g at step %lld (lower lr, check data)",
-                 static_cast<double>(loss), static_cast<long long>(step));
+    CHORUS_CHECK(std::isfinite(loss) || scaler.enabled(),
+                 "training diverged: loss is %g at step %lld (lower lr, check data)", static_cast<double>(loss),
+                 static_cast<long long>(step));
     const float lr = schedule.lr_at(step);
-    const double norm = optimizer.step(model.params(), model.grads(), lr, step + 1).grad_norm;
+    optim::StepStats st;
+    if (std::isfinite(loss)) {  // the same on every rank: the loss is averaged over DP, identical over TP
+      st = optimizer.step(model.params(), model.grads(), lr, step + 1, {loss_scale, scaler.enabled()});
+    } else {
+      st.grad_norm = std::numeric_limits<double>::infinity();
+      st.skipped = true;
+    }
+    if (scaler.enabled()) {
+      scaler.update(st.skipped);
+      if (st.skipped && grid.world_rank() == 0)
+        log_warn("step %lld: non-finite %s with loss scale %g; step skipped on every rank, scale now %g",
+                 static_cast<long long>(step + 1), std::isfinite(loss) ? "gradients" : "loss", loss_scale,
+                 scaler.scale());
+      CHORUS_CHECK(scaler.consecutive_skips() < opt.max_skipped_in_a_row,
+                   "training diverged: %lld steps in a row had non-finite gradients (loss scale now %g) at step "
+                   "%lld (lower lr, check data)",
+                   static_cast<long long>(scaler.consecutive_skips()), scaler.scale(),
+                   static_cast<long long>(step + 1));
+    }
+    const double norm = st.grad_norm;
     const double secs = timer.seconds();
     const double tok_s = static_cast<double>(tokens_per_step) / secs;
     const double mfu = flops_per_token * tok_s / (peak_gflops * 1e9 * grid.world_size());
@@ -364,15 +410,33 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
     result.steps_done = step + 1;
 
     const uint64_t peak_mem = peak_rss_bytes();
+    // Memory by kind, as held now: parameters (fp32 masters + compute copy),
+    // gradients, optimizer state, activations (the table + the fp32 scratch of
+    // the mixed-precision layers).
+    const models::GptMemory mem = model.memory();
+    const double mib = 1.0 / (1 << 20);
+    const double mem_params = (mem.master_bytes + mem.compute_weight_bytes) * mib;
+    const double mem_grads = mem.grad_bytes * mib;
+    const double mem_optim = optimizer.state_bytes() * mib;
+    const double mem_acts = (mem.activation_bytes + backend::cpu::scratch_bytes()) * mib;
     if (!opt.quiet && (step % opt.log_every == 0 || step + 1 == opt.steps)) {
-      log_info("step %6lld/%lld | loss %.4f | lr %.2e | grad-norm %.3f | %8.0f tok/s | MFU %5.1f%% | peak mem "
-               "%.0f MiB | %.0f ms",
+      const std::string scale_part =
+          scaler.enabled() ? strfmt(" | scale %g (%lld skipped)", loss_scale, static_cast<long long>(scaler.skipped_steps()))
+                           : std::string();
+      log_info("step %6lld/%lld | loss %.4f | lr %.2e | grad-norm %.3f | %8.0f tok/s | MFU %5.1f%%%s | mem MiB "
+               "params %.0f grads %.0f optim %.0f acts %.0f peak %.0f | %.0f ms",
                static_cast<long long>(step + 1), static_cast<long long>(opt.steps), loss, lr, norm, tok_s,
-               100.0 * mfu, peak_mem / double(1 << 20), secs * 1e3);
+               100.0 * mfu, scale_part.c_str(), mem_params, mem_grads, mem_optim, mem_acts,
+               peak_mem / double(1 << 20), secs * 1e3);
     }
-    nlohmann::json row = {{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+    nlohmann::json row = {{"step", step + 1}, {"loss", loss}, {"lr", lr},
+                          {"grad_norm", std::isfinite(norm) ? nlohmann::json(norm) : nlohmann::json(nullptr)},
                           {"tokens_per_s", tok_s}, {"mfu", mfu}, {"peak_mem_mib", peak_mem / double(1 << 20)},
-                          {"tokens", tokens_seen}};
+                          {"mem_params_mib", mem_params}, {"mem_grads_mib", mem_grads},
+                          {"mem_optimizer_mib", mem_optim}, {"mem_activations_mib", mem_acts},
+                          {"loss_scale", loss_scale}, {"skipped_steps", scaler.skipped_steps()},
+                          {"step_skipped", st.skipped}, {"tokens", tokens_seen}};
+    if (!std::isfinite(loss)) row["loss"] = nullptr;
     const bool last = step + 1 == opt.steps;
     if (last || (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)) {
       Evaluation ev = evaluate(model, val_loader, *val_stream, opt.eval_batches, x, y, B, T, grid.dp());
@@ -399,6 +463,8 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
     }
   }
   result.stopped = result.steps_done < opt.steps;
+  result.skipped_steps = scaler.skipped_steps();
+  result.loss_scale = scaler.scale();
   if (result.stopped) {
     const std::string saved = result.checkpoint.empty() ? std::string("no new checkpoint") : result.checkpoint;
     if (result.stop_signal != 0)

@@ -11,7 +11,9 @@
 
 #include "dist/grid.h"
 #include "models/gpt/gpt.h"
+#include "core/dtype.h"
 #include "optim/adamw.h"
+#include "optim/loss_scaler.h"
 
 namespace chorus::train {
 
@@ -35,6 +37,13 @@ struct PretrainOptions {
   int64_t warmup = 100;
   float grad_clip = 1.0f;         // <= 0: no clipping
   optim::AdamWConfig adamw;
+  // Mixed precision (docs/DESIGN.md "Mixed precision"): the dtype of
+  // activations and the compute copy of the weights; masters, gradients and
+  // Adam state stay fp32. Loss scaling is meant for fp16 (loss_scaler.enabled).
+  Precision precision = Precision::fp32;
+  optim::LossScalerConfig loss_scaler;
+  // Consecutive skipped (non-finite) steps after which the run stops with an error.
+  int max_skipped_in_a_row = 20;
   int64_t eval_every = 100;       // validate every N steps and at the end (0: only at the end)
   int eval_batches = 8;           // validation micro-batches each time
   int log_every = 1;              // print a step line every N steps
@@ -48,6 +57,7 @@ struct PretrainOptions {
   dist::ParallelGrid* grid = nullptr;
   int zero_stage = 0;             // 1: shard optimizer state over DP (ZeRO-1)
   double bucket_mb = 16.0;        // DP all-reduce bucket size
+  dist::DType grad_reduce_dtype = dist::DType::f32;  // f32 or bf16 (DP gradient all-reduce / reduce-scatter)
   // Checkpoints (docs/CHECKPOINTS.md). steps above is the length the LR
   // schedule is built for, not the steps of this invocation.
   std::string save_dir;           // where step-NNNNNNNN/ and `latest` go ("" = run_dir)
@@ -60,6 +70,10 @@ struct PretrainOptions {
   // (from the CHORUS_FAIL_AT="rank:step" environment variable; -1 = never).
   int fail_rank = -1;
   int64_t fail_step = -1;
+  // Overflow injection for tests: world rank nonfinite_rank writes Inf into its
+  // gradients at step nonfinite_step (CHORUS_INJECT_INF="rank:step"; -1 = never).
+  int nonfinite_rank = -1;
+  int64_t nonfinite_step = -1;
 };
 
 struct PretrainResult {
@@ -76,6 +90,8 @@ struct PretrainResult {
   bool stopped = false;           // ended before `steps` (--stop-at or a signal), after a checkpoint
   int stop_signal = 0;            // the signal that stopped it (0: none)
   std::string checkpoint;         // the last checkpoint written ("" = none)
+  int64_t skipped_steps = 0;      // steps skipped for non-finite gradients (loss scaling)
+  double loss_scale = 1.0;        // the loss scale at the end
 };
 
 PretrainResult pretrain(const PretrainOptions& opt);
