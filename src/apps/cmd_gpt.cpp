@@ -10,6 +10,7 @@
 
 #include "apps/commands.h"
 #include "apps/options.h"
+#include "backend/cpu/gemm.h"
 #include "checkpoint/weights.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -94,6 +95,11 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   o.add<double>("system", "peak-gflops", 0.0, "0",
                 "peak FLOP/s (in GFLOP/s) for MFU; 0 = measure cblas_sgemm at start-up");
   o.add<int>("system", "threads", 0, "OpenMP/OpenBLAS threads (0 = all cores)");
+  o.add<std::string>("system", "gemm", "auto",
+                     "GEMM path for bf16/fp16 matmuls: auto (oneDNN where the CPU has bf16/fp16 matrix units and "
+                     "oneDNN picks a non-reference kernel, else OpenBLAS sbgemm where exported and the CPU has "
+                     "AVX512-BF16, else convert to fp32 + SGEMM) | onednn | sbgemm | convert; the CHORUS_GEMM "
+                     "environment variable sets the same");
   o.add_switch("system", "quiet", "no per-step lines (metrics.jsonl is still written)");
   o.allow_config();
   po::variables_map vm;
@@ -141,6 +147,9 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   p.bucket_mb = vm["bucket-mb"].as<double>();
   CHORUS_CHECK(p.bucket_mb > 0, "bucket-mb: must be > 0, got %g", p.bucket_mb);
   p.precision = parse_precision(vm["precision"].as<std::string>());
+  if (vm["gemm"].as<std::string>() != "auto" || std::getenv("CHORUS_GEMM") == nullptr)
+    backend::cpu::set_gemm_path(backend::cpu::parse_gemm_path(vm["gemm"].as<std::string>()));
+  if (p.precision != Precision::fp32) backend::cpu::gemm_path_for(p.precision);  // a forced path that cannot run: refuse now
   const std::string scaling = vm["loss-scaling"].as<std::string>();
   CHORUS_CHECK(scaling == "auto" || scaling == "dynamic" || scaling == "off",
                "loss-scaling: expected auto, dynamic or off, got '%s'", scaling.c_str());

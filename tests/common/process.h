@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdio>
 #include <fstream>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -47,12 +48,18 @@ inline std::string mpirun(int np) {
 }
 #endif
 
-// The "loss" of every row of <run_dir>/metrics.jsonl.
-inline std::vector<double> losses(const std::string& run_dir) {
+// Column `key` of every row of <run_dir>/metrics.jsonl (NaN where it is null).
+inline std::vector<double> metric(const std::string& run_dir, const std::string& key) {
   std::ifstream in(run_dir + "/metrics.jsonl");
   std::vector<double> out;
-  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  for (std::string line; std::getline(in, line);) {
+    const auto v = nlohmann::json::parse(line)[key];
+    out.push_back(v.is_number() ? v.get<double>() : std::nan(""));
+  }
   return out;
 }
+
+// The "loss" of every row of <run_dir>/metrics.jsonl.
+inline std::vector<double> losses(const std::string& run_dir) { return metric(run_dir, "loss"); }
 
 }  // namespace chorus::testing

@@ -146,6 +146,27 @@ TEST_F(Ckpt, ExactResumeGradAccum) {
 }
 TEST_F(Ckpt, ExactResumeTensorParallel2) { exact_resume("tp2", 2, "--batch 8 --tp 2"); }
 TEST_F(Ckpt, ExactResumeDp2xTp2Zero1) { exact_resume("dp2tp2", 4, "--batch 4 --tp 2 --zero 1"); }
+// Mixed precision: the fp32 masters, Adam state and (fp16) the loss scaler's
+// scale, good-step count and skipped count come back exactly. The fp16 run
+// skips step 2 (an injected Inf on rank 1) and grows its scale every 2 good
+// steps, so the scaler's state at the stop (step 3) is neither its start nor
+// constant.
+TEST_F(Ckpt, ExactResumeBf16Dp2) { exact_resume("bf16dp2", 2, "--batch 4 --precision bf16"); }
+TEST_F(Ckpt, ExactResumeFp16Dp2WithLossScaling) {
+  ::setenv("CHORUS_INJECT_INF", "1:1", 1);
+  exact_resume("fp16dp2", 2, "--batch 4 --zero 1 --precision fp16 --loss-scale-init 1024 --loss-scale-interval 2");
+  ::unsetenv("CHORUS_INJECT_INF");
+  const auto m = manifest(path("fp16dp2_split") + "/step-00000006");
+  EXPECT_EQ(m.precision, "fp16");
+  EXPECT_TRUE(m.loss_scaler.enabled);
+  EXPECT_EQ(m.loss_scaler.skipped_steps, 1);
+  // 1024, step 2 skipped -> 512, then 4 good steps (3..6) grow it twice -> 2048.
+  EXPECT_EQ(m.loss_scaler.scale, 2048.0);
+  const auto scales = chorus::testing::metric(path("fp16dp2_split"), "loss_scale");
+  ASSERT_EQ(scales.size(), 6u);
+  EXPECT_EQ(scales[1], 1024.0);  // the skipped step ran at 1024
+  EXPECT_EQ(scales[2], 512.0);
+}
 
 TEST_F(Ckpt, ReshardDp2To1To2) {
   const std::string full = path("rdp_full"), a = path("rdp_a");

@@ -1,7 +1,11 @@
 // Layout equivalence: the same seed and data on gpt-tiny trained by one rank
 // and by DP=2, TP=2, DP=2 x TP=2, ZeRO-1 with DP=2 and DP=2 with gradient
-// accumulation 2 (all with the same global batch) give the same losses and
-// final parameters; and a rank that fails mid-step ends the whole job.
+// accumulation 2 (all with the same global batch) give the same losses, the
+// same gradient norm at every step (a direct check of the gradient scale: a
+// sum for an average doubles it, which AdamW and clipping would hide from the
+// loss) and the same final parameters — in fp32, bf16 and fp16 (each layout
+// against one rank in the same precision); and a rank that fails mid-step
+// ends the whole job.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,6 +30,7 @@ namespace fs = std::filesystem;
 namespace {
 
 using chorus::testing::losses;
+using chorus::testing::metric;
 using chorus::testing::mpirun;
 using chorus::testing::sh;
 
@@ -64,7 +69,14 @@ class Parallel : public ::testing::Test {
                  (dir_ / "tok.json").string()).code, 0);
     ASSERT_EQ(sh(bin + " prepare-text --quiet --tokenizer " + (dir_ / "tok.json").string() + " --input " +
                  (dir_ / "text").string() + " --out " + (dir_ / "shards").string()).code, 0);
-    reference_ = run("single", 1, "--batch 8");
+  }
+
+  // One rank, global batch 8, in `precision` (made once per precision).
+  static const std::string& reference(const std::string& precision) {
+    auto it = references_.find(precision);
+    if (it == references_.end())
+      it = references_.emplace(precision, run("single_" + precision, 1, "--batch 8 --precision " + precision)).first;
+    return it->second;
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
 
@@ -80,12 +92,41 @@ class Parallel : public ::testing::Test {
     return run_dir;
   }
 
-  static void expect_same_as_reference(const std::string& run_dir) {
-    auto a = losses(reference_), b = losses(run_dir);
+  // Tolerances by precision. fp32: the layouts differ only in summation
+  // order. bf16 / fp16: a last-bit difference in an fp32 accumulator flips the
+  // rounding of some 16-bit activations (one ulp, 2^-8 / 2^-11 relative), and
+  // six AdamW steps carry that into the weights; a gradient-scale bug is a
+  // factor of 2 (or of the rank count) and fails every one of these bounds.
+  struct Tolerance {
+    double loss, grad_norm, params_global, params_tensor;
+  };
+  static Tolerance tolerance(const std::string& precision) {
+    if (precision == "bf16") return {2e-3, 1e-2, 2e-2, 0.1};
+    if (precision == "fp16") return {5e-4, 3e-3, 1e-2, 0.05};
+    return {1e-5, 1e-4, 1e-5, 1e-3};
+  }
+
+  static void expect_same_as_reference(const std::string& run_dir, const std::string& precision = "fp32",
+                                       double tol_factor = 1.0) {
+    const std::string& ref = reference(precision);
+    Tolerance tol = tolerance(precision);
+    tol.loss *= tol_factor, tol.grad_norm *= tol_factor, tol.params_global *= tol_factor;
+    tol.params_tensor *= tol_factor;
+    auto a = losses(ref), b = losses(run_dir);
     ASSERT_EQ(a.size(), 6u);
     ASSERT_EQ(b.size(), a.size());
-    for (size_t i = 0; i < a.size(); ++i) EXPECT_LT(std::fabs(a[i] - b[i]) / std::fabs(a[i]), 1e-5) << "step " << i + 1;
-    auto pa = read_params(reference_ + "/model.h5"), pb = read_params(run_dir + "/model.h5");
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_LT(std::fabs(a[i] - b[i]) / std::fabs(a[i]), tol.loss) << "step " << i + 1;
+    // The gradient norm before clipping, every step: the direct check of the
+    // gradient's scale (mean over the global batch, TP shards counted once).
+    auto na = metric(ref, "grad_norm"), nb = metric(run_dir, "grad_norm");
+    ASSERT_EQ(na.size(), nb.size());
+    double worst_norm = 0;
+    for (size_t i = 0; i < na.size(); ++i) {
+      const double rel = std::fabs(na[i] - nb[i]) / std::fabs(na[i]);
+      worst_norm = std::max(worst_norm, rel);
+      EXPECT_LT(rel, tol.grad_norm) << "grad-norm at step " << i + 1 << ": " << na[i] << " vs " << nb[i];
+    }
+    auto pa = read_params(ref + "/model.h5"), pb = read_params(run_dir + "/model.h5");
     ASSERT_EQ(pa.size(), pb.size());
     // The whole parameter vector must agree to 1e-5 (relative L2). Each tensor
     // must agree to 1e-3: a wrong shard or a missing reduction gives O(1). The
@@ -107,20 +148,23 @@ class Parallel : public ::testing::Test {
       num_all += num;
       den_all += den;
       double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+      // In 16-bit the key bias's rounding noise (see above) is amplified by
+      // Adam to O(0.1) relative; it is bounded by the global check only.
+      if (precision != "fp32" && name.find("attn.c_attn.bias") != std::string::npos) continue;
       if (rel > worst) worst = rel, worst_name = name;
     }
     const double global = std::sqrt(num_all / den_all);
-    std::printf("[ layout  ] %s: relative parameter difference %.2e overall, worst tensor %.2e (%s)\n",
-                run_dir.c_str(), global, worst, worst_name.c_str());
-    EXPECT_LT(global, 1e-5);
-    EXPECT_LT(worst, 1e-3) << worst_name;
+    std::printf("[ layout  ] %s (%s): grad-norm within %.1e, parameters %.2e overall, worst tensor %.2e (%s)\n",
+                run_dir.c_str(), precision.c_str(), worst_norm, global, worst, worst_name.c_str());
+    EXPECT_LT(global, tol.params_global);
+    EXPECT_LT(worst, tol.params_tensor) << worst_name;
   }
 
   static fs::path dir_;
-  static std::string reference_;
+  static std::map<std::string, std::string> references_;
 };
 fs::path Parallel::dir_;
-std::string Parallel::reference_;
+std::map<std::string, std::string> Parallel::references_;
 
 }  // namespace
 
@@ -131,6 +175,28 @@ TEST_F(Parallel, Zero1Dp2) { expect_same_as_reference(run("zero1", 2, "--batch 4
 TEST_F(Parallel, Zero1Dp2xTp2) { expect_same_as_reference(run("zero1tp2", 4, "--batch 4 --tp 2 --zero 1")); }
 TEST_F(Parallel, Dp2WithGradAccum2) { expect_same_as_reference(run("dp2acc2", 2, "--batch 2 --grad-accum 2")); }
 TEST_F(Parallel, SmallBucketsGiveTheSameResult) { expect_same_as_reference(run("dp2bucket", 2, "--batch 4 --bucket-mb 0.01")); }
+
+TEST_F(Parallel, DataParallel2Bf16) { expect_same_as_reference(run("dp2_bf16", 2, "--batch 4 --precision bf16"), "bf16"); }
+TEST_F(Parallel, TensorParallel2Bf16) {
+  expect_same_as_reference(run("tp2_bf16", 2, "--batch 8 --tp 2 --precision bf16"), "bf16");
+}
+TEST_F(Parallel, Zero1Dp2xTp2Bf16) {
+  expect_same_as_reference(run("zero1tp2_bf16", 4, "--batch 4 --tp 2 --zero 1 --precision bf16"), "bf16");
+}
+TEST_F(Parallel, Dp2WithGradAccum2Bf16) {
+  expect_same_as_reference(run("dp2acc2_bf16", 2, "--batch 2 --grad-accum 2 --precision bf16"), "bf16");
+}
+TEST_F(Parallel, DataParallel2Fp16) { expect_same_as_reference(run("dp2_fp16", 2, "--batch 4 --precision fp16"), "fp16"); }
+TEST_F(Parallel, TensorParallel2Fp16) {
+  expect_same_as_reference(run("tp2_fp16", 2, "--batch 8 --tp 2 --precision fp16"), "fp16");
+}
+// bf16 on the wire: every gradient rounded to 8 mantissa bits before and after
+// the sum, so a looser bound (still far from a factor 2).
+TEST_F(Parallel, Bf16GradientAllReduceDp2) {
+  expect_same_as_reference(run("dp2_bf16reduce", 2, "--batch 4 --precision bf16 --grad-reduce-dtype bf16"), "bf16",
+                           3.0);
+  expect_same_as_reference(run("zero1_bf16reduce", 2, "--batch 4 --zero 1 --precision bf16 --grad-reduce-dtype bf16"), "bf16", 3.0);
+}
 
 TEST_F(Parallel, OneFailingRankEndsTheJobAndIsNamed) {
   const auto t0 = std::chrono::steady_clock::now();
