@@ -13,7 +13,8 @@
 //         65504) saturates to Inf; values below 2^-14 become fp16
 //         subnormals (rounded to the nearest multiple of 2^-24), below 2^-25
 //         zero; NaN stays NaN as for bf16.
-// fp32 <- 16-bit is exact.
+// fp32 <- 16-bit is exact (a signalling fp16 NaN comes out quiet, payload kept;
+// bf16 -> fp32 is a plain shift and keeps NaN bits as they are).
 //
 // Layers are written once as templates on the storage type T in {float, bf16,
 // fp16}, loading with to_f32(x) and storing with from_f32<T>(v) (identity for
@@ -78,7 +79,10 @@ inline uint16_t f32_to_fp16_bits(float f) {
 inline float fp16_bits_to_f32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t em = h & 0x7fffu;
-  if (em >= 0x7c00u) return std::bit_cast<float>(sign | 0x7f800000u | ((em & 0x3ffu) << 13));  // Inf / NaN
+  // Inf, or NaN with the payload kept and the quiet bit set (as vcvtph2ps does,
+  // so that the F16C bulk conversion is bit-identical to this one).
+  if (em == 0x7c00u) return std::bit_cast<float>(sign | 0x7f800000u);
+  if (em > 0x7c00u) return std::bit_cast<float>(sign | 0x7fc00000u | ((em & 0x3ffu) << 13));
   if (em >= 0x0400u) return std::bit_cast<float>(sign | ((em << 13) + 0x38000000u));          // normal
   // Subnormal or zero: em * 2^-24, exact in fp32.
   const float v = static_cast<float>(em) * 5.9604644775390625e-8f;

@@ -1,0 +1,444 @@
+// Every layer in bf16 and fp16 against the same layer in fp32 on the same input
+// values: the fp32 inputs are rounded to T once, and the fp32 reference runs on
+// those rounded values (to_f32 of the T tensors), so the only differences are
+// the roundings the T path itself does (its outputs, and intermediates it
+// stores in T such as attention's probabilities).
+//
+// Error metric, per tensor: max|got - ref| / max(max|ref|, tiny).
+// Tolerances, from the unit roundoff u (half an ulp relative to the value):
+//   bf16: 8 significant bits, u = 2^-8  ~ 3.9e-3
+//   fp16: 11 significant bits, u = 2^-11 ~ 4.9e-4
+//   kOnce  (outputs computed in fp32 from identical inputs and rounded once
+//          into T: error <= u |value| <= u max|ref|, plus fp32 noise):
+//          bf16 1e-2, fp16 1.5e-3 (~2.5u and ~3u). These outputs also get a
+//          per-element check: within one T ulp of the fp32 value, and equal to
+//          round_to<T>(fp32 value) almost everywhere.
+//   kFew   (results that pass through an intermediate rounded to T: attention
+//          uses the T-rounded probabilities P in P @ v and in backward, so
+//          the error is u * sum_u P|v| ~ u max|v|, and max|out| < max|v|; the
+//          score gradient P * (dP - sum P dP) can lose a few bits to
+//          cancellation): bf16 2e-2, fp16 2.5e-3 (~5u, 2.5 ulps).
+//   kParam (fp32 results from identical inputs: parameter gradients,
+//          LayerNorm mean/rstd, losses, lse; only fp32 summation order can
+//          differ): 1e-5 for both. A 16-bit accumulator would miss this by
+//          orders of magnitude.
+// Parameter gradients must also ACCUMULATE (+=) in fp32.
+//
+// Finite-difference checks stay on fp32 (tests/nn/*_test.cpp).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "grad_check.h"
+#include "nn/attention.h"
+#include "nn/encoder.h"
+#include "nn/gelu.h"
+#include "nn/layernorm.h"
+#include "nn/matmul.h"
+#include "nn/softmax_cross_entropy.h"
+
+namespace chorus::nn {
+namespace {
+
+using chorus::testing::random_vector;
+
+template <typename T>
+struct Dtype;
+template <>
+struct Dtype<bf16> {
+  static constexpr const char* kName = "bf16";
+  static constexpr int kMant = 7;  // stored mantissa bits
+  static constexpr int kEmin = -126;
+  static constexpr double kOnce = 1e-2;
+  static constexpr double kFew = 2e-2;
+};
+template <>
+struct Dtype<fp16> {
+  static constexpr const char* kName = "fp16";
+  static constexpr int kMant = 10;
+  static constexpr int kEmin = -14;
+  static constexpr double kOnce = 1.5e-3;
+  static constexpr double kFew = 2.5e-3;
+};
+constexpr double kParam = 1e-5;
+
+// Rounds v to T in place (v then holds exactly the T values) and returns the T tensor.
+template <typename T>
+std::vector<T> round_inputs(std::vector<float>& v) {
+  std::vector<T> t(v.size());
+  convert(t.data(), v.data(), v.size());
+  convert(v.data(), t.data(), v.size());
+  return t;
+}
+
+template <typename T>
+std::vector<float> widen(const std::vector<T>& t) {
+  std::vector<float> v(t.size());
+  convert(v.data(), t.data(), t.size());
+  return v;
+}
+
+// A T tensor every element of which is NaN: outputs that must be overwritten.
+template <typename T>
+std::vector<T> nan_filled(size_t n) {
+  return std::vector<T>(n, from_f32<T>(std::numeric_limits<float>::quiet_NaN()));
+}
+
+double rel_max_err(const std::vector<float>& got, const std::vector<float>& ref) {
+  double err = 0.0, mx = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = std::abs(static_cast<double>(got[i]) - ref[i]);
+    err = std::isnan(d) ? INFINITY : std::max(err, d);
+    mx = std::max(mx, std::abs(static_cast<double>(ref[i])));
+  }
+  return err / std::max(mx, 1e-30);
+}
+
+// Relative-to-max error within tol; prints it for the record.
+void expect_close(const std::string& what, const std::vector<float>& got, const std::vector<float>& ref,
+                  double tol) {
+  ASSERT_EQ(got.size(), ref.size()) << what;
+  const double err = rel_max_err(got, ref);
+  std::printf("[ mixed    ] %-36s rel-to-max err %.3e (tol %.1e)\n", what.c_str(), err, tol);
+  ::testing::Test::RecordProperty(what, std::to_string(err));
+  EXPECT_LE(err, tol) << what;
+}
+
+// One ulp of T at |x|.
+template <typename T>
+double ulp_of(double x) {
+  int e = 0;
+  std::frexp(std::abs(x), &e);  // |x| in [2^(e-1), 2^e)
+  return std::ldexp(1.0, std::max(e - 1, Dtype<T>::kEmin) - Dtype<T>::kMant);
+}
+
+// For an output that T computes in fp32 from the same values as the fp32
+// layer and rounds once: every element is a T value within one T ulp of the
+// fp32 result (plus fp32 summation noise, 1e-6 of the largest value), nearly
+// all are exactly round_to<T>(fp32 result), and the rounding is visible:
+// most elements differ from the fp32 result (a T path that kept fp32 values
+// would fail here).
+template <typename T>
+void expect_rounded_once(const std::string& what, const std::vector<T>& got_t, const std::vector<float>& ref) {
+  ASSERT_EQ(got_t.size(), ref.size());
+  const std::vector<float> got = widen(got_t);
+  double mx = 0.0;
+  for (float r : ref) mx = std::max(mx, std::abs(static_cast<double>(r)));
+  size_t n_exact = 0, n_differ = 0, n_far = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    ASSERT_EQ(from_f32<T>(got[i]).bits, got_t[i].bits) << what << "[" << i << "] is not a T value";
+    ASSERT_TRUE(std::isfinite(got[i])) << what << "[" << i << "]";
+    n_exact += got[i] == round_to<T>(ref[i]);
+    n_differ += got[i] != ref[i];
+    const double d = std::abs(static_cast<double>(got[i]) - ref[i]);
+    if (d > ulp_of<T>(ref[i]) + 1e-6 * mx && ++n_far <= 5)
+      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs fp32 " << ref[i] << ", more than one ulp";
+  }
+  EXPECT_EQ(n_far, 0u) << what;
+  EXPECT_GE(n_exact, ref.size() - ref.size() / 100) << what << ": not round_to<T>(fp32 result)";
+  EXPECT_GE(n_differ, ref.size() / 4) << what << ": hardly any element differs from fp32: not rounded to T?";
+}
+
+// dst holds init + 2 * grad (two backward calls onto init), in fp32.
+void expect_accumulated(const std::string& what, const std::vector<float>& acc, const std::vector<float>& init,
+                        const std::vector<float>& grad) {
+  std::vector<float> want(init.size());
+  for (size_t i = 0; i < init.size(); ++i) want[i] = init[i] + 2.0f * grad[i];
+  // Two fp32 additions onto init: a few fp32 ulps of the magnitude.
+  EXPECT_LE(rel_max_err(acc, want), 1e-6) << what << " does not accumulate init + 2 * grad in fp32";
+}
+
+template <typename T>
+std::string name(const char* layer, const char* tensor) {
+  return std::string(layer) + " " + tensor + " " + Dtype<T>::kName;
+}
+
+template <typename T>
+class MixedPrecision : public ::testing::Test {};
+using StorageTypes = ::testing::Types<bf16, fp16>;
+TYPED_TEST_SUITE(MixedPrecision, StorageTypes);
+
+TYPED_TEST(MixedPrecision, MatmulWithBiasAndResidual) {
+  using T = TypeParam;
+  const int N = 71, C = 96, OC = 80;
+  auto x = random_vector(N * C, 1), w = random_vector(OC * C, 2, 0.2f), b = random_vector(OC, 3);
+  auto res = random_vector(N * OC, 4), dout = random_vector(N * OC, 5);
+  const auto xt = round_inputs<T>(x), wt = round_inputs<T>(w), bt = round_inputs<T>(b);
+  const auto rest = round_inputs<T>(res), doutt = round_inputs<T>(dout);
+
+  std::vector<float> out(N * OC);
+  matmul_forward(out.data(), x.data(), w.data(), b.data(), N, C, OC, res.data());
+  std::vector<T> outt(N * OC);
+  matmul_forward(outt.data(), xt.data(), wt.data(), bt.data(), N, C, OC, rest.data());
+  expect_close(name<T>("matmul", "out"), widen(outt), out, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("matmul", "out"), outt, out);
+
+  // out aliasing residual gives the same bits.
+  std::vector<T> inplace = rest;
+  matmul_forward(inplace.data(), xt.data(), wt.data(), bt.data(), N, C, OC, inplace.data());
+  for (int i = 0; i < N * OC; ++i) ASSERT_EQ(inplace[i].bits, outt[i].bits) << i;
+  // The fp32 variant is the same sum before rounding.
+  std::vector<float> acc(N * OC);
+  matmul_forward_f32(acc.data(), xt.data(), wt.data(), bt.data(), N, C, OC, rest.data());
+  expect_close(name<T>("matmul", "out_f32"), acc, out, kParam);
+  std::vector<T> acc_t(N * OC);
+  convert(acc_t.data(), acc.data(), acc.size());
+  for (int i = 0; i < N * OC; ++i) ASSERT_EQ(acc_t[i].bits, outt[i].bits) << i;
+
+  std::vector<float> dx(N * C, NAN), dw(OC * C, 0.0f), db(OC, 0.0f);
+  matmul_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), N, C, OC);
+  auto dxt = nan_filled<T>(N * C);
+  std::vector<float> dwt(OC * C, 0.0f), dbt(OC, 0.0f);
+  matmul_backward(dxt.data(), dwt.data(), dbt.data(), doutt.data(), xt.data(), wt.data(), N, C, OC);
+  expect_close(name<T>("matmul", "dinp"), widen(dxt), dx, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("matmul", "dinp"), dxt, dx);
+  expect_close(name<T>("matmul", "dweight"), dwt, dw, kParam);
+  expect_close(name<T>("matmul", "dbias"), dbt, db, kParam);
+
+  std::vector<float> dx_acc(N * C);
+  std::vector<float> none_w(OC * C, 0.0f), none_b(OC, 0.0f);
+  matmul_backward_f32(dx_acc.data(), none_w.data(), none_b.data(), doutt.data(), xt.data(), wt.data(), N, C, OC);
+  expect_close(name<T>("matmul", "dinp_f32"), dx_acc, dx, kParam);
+
+  // Parameter gradients accumulate in fp32 (dinp skipped).
+  const auto dw0 = random_vector(OC * C, 6, 10.0f), db0 = random_vector(OC, 7, 10.0f);
+  std::vector<float> dw2 = dw0, db2 = db0;
+  for (int k = 0; k < 2; ++k)
+    matmul_backward<T>(nullptr, dw2.data(), db2.data(), doutt.data(), xt.data(), wt.data(), N, C, OC);
+  expect_accumulated("matmul dweight", dw2, dw0, dwt);
+  expect_accumulated("matmul dbias", db2, db0, dbt);
+}
+
+TYPED_TEST(MixedPrecision, LayerNormWithResidualGradient) {
+  using T = TypeParam;
+  const int N = 70, C = 256;  // N * C above the parallel threshold; 4 column blocks of 64
+  auto x = random_vector(N * C, 11, 2.0f), w = random_vector(C, 12, 0.5f), b = random_vector(C, 13);
+  for (int i = 0; i < N * C; ++i) x[i] += 0.25f * static_cast<float>(i / C % 5);  // row offsets
+  for (auto& g : w) g += 1.0f;
+  auto dout = random_vector(N * C, 14), dres = random_vector(N * C, 15);
+  const auto xt = round_inputs<T>(x), wt = round_inputs<T>(w), bt = round_inputs<T>(b);
+  const auto doutt = round_inputs<T>(dout), drest = round_inputs<T>(dres);
+
+  std::vector<float> out(N * C), mean(N), rstd(N);
+  layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+  auto outt = nan_filled<T>(N * C);
+  std::vector<float> meant(N), rstdt(N);
+  layernorm_forward(outt.data(), meant.data(), rstdt.data(), xt.data(), wt.data(), bt.data(), N, C);
+  expect_close(name<T>("layernorm", "out"), widen(outt), out, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("layernorm", "out"), outt, out);
+  expect_close(name<T>("layernorm", "mean"), meant, mean, kParam);
+  expect_close(name<T>("layernorm", "rstd"), rstdt, rstd, kParam);
+
+  // dinp aliases dresidual (in place), as in a pre-LN block.
+  std::vector<float> dx = dres, dw(C, 0.0f), db(C, 0.0f);
+  layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), mean.data(), rstd.data(), N,
+                     C, dx.data());
+  std::vector<T> dxt = drest;
+  std::vector<float> dwt(C, 0.0f), dbt(C, 0.0f);
+  layernorm_backward(dxt.data(), dwt.data(), dbt.data(), doutt.data(), xt.data(), wt.data(), meant.data(),
+                     rstdt.data(), N, C, dxt.data());
+  expect_close(name<T>("layernorm", "dinp"), widen(dxt), dx, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("layernorm", "dinp"), dxt, dx);
+  expect_close(name<T>("layernorm", "dweight"), dwt, dw, kParam);
+  expect_close(name<T>("layernorm", "dbias"), dbt, db, kParam);
+
+  // Without dresidual: the gradient alone, overwriting.
+  std::vector<float> dx0(N * C), unused_w(C), unused_b(C);
+  layernorm_backward(dx0.data(), unused_w.data(), unused_b.data(), dout.data(), x.data(), w.data(), mean.data(),
+                     rstd.data(), N, C);
+  auto dx0t = nan_filled<T>(N * C);
+  layernorm_backward(dx0t.data(), unused_w.data(), unused_b.data(), doutt.data(), xt.data(), wt.data(),
+                     meant.data(), rstdt.data(), N, C);
+  expect_close(name<T>("layernorm", "dinp (no residual)"), widen(dx0t), dx0, Dtype<T>::kOnce);
+
+  const auto dw0 = random_vector(C, 16, 10.0f), db0 = random_vector(C, 17, 10.0f);
+  std::vector<float> dw2 = dw0, db2 = db0;
+  for (int k = 0; k < 2; ++k) {
+    auto scratch = nan_filled<T>(N * C);
+    layernorm_backward(scratch.data(), dw2.data(), db2.data(), doutt.data(), xt.data(), wt.data(), meant.data(),
+                       rstdt.data(), N, C);
+  }
+  expect_accumulated("layernorm dweight", dw2, dw0, dwt);
+  expect_accumulated("layernorm dbias", db2, db0, dbt);
+}
+
+TYPED_TEST(MixedPrecision, Gelu) {
+  using T = TypeParam;
+  const size_t n = 5 * 4096 + 13;  // more than 4 chunks (parallel) and a scalar tail
+  auto x = random_vector(n, 21, 4.0f), dout = random_vector(n, 22);
+  const auto xt = round_inputs<T>(x), doutt = round_inputs<T>(dout);
+
+  std::vector<float> out(n);
+  gelu_forward(out.data(), x.data(), n);
+  auto outt = nan_filled<T>(n);
+  gelu_forward(outt.data(), xt.data(), n);
+  expect_close(name<T>("gelu", "out"), widen(outt), out, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("gelu", "out"), outt, out);
+  std::vector<T> inplace = xt;  // out aliasing inp
+  gelu_forward(inplace.data(), inplace.data(), n);
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(inplace[i].bits, outt[i].bits) << i;
+
+  std::vector<float> dx(n);
+  gelu_backward(dx.data(), x.data(), dout.data(), n);
+  std::vector<T> dxt = doutt;  // dinp aliasing dout
+  gelu_backward(dxt.data(), xt.data(), dxt.data(), n);
+  expect_close(name<T>("gelu", "dinp"), widen(dxt), dx, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("gelu", "dinp"), dxt, dx);
+}
+
+TYPED_TEST(MixedPrecision, AttentionAcrossRowBlocks) {
+  using T = TypeParam;
+  const int B = 2, Tn = 2 * kAttnBlock + 5, C = 48, NH = 3;
+  const size_t n_qkv = static_cast<size_t>(B) * Tn * 3 * C, n_out = static_cast<size_t>(B) * Tn * C;
+  const size_t n_att = static_cast<size_t>(B) * NH * Tn * Tn;
+  auto qkv = random_vector(n_qkv, 31, 2.0f), dout = random_vector(n_out, 32);
+  const auto qkvt = round_inputs<T>(qkv), doutt = round_inputs<T>(dout);
+
+  std::vector<float> out(n_out), att(n_att, 0.0f);
+  attention_forward(out.data(), att.data(), qkv.data(), B, Tn, C, NH);
+  auto outt = nan_filled<T>(n_out);
+  auto attt = nan_filled<T>(n_att);
+  attention_forward(outt.data(), attt.data(), qkvt.data(), B, Tn, C, NH);
+
+  // Probabilities: computed in fp32 from the same scores, rounded once; zeros
+  // after the diagonal up to the end of the row block.
+  std::vector<float> p, pt;
+  std::vector<T> p_t;
+  for (int bh = 0; bh < B * NH; ++bh) {
+    for (int t = 0; t < Tn; ++t) {
+      const size_t row = (static_cast<size_t>(bh) * Tn + t) * Tn;
+      for (int u = 0; u <= t; ++u) {
+        p.push_back(att[row + u]);
+        p_t.push_back(attt[row + u]);
+      }
+      const int block_end = std::min(Tn, (t / kAttnBlock + 1) * kAttnBlock);
+      for (int u = t + 1; u < block_end; ++u) ASSERT_EQ(attt[row + u].bits, 0u) << "att row " << t << " col " << u;
+    }
+  }
+  expect_close(name<T>("attention", "att"), widen(p_t), p, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("attention", "att"), p_t, p);
+  // The output uses the rounded probabilities: a few ulps.
+  expect_close(name<T>("attention", "out"), widen(outt), out, Dtype<T>::kFew);
+  const auto outw = widen(outt);
+  size_t n_differ = 0;
+  for (size_t i = 0; i < n_out; ++i) n_differ += outw[i] != out[i];
+  EXPECT_GE(n_differ, n_out / 2) << "attention output hardly differs from fp32";
+
+  std::vector<float> dqkv(n_qkv, NAN);
+  attention_backward(dqkv.data(), dout.data(), qkv.data(), att.data(), B, Tn, C, NH);
+  auto dqkvt = nan_filled<T>(n_qkv);
+  attention_backward(dqkvt.data(), doutt.data(), qkvt.data(), attt.data(), B, Tn, C, NH);
+  const auto dqkvw = widen(dqkvt);
+  const char* parts[] = {"dq", "dk", "dv"};
+  for (int part = 0; part < 3; ++part) {
+    std::vector<float> got, ref;
+    for (size_t r = 0; r < static_cast<size_t>(B) * Tn; ++r)
+      for (int c = 0; c < C; ++c) {
+        got.push_back(dqkvw[r * 3 * C + part * C + c]);
+        ref.push_back(dqkv[r * 3 * C + part * C + c]);
+      }
+    expect_close(name<T>("attention", parts[part]), got, ref, Dtype<T>::kFew);
+  }
+}
+
+TYPED_TEST(MixedPrecision, SoftmaxCrossEntropyPaddedAndIgnored) {
+  using T = TypeParam;
+  const int N = 41, V = 300, Vp = 320;
+  auto logits = random_vector(static_cast<size_t>(N) * Vp, 41, 4.0f);
+  for (int r = 0; r < N; ++r)
+    for (int v = V; v < Vp; ++v) logits[static_cast<size_t>(r) * Vp + v] = 1000.0f;  // padding: never part of the softmax
+  Rng rng(42, 1);
+  std::vector<int32_t> targets(N);
+  for (auto& t : targets) t = static_cast<int32_t>(rng.below(V));
+  targets[3] = -1;
+  targets[N - 1] = -1;
+  targets[7] = V - 1;
+  const auto logitst = round_inputs<T>(logits);
+
+  std::vector<float> losses(N), lse(N), lossest(N), lset(N);
+  softmax_cross_entropy_forward(losses.data(), lse.data(), logits.data(), targets.data(), N, V, Vp);
+  softmax_cross_entropy_forward(lossest.data(), lset.data(), logitst.data(), targets.data(), N, V, Vp);
+  expect_close(name<T>("softmax_ce", "losses"), lossest, losses, kParam);
+  expect_close(name<T>("softmax_ce", "lse"), lset, lse, kParam);
+  EXPECT_EQ(lossest[3], 0.0f);
+  EXPECT_EQ(lossest[N - 1], 0.0f);
+
+  const float dloss = 1.0f / N;
+  std::vector<float> dlogits(static_cast<size_t>(N) * Vp, NAN);
+  softmax_cross_entropy_backward(dlogits.data(), logits.data(), lse.data(), targets.data(), dloss, N, V, Vp);
+  std::vector<T> dlogitst = logitst;  // in place: dlogits aliasing logits, as the LM head does
+  softmax_cross_entropy_backward(dlogitst.data(), dlogitst.data(), lset.data(), targets.data(), dloss, N, V, Vp);
+  for (int r = 0; r < N; ++r)
+    for (int v = 0; v < Vp; ++v) {
+      const size_t i = static_cast<size_t>(r) * Vp + v;
+      if (v >= V || targets[r] < 0) {
+        ASSERT_EQ(dlogitst[i].bits, 0u) << "row " << r << " col " << v;
+      }
+    }
+  // The gradient is the one tensor of this layer that the rounding shows in.
+  expect_close(name<T>("softmax_ce", "dlogits"), widen(dlogitst), dlogits, Dtype<T>::kOnce);
+  // Row sums of the gradient are 0 in exact arithmetic; each element is off by
+  // at most u |d| and sum |d| <= 2 dloss, so a rounded row sums to <= 2u dloss
+  // (4u with margin, plus fp32 noise).
+  const auto dl = widen(dlogitst);
+  std::vector<float> valid_ref, valid_got;
+  std::vector<T> valid_t;
+  for (int r = 0; r < N; ++r) {
+    if (targets[r] < 0) continue;
+    double s = 0.0;
+    for (int v = 0; v < V; ++v) {
+      const size_t i = static_cast<size_t>(r) * Vp + v;
+      s += dl[i];
+      valid_ref.push_back(dlogits[i]);
+      valid_t.push_back(dlogitst[i]);
+    }
+    EXPECT_LE(std::abs(s), (4.0 * std::ldexp(1.0, -Dtype<T>::kMant - 1) + 1e-5) * dloss) << "row " << r;
+  }
+  expect_rounded_once(name<T>("softmax_ce", "dlogits"), valid_t, valid_ref);
+}
+
+TYPED_TEST(MixedPrecision, EncoderWithRepeatedTokens) {
+  using T = TypeParam;
+  const int B = 4, Tn = 70, C = 130, V = 13, ctx = Tn + 3;  // B*T*C above the parallel threshold
+  Rng rng(51, 2);
+  std::vector<int32_t> tokens(B * Tn);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng.below(V));  // 280 tokens over 13 ids: many repeats
+  tokens[0] = tokens[1] = tokens[2] = 4;
+  auto wte = random_vector(V * C, 52), wpe = random_vector(ctx * C, 53, 0.5f);
+  auto dout = random_vector(static_cast<size_t>(B) * Tn * C, 54);
+  const auto wtet = round_inputs<T>(wte), wpet = round_inputs<T>(wpe), doutt = round_inputs<T>(dout);
+
+  std::vector<float> out(static_cast<size_t>(B) * Tn * C);
+  encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, Tn, C);
+  auto outt = nan_filled<T>(out.size());
+  encoder_forward(outt.data(), tokens.data(), wtet.data(), wpet.data(), B, Tn, C);
+  expect_close(name<T>("encoder", "out"), widen(outt), out, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("encoder", "out"), outt, out);
+
+  std::vector<float> dwte(V * C, 0.0f), dwpe(ctx * C, 0.0f), dwtet(V * C, 0.0f), dwpet(ctx * C, 0.0f);
+  encoder_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, Tn, C);
+  encoder_backward(dwtet.data(), dwpet.data(), doutt.data(), tokens.data(), B, Tn, C);
+  // The same fp32 additions in the same order on the same values.
+  expect_close(name<T>("encoder", "dwte"), dwtet, dwte, kParam);
+  expect_close(name<T>("encoder", "dwpe"), dwpet, dwpe, kParam);
+  for (int i = Tn * C; i < ctx * C; ++i) ASSERT_EQ(dwpet[i], 0.0f) << "dwpe row past T";
+
+  const auto dwte0 = random_vector(V * C, 55, 10.0f), dwpe0 = random_vector(ctx * C, 56, 10.0f);
+  std::vector<float> dwte2 = dwte0, dwpe2 = dwpe0;
+  for (int k = 0; k < 2; ++k) encoder_backward(dwte2.data(), dwpe2.data(), doutt.data(), tokens.data(), B, Tn, C);
+  expect_accumulated("encoder dwte", dwte2, dwte0, dwtet);
+  expect_accumulated("encoder dwpe", dwpe2, dwpe0, dwpet);
+}
+
+}  // namespace
+}  // namespace chorus::nn
