@@ -48,13 +48,14 @@ inline std::string mpirun(int np) {
 }
 #endif
 
-// Column `key` of every row of <run_dir>/metrics.jsonl (NaN where it is null).
+// Column `key` of every row of <run_dir>/metrics.jsonl (NaN where it is null
+// or missing, 1 / 0 for booleans).
 inline std::vector<double> metric(const std::string& run_dir, const std::string& key) {
   std::ifstream in(run_dir + "/metrics.jsonl");
   std::vector<double> out;
   for (std::string line; std::getline(in, line);) {
     const auto v = nlohmann::json::parse(line)[key];
-    out.push_back(v.is_number() ? v.get<double>() : std::nan(""));
+    out.push_back(v.is_boolean() ? (v.get<bool>() ? 1.0 : 0.0) : v.is_number() ? v.get<double>() : std::nan(""));
   }
   return out;
 }
