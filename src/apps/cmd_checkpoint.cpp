@@ -156,6 +156,9 @@ int export_cmd(int argc, char** argv) {
   o.add<std::string>("input", "dir", "", "checkpoint or save directory (positional)");
   o.add<std::string>("output", "out", "", "output file (chorus) or directory (safetensors)");
   o.add<std::string>("output", "format", "chorus", "chorus | safetensors");
+  o.add<std::string>("output", "dtype", "fp32",
+                     "fp32 | bf16 (safetensors only: the fp32 masters rounded to bf16, half the size; chorus "
+                     "weights files always hold fp32, which every --precision loads)");
   threads_option(o);
   o.positional("dir", 1);
   po::variables_map vm;
@@ -164,14 +167,18 @@ int export_cmd(int argc, char** argv) {
   const std::string src = dir_arg(vm, "export"), out = vm["out"].as<std::string>(),
                     format = vm["format"].as<std::string>();
   CHORUS_CHECK(!out.empty(), "checkpoint export: give --out PATH");
+  const Precision dtype = parse_precision(vm["dtype"].as<std::string>(), "dtype");
+  CHORUS_CHECK(dtype != Precision::fp16, "dtype: export writes fp32 or bf16, got fp16");
+  CHORUS_CHECK(dtype == Precision::fp32 || format == "safetensors",
+               "dtype: bf16 is written only with --format safetensors (chorus weights files hold fp32)");
   Timer t;
   if (format == "chorus") {
     checkpoint::export_weights(src, out);
     std::printf("exported %s -> %s (chorus weights, %.1f s)\n", src.c_str(), out.c_str(), t.seconds());
   } else if (format == "safetensors") {
-    checkpoint::export_safetensors(src, out);
-    std::printf("exported %s -> %s/model.safetensors + config.json (%.1f s)\n", src.c_str(), out.c_str(),
-                t.seconds());
+    checkpoint::export_safetensors(src, out, dtype);
+    std::printf("exported %s -> %s/model.safetensors (%s) + config.json (%.1f s)\n", src.c_str(), out.c_str(),
+                precision_name(dtype), t.seconds());
   } else {
     CHORUS_FAIL("format: expected 'chorus' or 'safetensors', got '%s'", format.c_str());
   }

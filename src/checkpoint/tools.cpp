@@ -271,7 +271,7 @@ void export_weights(const std::string& src, const std::string& out) {
   write_weights_file(out, l.manifest.model, l.manifest.tokenizer_hash, views);
 }
 
-void export_safetensors(const std::string& src, const std::string& out_dir) {
+void export_safetensors(const std::string& src, const std::string& out_dir, Precision dtype) {
   const Loaded l = load_manifest(src);
   const Manifest& m = l.manifest;
   const GlobalState g = read_global(l.dir, m, false);
@@ -317,10 +317,14 @@ void export_safetensors(const std::string& src, const std::string& out_dir) {
                             {"producer", "chorus checkpoint export"},
                             {"chorus_step", std::to_string(m.step)},
                             {"chorus_tokenizer_hash", m.tokenizer_hash}};
+  CHORUS_CHECK(dtype == Precision::fp32 || dtype == Precision::bf16, "export: --dtype must be fp32 or bf16, got %s",
+               precision_name(dtype));
+  const bool half = dtype == Precision::bf16;
+  const size_t elem = half ? sizeof(bf16) : sizeof(float);
   uint64_t off = 0;
   for (const auto& o : outs) {
-    const uint64_t n = o.data.size() * sizeof(float);
-    header[o.name] = {{"dtype", "F32"}, {"shape", o.shape}, {"data_offsets", {off, off + n}}};
+    const uint64_t n = o.data.size() * elem;
+    header[o.name] = {{"dtype", half ? "BF16" : "F32"}, {"shape", o.shape}, {"data_offsets", {off, off + n}}};
     off += n;
   }
   std::string h = header.dump();
@@ -330,8 +334,16 @@ void export_safetensors(const std::string& src, const std::string& out_dir) {
   const uint64_t hlen = h.size();
   bytes.append(reinterpret_cast<const char*>(&hlen), 8);
   bytes += h;
-  for (const auto& o : outs)
-    bytes.append(reinterpret_cast<const char*>(o.data.data()), o.data.size() * sizeof(float));
+  std::vector<bf16> rounded;
+  for (const auto& o : outs) {
+    if (half) {
+      rounded.resize(o.data.size());
+      convert(rounded.data(), o.data.data(), o.data.size());
+      bytes.append(reinterpret_cast<const char*>(rounded.data()), rounded.size() * sizeof(bf16));
+    } else {
+      bytes.append(reinterpret_cast<const char*>(o.data.data()), o.data.size() * sizeof(float));
+    }
+  }
 
   json config = {
       {"architectures", {"GPT2LMHeadModel"}},

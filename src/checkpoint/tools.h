@@ -4,6 +4,8 @@
 #pragma once
 
 #include <string>
+
+#include "core/dtype.h"
 #include <vector>
 
 #include "checkpoint/layout.h"
@@ -42,6 +44,9 @@ void export_weights(const std::string& src, const std::string& out);
 // (Hugging Face GPT2Model keys: wte.weight with the real vocabulary rows,
 // wpe.weight, h.N.ln_1.weight, h.N.attn.c_attn.weight as (in, out) like
 // GPT-2's Conv1D, ...; float32) and <out_dir>/config.json (GPT-2 style).
-void export_safetensors(const std::string& src, const std::string& out_dir);
+// dtype fp32 (tensors "F32") or bf16 ("BF16", rounded to nearest even from the
+// fp32 masters: half the size, what PyTorch / Hugging Face load for bf16
+// inference or fine-tuning).
+void export_safetensors(const std::string& src, const std::string& out_dir, Precision dtype = Precision::fp32);
 
 }  // namespace chorus::checkpoint

@@ -18,6 +18,7 @@
 
 #include "checkpoint/tools.h"
 #include "checkpoint/weights.h"
+#include "core/dtype.h"
 #include "ckpt_fixture.h"
 
 using namespace ckpt_test;
@@ -43,16 +44,24 @@ std::map<std::string, St> read_safetensors(const std::string& path, json* header
   uint64_t expect_begin = 0;
   for (const auto& [name, info] : header.items()) {
     if (name == "__metadata__") continue;
-    EXPECT_EQ(info.at("dtype"), "F32") << name;
+    const std::string dtype = info.at("dtype").get<std::string>();
+    EXPECT_TRUE(dtype == "F32" || dtype == "BF16") << name << ": " << dtype;
+    const size_t elem = dtype == "BF16" ? 2 : 4;
     St t;
     t.shape = info.at("shape").get<std::vector<int64_t>>();
     const uint64_t b = info.at("data_offsets")[0], e = info.at("data_offsets")[1];
     size_t numel = 1;
     for (auto d : t.shape) numel *= static_cast<size_t>(d);
-    EXPECT_EQ(e - b, numel * 4) << name;
+    EXPECT_EQ(e - b, numel * elem) << name;
     EXPECT_LE(8 + n + e, bytes.size()) << name;
     t.data.resize(numel);
-    std::memcpy(t.data.data(), bytes.data() + 8 + n + b, numel * 4);
+    if (elem == 4) {
+      std::memcpy(t.data.data(), bytes.data() + 8 + n + b, numel * 4);
+    } else {
+      std::vector<chorus::bf16> h(numel);
+      std::memcpy(h.data(), bytes.data() + 8 + n + b, numel * 2);
+      chorus::convert(t.data.data(), h.data(), numel);
+    }
     out[name] = std::move(t);
     (void)expect_begin;
   }
@@ -148,6 +157,30 @@ TEST(Export, SafetensorsHasGpt2NamesShapesAndValues) {
   EXPECT_EQ(cfg.at("n_positions"), 16);
   EXPECT_EQ(cfg.at("activation_function"), "gelu_new");
   EXPECT_EQ(cfg.at("eos_token_id"), 99);
+}
+
+TEST(Export, SafetensorsInBf16HoldsTheRoundedMasters) {
+  TempDir tmp("export");
+  TinyState s;
+  const std::string ckpt = s.save(tmp / "run").path;
+  chorus::checkpoint::export_safetensors(ckpt, tmp / "f32");
+  chorus::checkpoint::export_safetensors(ckpt, tmp / "bf16", chorus::Precision::bf16);
+  json h32, h16;
+  const auto a = read_safetensors((tmp / "f32") + "/model.safetensors", &h32);
+  const auto b = read_safetensors((tmp / "bf16") + "/model.safetensors", &h16);
+  ASSERT_EQ(a.size(), b.size());
+  size_t changed = 0;
+  for (const auto& [name, t] : a) {
+    EXPECT_EQ(h16.at(name).at("dtype"), "BF16") << name;
+    ASSERT_EQ(b.at(name).shape, t.shape) << name;
+    for (size_t i = 0; i < t.data.size(); ++i) {
+      ASSERT_EQ(b.at(name).data[i], chorus::round_to<chorus::bf16>(t.data[i])) << name << "[" << i << "]";
+      changed += b.at(name).data[i] != t.data[i];
+    }
+  }
+  EXPECT_GT(changed, 0u) << "the bf16 file must really be rounded";
+  EXPECT_LT(std::filesystem::file_size((tmp / "bf16") + "/model.safetensors"),
+            std::filesystem::file_size((tmp / "f32") + "/model.safetensors") * 6 / 10);
 }
 
 TEST(Export, PyTorchLoadsTheSafetensorsAndComputesChorusLogits) {
