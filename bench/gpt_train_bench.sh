@@ -17,6 +17,11 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 rounds=${ROUNDS:-3}; steps=${STEPS:-12}; threads=${THREADS:-2}
+# PyTorch's bf16 autocast on a CPU without bf16 units (no AVX512-BF16 / AMX)
+# falls back to slow reference kernels (~60 tok/s on gpt-mini here, 20x its
+# fp32): time it with fewer steps there. PEER_BF16_STEPS overrides.
+if grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo; then peer_bf16_steps=${PEER_BF16_STEPS:-$steps}
+else peer_bf16_steps=${PEER_BF16_STEPS:-2}; fi
 presets=${PRESETS:-"gpt-mini gpt2-124M"}; precisions=${PRECISIONS:-"fp32 bf16"}
 "$root/launch/setup" >/dev/null
 # The peer needs Debian's PyTorch (a benchmark-only dependency, not installed by launch/setup).
@@ -63,8 +68,11 @@ for preset in $presets; do
       grep -m1 "compute:" "$log" >"$out/compute-$preset-$prec.txt" || true
       echo "chorus $preset $prec $(grep -o 'median [0-9.]* tok/s' "$log" | tail -1)" | tee -a "$out/chorus.txt"
       # shellcheck disable=SC2046
+      peer_steps=$steps; peer_warmup=2
+      if [ "$prec" = bf16 ]; then peer_steps=$peer_bf16_steps; [ "$peer_steps" -lt "$steps" ] && peer_warmup=1; fi
       OMP_WAIT_POLICY=passive /usr/bin/python3 bench/peers/torch_gpt_bench.py $(peer_args "$preset") \
-        --threads "$threads" --steps "$steps" --dtype "$prec" --json 2>/dev/null | grep "^JSON " \
+        --threads "$threads" --steps "$peer_steps" --warmup "$peer_warmup" --dtype "$prec" --json 2>/dev/null \
+        | grep "^JSON " \
         | sed "s/^JSON /peer $preset $prec /" | tee -a "$out/peer.txt" || true
     done
   done

@@ -178,6 +178,14 @@ struct Gpt::State {
   int T = 0;
   bool backward_ready = false;  // a forward with targets whose logits are intact
 
+  // The last forward's batch shape and this rank's local widths.
+  struct Shape {
+    int B, Tn, N, C, NHl, Cl, Fl, Vl;
+  };
+  Shape shape(const GptConfig& cfg) const {
+    return {B, T, B * T, cfg.n_embd, n_head_local, attn_local, mlp_local, vocab.size};
+  }
+
   template <typename T>
   Acts<T>& acts_of() {
     if constexpr (std::is_same_v<T, float>) return a_f32;
@@ -545,9 +553,7 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T) 
 template <typename T>
 float Gpt::forward_typed(bool with_targets) {
   State& s = *s_;
-  const int B = s.B, Tn = s.T, N = B * Tn;
-  const int C = cfg_.n_embd;
-  const int NHl = s.n_head_local, Cl = s.attn_local, Fl = s.mlp_local, Vl = s.vocab.size;
+  const auto [B, Tn, N, C, NHl, Cl, Fl, Vl] = s.shape(cfg_);
   const ModelView<T>& p = s.weights_of<T>();
   Acts<T>& A = s.acts_of<T>();
 
@@ -610,9 +616,7 @@ void Gpt::backward(float loss_scale) {
 template <typename T>
 void Gpt::backward_typed(float loss_scale) {
   State& s = *s_;
-  const int B = s.B, Tn = s.T, N = B * Tn;
-  const int C = cfg_.n_embd;
-  const int NHl = s.n_head_local, Cl = s.attn_local, Fl = s.mlp_local, Vl = s.vocab.size;
+  const auto [B, Tn, N, C, NHl, Cl, Fl, Vl] = s.shape(cfg_);
   const ModelView<T>& p = s.weights_of<T>();
   Acts<T>& A = s.acts_of<T>();
 
