@@ -7,6 +7,7 @@
 # GEMM path Chorus picked.
 #   bench/gpt_train_bench.sh                       # both presets, ROUNDS=3 STEPS=12 THREADS=2
 #   PRESETS=gpt-mini PRECISIONS=bf16 bench/gpt_train_bench.sh
+#   PEER_BF16_STEPS=1 PEER_BF16_ROUNDS=1 ...    # where the peer's bf16 autocast is very slow
 # Presets (the shapes of the issue tracker's comparisons):
 #   gpt-mini    L6 d384 h6, vocab 8192, batch 8 x 256 tokens (configs/gpt-mini.ini)
 #   gpt2-124M   L12 d768 h12, vocab 8192, batch 4 x 256 tokens, 1024 positions
@@ -22,6 +23,7 @@ rounds=${ROUNDS:-3}; steps=${STEPS:-12}; threads=${THREADS:-2}
 # fp32): time it with fewer steps there. PEER_BF16_STEPS overrides.
 if grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo; then peer_bf16_steps=${PEER_BF16_STEPS:-$steps}
 else peer_bf16_steps=${PEER_BF16_STEPS:-2}; fi
+peer_bf16_rounds=${PEER_BF16_ROUNDS:-$rounds}  # rounds that run the peer in bf16 (the first ones)
 presets=${PRESETS:-"gpt-mini gpt2-124M"}; precisions=${PRECISIONS:-"fp32 bf16"}
 "$root/launch/setup" >/dev/null
 # The peer needs Debian's PyTorch (a benchmark-only dependency, not installed by launch/setup).
@@ -69,7 +71,10 @@ for preset in $presets; do
       echo "chorus $preset $prec $(grep -o 'median [0-9.]* tok/s' "$log" | tail -1)" | tee -a "$out/chorus.txt"
       # shellcheck disable=SC2046
       peer_steps=$steps; peer_warmup=2
-      if [ "$prec" = bf16 ]; then peer_steps=$peer_bf16_steps; [ "$peer_steps" -lt "$steps" ] && peer_warmup=1; fi
+      if [ "$prec" = bf16 ]; then
+        [ "$r" -gt "$peer_bf16_rounds" ] && continue
+        peer_steps=$peer_bf16_steps; [ "$peer_steps" -lt "$steps" ] && peer_warmup=1
+      fi
       OMP_WAIT_POLICY=passive /usr/bin/python3 bench/peers/torch_gpt_bench.py $(peer_args "$preset") \
         --threads "$threads" --steps "$peer_steps" --warmup "$peer_warmup" --dtype "$prec" --json 2>/dev/null \
         | grep "^JSON " \
