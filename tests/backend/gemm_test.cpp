@@ -10,6 +10,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/ops.h"
@@ -58,6 +59,22 @@ struct Stored {
 // that: |C - ref| <= 2 (K + 4) 2^-24 (|alpha| sum_k |a||b| + |beta| |C0|) + 1e-30,
 // i.e. about 4e-6 relative for K = 29 and 2.3e-5 for K = 192. A dropped beta,
 // a swapped transpose or a wrong leading dimension gives O(1) errors (or NaN).
+// C(i, j) in fp64 from the stored (rounded) operands, and its error bound.
+template <typename T>
+std::pair<double, double> reference(const Stored<T>& A, const Stored<T>& B, bool ta, bool tb, int i, int j, int K,
+                                    float alpha, float beta, double c0) {
+  double sum = 0, abs_sum = 0;
+  for (int k = 0; k < K; ++k) {
+    const double p = (ta ? A.at(k, i) : A.at(i, k)) * (tb ? B.at(j, k) : B.at(k, j));
+    sum += p;
+    abs_sum += std::fabs(p);
+  }
+  const double tol = 2.0 * (K + 4) * std::ldexp(1.0, -24);
+  const double ref = alpha * sum + (beta == 0.0f ? 0.0 : beta * c0);
+  const double bound = tol * (std::fabs(alpha) * abs_sum + (beta == 0.0f ? 0.0 : std::fabs(beta * c0))) + 1e-30;
+  return {ref, bound};
+}
+
 template <typename T>
 void expect_matches(GemmPath path, const Shape& s, bool ta, bool tb, float alpha, float beta, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -76,20 +93,10 @@ void expect_matches(GemmPath path, const Shape& s, bool ta, bool tb, float alpha
   ASSERT_EQ(gemm_path_for(precision_of<T>()), path);
   gemm_mixed<T>(ta, tb, M, N, K, alpha, A.data.data(), A.ld, B.data.data(), B.ld, beta, C.data(), ldc);
 
-  const double tol = 2.0 * (K + 4) * std::ldexp(1.0, -24);
   int n_bad = 0;
   for (int i = 0; i < M; ++i) {
     for (int j = 0; j < N; ++j) {
-      double sum = 0, abs_sum = 0;
-      for (int k = 0; k < K; ++k) {
-        const double p = (ta ? A.at(k, i) : A.at(i, k)) * (tb ? B.at(j, k) : B.at(k, j));
-        sum += p;
-        abs_sum += std::fabs(p);
-      }
-      const double c0 = C0[static_cast<size_t>(i) * ldc + j];
-      const double ref = alpha * sum + (beta == 0.0f ? 0.0 : beta * c0);
-      const double bound =
-          tol * (std::fabs(alpha) * abs_sum + (beta == 0.0f ? 0.0 : std::fabs(beta * c0))) + 1e-30;
+      const auto [ref, bound] = reference(A, B, ta, tb, i, j, K, alpha, beta, C0[static_cast<size_t>(i) * ldc + j]);
       const double got = C[static_cast<size_t>(i) * ldc + j];
       if (!(std::fabs(got - ref) <= bound) && n_bad++ < 3) {
         ADD_FAILURE() << gemm_path_name(path) << " " << precision_name(precision_of<T>()) << " M=" << M
@@ -332,19 +339,10 @@ TEST_F(GemmMixed, OnednnWrapperOnFp32) {
               EXPECT_EQ(detail::dnnl_cache_size(), cached);
             }
           }
-          const double tol = 2.0 * (K + 4) * std::ldexp(1.0, -24);
           for (int i = 0; i < M; ++i)
             for (int j = 0; j < N; ++j) {
-              double sum = 0, abs_sum = 0;
-              for (int k = 0; k < K; ++k) {
-                const double p = (ta ? A.at(k, i) : A.at(i, k)) * (tb ? B.at(j, k) : B.at(k, j));
-                sum += p;
-                abs_sum += std::fabs(p);
-              }
-              const double c0 = C0[static_cast<size_t>(i) * ldc + j];
-              const double ref = 0.75 * sum + (beta == 0.0f ? 0.0 : beta * c0);
-              const double bound =
-                  tol * (0.75 * abs_sum + (beta == 0.0f ? 0.0 : std::fabs(beta * c0))) + 1e-30;
+              const auto [ref, bound] =
+                  reference(A, B, ta, tb, i, j, K, 0.75f, beta, C0[static_cast<size_t>(i) * ldc + j]);
               ASSERT_LE(std::fabs(C[static_cast<size_t>(i) * ldc + j] - ref), bound)
                   << "M=" << M << " N=" << N << " K=" << K << " ta=" << ta << " tb=" << tb << " beta=" << beta
                   << " at (" << i << "," << j << ") impl " << impl;

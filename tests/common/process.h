@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <fstream>
 #include <cmath>
+#include <filesystem>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -45,6 +47,27 @@ inline Result chorus(const std::string& args) { return sh(std::string(CHORUS_BIN
 inline std::string mpirun(int np) {
   return std::string(CHORUS_MPIRUN) + " --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -np " +
          std::to_string(np) + " ";
+}
+#endif
+
+#if defined(CHORUS_SOURCE_DIR) && defined(CHORUS_BINARY)
+// A small corpus for whole-job tests in dir: the shipped text of `langs`
+// copied to dir/text, a tokenizer of `vocab` tokens dir/tok.json and shards
+// dir/shards. Returns "" on success, else the failing command and its output.
+inline std::string make_corpus(const std::filesystem::path& dir, std::initializer_list<const char*> langs,
+                               int vocab) {
+  std::filesystem::create_directories(dir / "text");
+  const std::string src = std::string(CHORUS_SOURCE_DIR) + "/datasets/text/";
+  for (const char* lang : langs)
+    std::filesystem::copy_file(src + lang + ".txt", dir / "text" / (std::string(lang) + ".txt"));
+  const std::string bin = CHORUS_BINARY, text = (dir / "text").string(), tok = (dir / "tok.json").string();
+  for (const std::string& cmd :
+       {bin + " train-tokenizer --quiet --input " + text + " --vocab " + std::to_string(vocab) + " --out " + tok,
+        bin + " prepare-text --quiet --tokenizer " + tok + " --input " + text + " --out " + (dir / "shards").string()}) {
+    const Result r = sh(cmd);
+    if (r.code != 0) return cmd + "\n" + r.out;
+  }
+  return "";
 }
 #endif
 

@@ -47,19 +47,7 @@ class Ckpt : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = fs::temp_directory_path() / ("chorus_ckpt_e2e_" + std::to_string(getpid()));
-    fs::create_directories(dir_ / "text");
-    const std::string src = std::string(CHORUS_SOURCE_DIR) + "/datasets/text/";
-    for (const char* lang : {"en", "fr"})
-      fs::copy_file(src + lang + ".txt", dir_ / "text" / (std::string(lang) + ".txt"));
-    const std::string bin = CHORUS_BINARY;
-    ASSERT_EQ(sh(bin + " train-tokenizer --quiet --input " + (dir_ / "text").string() +
-                 " --vocab 512 --out " + (dir_ / "tok.json").string())
-                  .code,
-              0);
-    ASSERT_EQ(sh(bin + " prepare-text --quiet --tokenizer " + (dir_ / "tok.json").string() + " --input " +
-                 (dir_ / "text").string() + " --out " + (dir_ / "shards").string())
-                  .code,
-              0);
+    ASSERT_EQ(chorus::testing::make_corpus(dir_, {"en", "fr"}, 512), "");
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
 

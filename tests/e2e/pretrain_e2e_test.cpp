@@ -25,16 +25,10 @@ class E2E : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = fs::temp_directory_path() / ("chorus_e2e_" + std::to_string(getpid()));
-    fs::create_directories(dir_ / "text");
     // A slice of the shipped corpus: four languages, two scripts each way.
-    const std::string src = std::string(CHORUS_SOURCE_DIR) + "/datasets/text/";
-    for (const char* lang : {"en", "de", "ru", "zh"}) fs::copy_file(src + lang + ".txt", dir_ / "text" / (std::string(lang) + ".txt"));
     tok_ = (dir_ / "tok.json").string();
     shards_ = (dir_ / "shards").string();
-    auto r = run("train-tokenizer --quiet --input " + (dir_ / "text").string() + " --vocab 1024 --out " + tok_);
-    ASSERT_EQ(r.code, 0) << r.out;
-    r = run("prepare-text --quiet --tokenizer " + tok_ + " --input " + (dir_ / "text").string() + " --out " + shards_);
-    ASSERT_EQ(r.code, 0) << r.out;
+    ASSERT_EQ(chorus::testing::make_corpus(dir_, {"en", "de", "ru", "zh"}, 1024), "");
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
   static std::string config() { return std::string(CHORUS_SOURCE_DIR) + "/configs/gpt-tiny.ini"; }
