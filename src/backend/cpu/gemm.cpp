@@ -452,29 +452,6 @@ std::string gemm_describe() {
 
 namespace {
 
-void convert_row_serial(float* dst, const bf16* src, size_t n) {
-  const uint16_t* s = &src->bits;
-#pragma omp simd
-  for (size_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_f32(s[i]);
-}
-
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx,f16c"))) void fp16_row_f16c(float* dst, const uint16_t* src, size_t n) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-  for (; i < n; ++i) dst[i] = fp16_bits_to_f32(src[i]);
-}
-#endif
-
-void convert_row_serial(float* dst, const fp16* src, size_t n) {
-  const uint16_t* s = &src->bits;
-#if defined(__x86_64__) || defined(__i386__)
-  if (f16c_available()) return fp16_row_f16c(dst, s, n);
-#endif
-  for (size_t i = 0; i < n; ++i) dst[i] = fp16_bits_to_f32(s[i]);
-}
-
 // Grows, never shrinks: no allocation after the first call of a given size.
 struct Scratch {
   std::unique_ptr<float[]> data;
@@ -499,13 +476,13 @@ const float* panel_to_f32(Scratch& scratch, const T* src, int rows, int cols, in
   float* dst = scratch.get(total);
   if (omp_in_parallel()) {  // already on one thread of a team: no nested fork
     for (int r = 0; r < rows; ++r)
-      convert_row_serial(dst + r * n_cols, src + static_cast<size_t>(r) * ld, n_cols);
+      convert_serial(dst + r * n_cols, src + static_cast<size_t>(r) * ld, n_cols);
   } else if (ld == cols) {
     convert(dst, src, total);  // vectorised, parallel when large
   } else {
 #pragma omp parallel for schedule(static) if (total > kParallelMin)
     for (int r = 0; r < rows; ++r)
-      convert_row_serial(dst + r * n_cols, src + static_cast<size_t>(r) * ld, n_cols);
+      convert_serial(dst + r * n_cols, src + static_cast<size_t>(r) * ld, n_cols);
   }
   return dst;
 }
