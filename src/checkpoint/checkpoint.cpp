@@ -315,7 +315,7 @@ LoadResult load_checkpoint(dist::ParallelGrid& grid, const std::string& dir, int
     res.manifest = read_manifest(manifest_path);
     const Manifest& m = res.manifest;
     check_complete(m, manifest_path);
-    check_matches_run(m, dir, config, tokenizer_hash);
+    check_matches_run(m, dir, config, tokenizer_hash, st.model_type, st.model_extra);
     check_tensors_match(m, dir, st.tensors);
     res.resharded = !(m.layout == target);
     const int t = grid.tp_rank();

@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "checkpoint/layout.h"
 #include "checkpoint/manifest.h"
 #include "core/rng.h"
@@ -39,6 +41,10 @@ struct RankState {
   FlatRange opt_range;                   // the part of params the optimizer state below covers
   std::span<float> exp_avg, exp_avg_sq;  // Adam moments over opt_range
   Rng::State rng{};                      // this rank's RNG state
+  // The kind of model (Manifest::model_type) and the rest of its config
+  // (Manifest::model_extra); a checkpoint of another kind or config is refused.
+  std::string model_type = "gpt";
+  nlohmann::json model_extra;
   // Checks, for TP degree tp, that offsets are the packed table order and the
   // spans are sized to match.
   void validate(int tp) const;

@@ -155,6 +155,8 @@ json manifest_to_json(const Manifest& m) {
   j["format"] = kManifestFormat;
   j["format_version"] = m.format_version;
   j["created"] = m.created;
+  j["model_type"] = m.model_type;
+  if (!m.model_extra.is_null()) j["model_extra"] = m.model_extra;
   j["model"] = {{"n_layer", m.model.n_layer},
                 {"n_embd", m.model.n_embd},
                 {"n_head", m.model.n_head},
@@ -240,6 +242,13 @@ Manifest manifest_from_json(const json& j, const std::string& where) {
                where.c_str(), want_hash.c_str(), got_hash.c_str()));
   m.created = root.str("created");
 
+  if (root.has("model_type")) {
+    m.model_type = root.str("model_type");
+    CHORUS_CHECK(m.model_type == "gpt" || m.model_type == "speech",
+                 "checkpoint manifest '%s': field 'model_type' is '%s', expected gpt or speech", where.c_str(),
+                 m.model_type.c_str());
+  }
+  if (auto it = j.find("model_extra"); it != j.end()) m.model_extra = *it;
   Fields model = root.object("model");
   m.model.n_layer = model.i32("n_layer", 1);
   m.model.n_embd = model.i32("n_embd", 1);
@@ -454,7 +463,15 @@ void check_complete(const Manifest& m, const std::string& where) {
 }
 
 void check_matches_run(const Manifest& m, const std::string& where, const models::GptConfig& c,
-                       const std::string& tokenizer_hash) {
+                       const std::string& tokenizer_hash, const std::string& model_type,
+                       const nlohmann::json& model_extra) {
+  CHORUS_CHECK(m.model_type == model_type,
+               "checkpoint '%s': field 'model_type' is '%s' but this run trains a '%s' model", where.c_str(),
+               m.model_type.c_str(), model_type.c_str());
+  CHORUS_CHECK(model_extra.is_null() || m.model_extra == model_extra,
+               "checkpoint '%s': field 'model_extra' is %s but this run's model is %s (a checkpoint resumes only the "
+               "model it was saved from)",
+               where.c_str(), m.model_extra.dump().c_str(), model_extra.dump().c_str());
   auto same = [&](const char* field, int ckpt, int run) {
     CHORUS_CHECK(
         ckpt == run,

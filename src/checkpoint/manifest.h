@@ -81,7 +81,12 @@ struct LossScalerState {
 
 struct Manifest {
   int format_version = kManifestVersion;
+  // What the checkpoint holds: "gpt" (a GPT; `model` is its config) or
+  // "speech" (a speech encoder-decoder; `model` is its GPT decoder's config and
+  // `model_extra` the rest of its config). Older manifests lack the field: "gpt".
+  std::string model_type = "gpt";
   models::GptConfig model;
+  nlohmann::json model_extra;  // null for "gpt"
   std::string tokenizer_hash;
   int64_t eot_token = -1;  // <|endoftext|> id (export's config.json), -1 = unknown
   int64_t step = 0;        // optimizer steps completed
@@ -126,7 +131,8 @@ void check_complete(const Manifest& m, const std::string& where);
 // Refuses a checkpoint whose model config or tokenizer differs from the run's,
 // naming the field and both values.
 void check_matches_run(const Manifest& m, const std::string& where, const models::GptConfig& config,
-                       const std::string& tokenizer_hash);
+                       const std::string& tokenizer_hash, const std::string& model_type = "gpt",
+                       const nlohmann::json& model_extra = nullptr);
 // Refuses a tensor table different from the model's (names, shapes, splits).
 void check_tensors_match(const Manifest& m, const std::string& where, const std::vector<TensorInfo>& model);
 

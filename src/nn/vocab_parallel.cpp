@@ -10,7 +10,7 @@
 
 #include "backend/cpu/vmath.h"
 #include "dist/communicator.h"
-#include "nn/encoder.h"
+#include "nn/embedding.h"
 #include "nn/softmax_cross_entropy.h"
 #include "nn/typed.h"
 
@@ -38,7 +38,7 @@ template <typename T>
 void vocab_parallel_embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, const VocabRange& r,
                                       int B, int Tn, int C, dist::Communicator* tp) {
   if (!is_parallel(tp) && covers_all(r)) {
-    encoder_forward(out, tokens, wte, wpe, B, Tn, C);
+    embedding_forward(out, tokens, wte, wpe, B, Tn, C);
     return;
   }
   const int n_rows = B * Tn;
@@ -68,7 +68,7 @@ void vocab_parallel_embedding_forward(T* out, const int32_t* tokens, const T* wt
 template <typename T>
 void vocab_parallel_embedding_backward(float* dwte, float* dwpe, const T* dout, const int32_t* tokens,
                                        const VocabRange& r, int B, int Tn, int C) {
-  encoder_backward_rows(dwte, dwpe, dout, tokens, r.begin, r.size, B, Tn, C);
+  embedding_backward_rows(dwte, dwpe, dout, tokens, r.begin, r.size, B, Tn, C);
 }
 
 template <typename T>

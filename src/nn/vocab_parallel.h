@@ -7,7 +7,7 @@
 // softmax and get zero gradient.
 //
 // With tp == nullptr (or a group of one) and the range covering the whole
-// vocabulary these are exactly encoder_forward / softmax_cross_entropy_forward.
+// vocabulary these are exactly embedding_forward / softmax_cross_entropy_forward.
 // With tp > 1 every rank of the group must make the same calls in the same
 // order, with the same tokens and targets.
 //

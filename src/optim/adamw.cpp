@@ -40,7 +40,30 @@ void AdamW::update_range(float* p, const float* g, size_t begin, size_t end, flo
   }
 }
 
-void AdamW::step(std::span<float> params, std::span<const float> grads, float lr, int64_t t) {
+void AdamW::update_scaled(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1,
+                          float bc2, std::span<const LrScaleRange> lr_scales) {
+  size_t pos = begin;
+  for (const LrScaleRange& s : lr_scales) {  // sorted by begin, non-overlapping
+    const size_t b = std::max(s.range.begin, pos), e = std::min(s.range.end, end);
+    if (b >= e) continue;
+    if (pos < b) update_range(p, g, pos, b, lr, wd, bc1, bc2);
+    update_range(p, g, b, e, lr * s.lr_scale, wd, bc1, bc2);
+    pos = e;
+  }
+  if (pos < end) update_range(p, g, pos, end, lr, wd, bc1, bc2);
+}
+
+void AdamW::step(std::span<float> params, std::span<const float> grads, float lr, int64_t t,
+                 std::span<const LrScaleRange> lr_scales_in) {
+  std::vector<LrScaleRange> lr_scales(lr_scales_in.begin(), lr_scales_in.end());
+  std::sort(lr_scales.begin(), lr_scales.end(),
+            [](const LrScaleRange& a, const LrScaleRange& b) { return a.range.begin < b.range.begin; });
+  for (size_t i = 0; i < lr_scales.size(); ++i) {
+    const Range& r = lr_scales[i].range;
+    CHORUS_CHECK(r.begin <= r.end && r.end <= m_.size() && (i == 0 || r.begin >= lr_scales[i - 1].range.end),
+                 "AdamW: learning-rate range [%zu, %zu) overlaps another or exceeds the buffer of %zu floats",
+                 r.begin, r.end, m_.size());
+  }
   CHORUS_CHECK(params.size() == m_.size() && grads.size() == m_.size(),
                "AdamW: buffer sizes differ (params %zu, grads %zu, state %zu)", params.size(), grads.size(),
                m_.size());
@@ -49,11 +72,11 @@ void AdamW::step(std::span<float> params, std::span<const float> grads, float lr
   const float bc2 = 1.0f - static_cast<float>(std::pow(static_cast<double>(cfg_.beta2), static_cast<double>(t)));
   size_t pos = 0;
   for (const auto& r : decay_) {
-    if (pos < r.begin) update_range(params.data(), grads.data(), pos, r.begin, lr, 0.0f, bc1, bc2);
-    update_range(params.data(), grads.data(), r.begin, r.end, lr, cfg_.weight_decay, bc1, bc2);
+    if (pos < r.begin) update_scaled(params.data(), grads.data(), pos, r.begin, lr, 0.0f, bc1, bc2, lr_scales);
+    update_scaled(params.data(), grads.data(), r.begin, r.end, lr, cfg_.weight_decay, bc1, bc2, lr_scales);
     pos = r.end;
   }
-  if (pos < m_.size()) update_range(params.data(), grads.data(), pos, m_.size(), lr, 0.0f, bc1, bc2);
+  if (pos < m_.size()) update_scaled(params.data(), grads.data(), pos, m_.size(), lr, 0.0f, bc1, bc2, lr_scales);
 }
 
 double global_norm(std::span<const float> g) {

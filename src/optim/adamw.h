@@ -26,6 +26,13 @@ struct Range {
 };
 using DecayRange = Range;  // a range that weight decay applies to
 
+// A range whose learning rate is lr_scale times the step's (0 = frozen: the
+// parameters and their weight decay are not applied; the moments still update).
+struct LrScaleRange {
+  Range range;
+  float lr_scale = 1.0f;
+};
+
 class AdamW {
  public:
   // n: length of the parameter buffer; decay: ranges that get weight decay.
@@ -34,7 +41,10 @@ class AdamW {
   // One update with learning rate lr. t is the 1-based count of updates taken
   // so far including this one (bias correction). params -= lr * (m_hat /
   // (sqrt(v_hat) + eps) + wd * params [decayed ranges only]).
-  void step(std::span<float> params, std::span<const float> grads, float lr, int64_t t);
+  // lr_scales: non-overlapping ranges with their own learning-rate factor
+  // (the rest of the buffer: 1).
+  void step(std::span<float> params, std::span<const float> grads, float lr, int64_t t,
+            std::span<const LrScaleRange> lr_scales = {});
 
   std::span<float> m() { return m_; }
   std::span<float> v() { return v_; }
@@ -44,6 +54,9 @@ class AdamW {
  private:
   void update_range(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1,
                     float bc2);
+  // update_range over [begin, end) split where lr_scales change the learning rate.
+  void update_scaled(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1, float bc2,
+                     std::span<const LrScaleRange> lr_scales);
   AdamWConfig cfg_;
   std::vector<DecayRange> decay_;
   std::vector<float> m_, v_;

@@ -119,7 +119,7 @@ StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> g
     all_reduce_grads(grads);
     st.grad_norm = std::sqrt(sum_squares(grads.data(), {0, n_}));
     clip_by_global_norm(grads, st.grad_norm, cfg_.grad_clip);
-    adamw_->step(params, grads, lr, t);
+    adamw_->step(params, grads, lr, t, so.lr_scales);
     return st;
   }
   // ZeRO-1
@@ -135,7 +135,10 @@ StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> g
   st.grad_norm = std::sqrt(ss);
   clip_by_global_norm(grad_shard_, st.grad_norm, cfg_.grad_clip);
   std::span<float> mine = params.subspan(owned_.begin, owned_.end - owned_.begin);
-  adamw_->step(mine, grad_shard_, lr, t);
+  std::vector<LrScaleRange> local;  // the lr ranges within this rank's chunk, shifted to start at 0
+  for (const LrScaleRange& s : so.lr_scales)
+    for (const Range& r : clip_ranges({s.range}, owned_)) local.push_back({r, s.lr_scale});
+  adamw_->step(mine, grad_shard_, lr, t, local);
   dp_.all_gather(params.data() + owned_.begin, params.data(), n_, dist::DType::f32);
   return st;
 }

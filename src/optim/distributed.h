@@ -43,6 +43,9 @@ struct StepOptions {
   // Check every rank's gradients for Inf/NaN (agreed over DP and TP); if any
   // holds one, skip the update on every rank (parameters and moments untouched).
   bool skip_nonfinite = false;
+  // Ranges of the (whole, unsharded) buffer with their own learning-rate
+  // factor (0 = frozen); the rest trains at lr.
+  std::vector<LrScaleRange> lr_scales;
 };
 
 struct StepStats {

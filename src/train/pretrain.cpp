@@ -1,33 +1,17 @@
 #include "train/pretrain.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
-#include <csignal>
 #include <filesystem>
-#include <fstream>
-#include <limits>
 #include <memory>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include "backend/cpu/gemm.h"
-#include "backend/cpu/peak_flops.h"
-#include "backend/cpu/workspace.h"
-#include "checkpoint/checkpoint.h"
 #include "checkpoint/weights.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "core/rng.h"
-#include "core/timer.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
-#include "optim/distributed.h"
-#include "optim/schedule.h"
 #include "train/generate.h"
-#include "train/metrics.h"
 
 namespace chorus::train {
 
@@ -35,142 +19,116 @@ namespace fs = std::filesystem;
 
 namespace {
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-void validate_options(const PretrainOptions& o) {
-  CHORUS_CHECK(o.batch >= 1, "batch: must be >= 1, got %d", o.batch);
-  CHORUS_CHECK(o.seq_len >= 1, "seq-len: must be >= 1, got %d", o.seq_len);
-  CHORUS_CHECK(o.seq_len <= o.model.context, "seq-len: %d exceeds the model context %d", o.seq_len,
-               o.model.context);
-  CHORUS_CHECK(o.grad_accum >= 1, "grad-accum: must be >= 1, got %d", o.grad_accum);
-  CHORUS_CHECK(o.steps >= 1, "steps: must be >= 1, got %lld", static_cast<long long>(o.steps));
-  CHORUS_CHECK(o.eval_every >= 0, "eval-every: must be >= 0, got %lld", static_cast<long long>(o.eval_every));
-  CHORUS_CHECK(o.eval_batches >= 1, "eval-batches: must be >= 1, got %d", o.eval_batches);
-  CHORUS_CHECK(o.log_every >= 1, "log-every: must be >= 1, got %d", o.log_every);
-  CHORUS_CHECK(!o.run_dir.empty(), "run-dir: must be set");
-  CHORUS_CHECK(o.save_every >= 0, "save-every: must be >= 0, got %lld", static_cast<long long>(o.save_every));
-  CHORUS_CHECK(o.keep_last >= 0, "keep-last: must be >= 0, got %d", o.keep_last);
-  CHORUS_CHECK(o.stop_at >= 0, "stop-at: must be >= 0, got %lld", static_cast<long long>(o.stop_at));
-  CHORUS_CHECK(o.max_skipped_in_a_row >= 1, "max-skipped-steps: must be >= 1, got %d", o.max_skipped_in_a_row);
-  o.loss_scaler.validate();
-}
-
-// SIGTERM / SIGUSR1 only set a flag; the loop agrees on it over all ranks at
-// the end of every step, checkpoints and stops (DESIGN.md "Signals").
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
-
-class StopSignals {
+// A Gpt, its text shards and next-token cross-entropy.
+class GptPretrainTask final : public TrainTask {
  public:
-  explicit StopSignals(bool enable) : enabled_(enable) {
-    if (!enabled_) return;
-    g_stop_signal = 0;
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGTERM, &sa, &old_term_);
-    sigaction(SIGUSR1, &sa, &old_usr1_);
+  GptPretrainTask(const PretrainOptions& o, const data::Tokenizer& tok, dist::ParallelGrid& grid)
+      : o_(o),
+        tok_(tok),
+        grid_(grid),
+        B_(o.batch),
+        T_(o.seq_len),
+        train_stream_(std::make_shared<const data::TokenStream>(o.data_dir, "train", tok.hash(), tok.vocab_size())),
+        val_stream_(std::make_shared<const data::TokenStream>(o.data_dir, "val", tok.hash(), tok.vocab_size())),
+        train_loader_(train_stream_, T_, B_ * grid.dp_size(), grid.dp_rank(), grid.dp_size(), o.train.seed),
+        val_loader_(val_stream_, T_, B_ * grid.dp_size(), grid.dp_rank(), grid.dp_size(),
+                    o.train.seed ^ 0x76616cull),
+        model_(o.model, B_, T_, &grid.tp(), o.train.precision),
+        x_(static_cast<size_t>(B_) * T_),
+        y_(x_.size()) {
+    model_.init_weights(o.train.seed);
   }
-  ~StopSignals() {
-    if (!enabled_) return;
-    sigaction(SIGTERM, &old_term_, nullptr);
-    sigaction(SIGUSR1, &old_usr1_, nullptr);
+
+  models::Gpt& model() { return model_; }
+
+  std::span<float> params() override { return model_.params(); }
+  std::span<float> grads() override { return model_.grads(); }
+  const std::vector<models::ParamSpec>& param_table() const override { return model_.param_table(); }
+  void zero_grad() override { model_.zero_grad(); }
+
+  double train_micro_batch(float loss_scale) override {
+    train_loader_.next_batch(x_.data(), y_.data());
+    const double loss = model_.forward(x_.data(), y_.data(), B_, T_);
+    model_.backward(loss_scale);
+    return loss;
   }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  // The signal any rank received (0: none). Collective over `world`.
-  int agreed(dist::Communicator& world) const {
-    if (!enabled_) return 0;
-    return static_cast<int>(world.all_reduce_scalar(static_cast<double>(g_stop_signal), dist::ReduceOp::max));
+
+  // Mean loss over the same first eval_batches global validation batches
+  // every time; each DP rank evaluates its slice and the mean is taken over DP.
+  nlohmann::json evaluate() override {
+    val_loader_.set_consumed(0);
+    const uint64_t global_batch = static_cast<uint64_t>(B_) * grid_.dp_size();
+    const int max_batches = static_cast<int>(std::max<uint64_t>(1, val_loader_.n_samples() / global_batch));
+    const int n_batches = std::min(o_.eval_batches, max_batches);
+    double total = 0.0;
+    for (int i = 0; i < n_batches; ++i) {
+      val_loader_.next_batch(x_.data(), y_.data());
+      total += model_.forward(x_.data(), y_.data(), B_, T_);
+    }
+    total = grid_.dp().all_reduce_scalar(total, dist::ReduceOp::avg);
+    const float loss = static_cast<float>(total / n_batches);
+    // bits per byte: nats/token -> bits/token, times tokens per raw byte of the split.
+    const double tokens_per_byte =
+        static_cast<double>(val_stream_->n_tokens()) / static_cast<double>(val_stream_->n_bytes());
+    const float bpb = static_cast<float>(loss / std::log(2.0) * tokens_per_byte);
+    return {{"val_loss", loss}, {"val_bpb", bpb}};
+  }
+  std::string describe_eval(const nlohmann::json& m) const override {
+    return strfmt("loss %.4f | val bpb %.4f", m.at("val_loss").get<double>(), m.at("val_bpb").get<double>());
+  }
+
+  double tokens_per_step() const override {
+    return static_cast<double>(B_) * T_ * o_.train.grad_accum * grid_.dp_size();
+  }
+  double flops_per_step() const override { return model_.flops_per_token(T_) * tokens_per_step(); }
+  models::GptMemory memory() const override { return model_.memory(); }
+  uint64_t consumed() const override { return train_loader_.consumed(); }
+  void set_consumed(uint64_t n) override { train_loader_.set_consumed(n); }
+
+  void describe(checkpoint::Manifest& m) const override {
+    m.model_type = "gpt";
+    m.model = o_.model;
+    m.tokenizer_hash = tok_.hash();
+    m.eot_token = tok_.eot();
+    m.sampler.seq_len = T_;
+    m.sampler.samples_per_step = static_cast<uint64_t>(B_) * grid_.dp_size() * o_.train.grad_accum;
+    m.run = {{"batch", B_}, {"seq_len", T_}, {"data", fs::absolute(o_.data_dir).string()},
+             {"tokenizer", fs::absolute(o_.tokenizer_path).string()}};
+  }
+
+  void log_setup() const override {
+    const auto& c = o_.model;
+    log_info("model: GPT L%d d%d h%d vocab %d (padded %d) context %d: %.2fM parameters (%.2fM for FLOPs)",
+             c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.padded_vocab(), c.context, model_.n_params() / 1e6,
+             model_.n_flop_params() / 1e6);
+    log_info("data: %llu train tokens (%llu windows of %d), %llu val tokens; batch %d x seq %d x accum %d x dp %d",
+             static_cast<unsigned long long>(train_stream_->n_tokens()),
+             static_cast<unsigned long long>(train_loader_.n_samples()), T_,
+             static_cast<unsigned long long>(val_stream_->n_tokens()), B_, T_, o_.train.grad_accum,
+             grid_.dp_size());
+  }
+
+  nlohmann::json config_json() const override {
+    const auto& c = o_.model;
+    return {{"model", {{"n_layer", c.n_layer}, {"n_embd", c.n_embd}, {"n_head", c.n_head},
+                       {"vocab_size", c.vocab_size}, {"context", c.context}}},
+            {"tokenizer", fs::absolute(o_.tokenizer_path).string()},
+            {"tokenizer_hash", tok_.hash()},
+            {"data", fs::absolute(o_.data_dir).string()},
+            {"batch", B_},
+            {"seq_len", T_}};
   }
 
  private:
-  bool enabled_;
-  struct sigaction old_term_ {}, old_usr1_ {};
+  const PretrainOptions& o_;
+  const data::Tokenizer& tok_;
+  dist::ParallelGrid& grid_;
+  const int B_, T_;
+  std::shared_ptr<const data::TokenStream> train_stream_, val_stream_;
+  data::DataLoader train_loader_, val_loader_;
+  models::Gpt model_;
+  std::vector<int32_t> x_, y_;
 };
-
-const char* signal_name(int sig) {
-  switch (sig) {
-    case SIGTERM: return "SIGTERM";
-    case SIGUSR1: return "SIGUSR1";
-    default: return "a signal";
-  }
-}
-
-// Keeps the rows of metrics.jsonl up to `step` (a resumed run rewrites what
-// came after its checkpoint).
-void truncate_metrics(const std::string& path, int64_t step) {
-  std::ifstream in(path);
-  if (!in.good()) return;
-  std::string kept;
-  for (std::string line; std::getline(in, line);) {
-    try {
-      if (nlohmann::json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
-    } catch (const nlohmann::json::exception&) {
-      // a torn last line of a killed run
-    }
-  }
-  in.close();
-  std::ofstream(path, std::ios::trunc) << kept;
-}
-
-// Warns (rank 0) about settings that differ from the checkpoint's: allowed,
-// but then the run does not continue exactly as one uninterrupted run would.
-void warn_differences(const checkpoint::Manifest& m, const PretrainOptions& o, uint64_t samples_per_step) {
-  auto warn = [](const char* what, const std::string& ckpt, const std::string& now) {
-    log_warn("resume: %s was %s in the checkpoint and is %s now: the run continues, but not exactly as one "
-             "uninterrupted run would",
-             what, ckpt.c_str(), now.c_str());
-  };
-  auto num = [](double v) { return strfmt("%g", v); };
-  if (m.schedule.total_steps != o.steps) warn("steps", num(m.schedule.total_steps), num(o.steps));
-  if (m.schedule.max_lr != o.lr) warn("lr", num(m.schedule.max_lr), num(o.lr));
-  if (m.schedule.min_lr != o.min_lr) warn("min-lr", num(m.schedule.min_lr), num(o.min_lr));
-  if (m.schedule.warmup != o.warmup) warn("warmup", num(m.schedule.warmup), num(o.warmup));
-  if (m.sampler.seed != o.seed) warn("seed (data order)", num(m.sampler.seed), num(o.seed));
-  if (m.sampler.seq_len != o.seq_len) warn("seq-len", num(m.sampler.seq_len), num(o.seq_len));
-  if (m.sampler.samples_per_step != samples_per_step)
-    warn("the global batch (sequences per step)", num(m.sampler.samples_per_step), num(samples_per_step));
-  if (m.optimizer.beta1 != o.adamw.beta1 || m.optimizer.beta2 != o.adamw.beta2 || m.optimizer.eps != o.adamw.eps ||
-      m.optimizer.weight_decay != o.adamw.weight_decay)
-    warn("AdamW (beta1, beta2, eps, weight-decay)",
-         strfmt("(%g, %g, %g, %g)", m.optimizer.beta1, m.optimizer.beta2, m.optimizer.eps, m.optimizer.weight_decay),
-         strfmt("(%g, %g, %g, %g)", o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay));
-  if (m.optimizer.grad_clip != o.grad_clip) warn("grad-clip", num(m.optimizer.grad_clip), num(o.grad_clip));
-}
-
-struct Evaluation {
-  float loss = 0.0f;
-  float bpb = 0.0f;
-};
-
-// Mean loss over the same first `n_batches` global validation batches every
-// time; each DP rank evaluates its slice and the mean is taken over DP.
-Evaluation evaluate(models::Gpt& model, data::DataLoader& loader, const data::TokenStream& stream, int n_batches,
-                    std::vector<int32_t>& x, std::vector<int32_t>& y, int B, int T, dist::Communicator& dp) {
-  loader.set_consumed(0);
-  const uint64_t global_batch = static_cast<uint64_t>(B) * static_cast<uint64_t>(dp.size());
-  const int max_batches = static_cast<int>(std::max<uint64_t>(1, loader.n_samples() / global_batch));
-  n_batches = std::min(n_batches, max_batches);
-  double total = 0.0;
-  for (int i = 0; i < n_batches; ++i) {
-    loader.next_batch(x.data(), y.data());
-    total += model.forward(x.data(), y.data(), B, T);
-  }
-  total = dp.all_reduce_scalar(total, dist::ReduceOp::avg);
-  Evaluation e;
-  e.loss = static_cast<float>(total / n_batches);
-  // bits per byte: nats/token -> bits/token, times tokens per raw byte of the split.
-  const double tokens_per_byte = static_cast<double>(stream.n_tokens()) / static_cast<double>(stream.n_bytes());
-  e.bpb = static_cast<float>(e.loss / std::log(2.0) * tokens_per_byte);
-  return e;
-}
 
 }  // namespace
 
@@ -183,317 +141,40 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
                "tokenizer's, or train a tokenizer with --vocab %d)",
                opt.model.vocab_size, opt.tokenizer_path.c_str(), tokenizer.vocab_size(), opt.model.vocab_size);
   opt.model.validate();
-  validate_options(opt);
-  optim::CosineSchedule schedule{opt.lr, opt.min_lr, opt.warmup, opt.steps};
-  schedule.validate();
-
-  // Installed first: a pre-emption warning during start-up (loading a large
-  // checkpoint) must not kill the process; it is acted on after the first step.
-  StopSignals signals(opt.handle_signals);
+  CHORUS_CHECK(opt.batch >= 1, "batch: must be >= 1, got %d", opt.batch);
+  CHORUS_CHECK(opt.seq_len >= 1, "seq-len: must be >= 1, got %d", opt.seq_len);
+  CHORUS_CHECK(opt.seq_len <= opt.model.context, "seq-len: %d exceeds the model context %d", opt.seq_len,
+               opt.model.context);
+  CHORUS_CHECK(opt.eval_batches >= 1, "eval-batches: must be >= 1, got %d", opt.eval_batches);
+  opt.train.validate();
 
   dist::ParallelGrid single = dist::ParallelGrid::single();
-  dist::ParallelGrid& grid = opt.grid ? *opt.grid : single;
+  dist::ParallelGrid& grid = opt.train.grid ? *opt.train.grid : single;
+  opt.train.grid = &grid;
   grid.check_divides(opt.model.n_head, 4 * opt.model.n_embd, opt.model.padded_vocab());
-  const bool writer = grid.world_rank() == 0;
-  if (writer) fs::create_directories(opt.run_dir);
-  const int B = opt.batch, T = opt.seq_len;
-  const int dp = grid.dp_size();
-  auto train_stream = std::make_shared<const data::TokenStream>(opt.data_dir, "train", tokenizer.hash(),
-                                                                tokenizer.vocab_size());
-  auto val_stream = std::make_shared<const data::TokenStream>(opt.data_dir, "val", tokenizer.hash(),
-                                                              tokenizer.vocab_size());
-  data::DataLoader train_loader(train_stream, T, B * dp, grid.dp_rank(), dp, opt.seed);
-  data::DataLoader val_loader(val_stream, T, B * dp, grid.dp_rank(), dp, opt.seed ^ 0x76616cull);
+  GptPretrainTask task(opt, tokenizer, grid);
 
-  models::Gpt model(opt.model, B, T, &grid.tp(), opt.precision);
-  model.init_weights(opt.seed);
-  std::vector<optim::Range> decay, replicated;
-  for (const auto& p : model.param_table()) {
-    if (p.decay) decay.push_back({p.offset, p.offset + p.numel});
-    if (p.tp_axis < 0) replicated.push_back({p.offset, p.offset + p.numel});
-  }
-  optim::DistributedOptimizerConfig ocfg;
-  ocfg.adamw = opt.adamw;
-  ocfg.zero_stage = opt.zero_stage;
-  ocfg.bucket_floats = std::max<size_t>(1, static_cast<size_t>(opt.bucket_mb * (1 << 20) / sizeof(float)));
-  ocfg.grad_clip = opt.grad_clip;
-  ocfg.grad_reduce_dtype = opt.grad_reduce_dtype;
-  optim::DistributedOptimizer optimizer(model.n_params(), decay, replicated, ocfg, grid.dp(), grid.tp());
-
-  const double peak_gflops = opt.peak_gflops > 0 ? opt.peak_gflops : backend::cpu::measure_sgemm_gflops();
-  const double flops_per_token = model.flops_per_token(T);
-  const int64_t tokens_per_step = static_cast<int64_t>(B) * T * opt.grad_accum * dp;
-
-  if (writer) {
-    nlohmann::json cfg = {
-        {"model", {{"n_layer", opt.model.n_layer}, {"n_embd", opt.model.n_embd}, {"n_head", opt.model.n_head},
-                   {"vocab_size", opt.model.vocab_size}, {"context", opt.model.context}}},
-        {"tokenizer", fs::absolute(opt.tokenizer_path).string()},
-        {"tokenizer_hash", tokenizer.hash()},
-        {"data", fs::absolute(opt.data_dir).string()},
-        {"batch", B}, {"seq_len", T}, {"grad_accum", opt.grad_accum}, {"steps", opt.steps}, {"seed", opt.seed},
-        {"lr", opt.lr}, {"min_lr", opt.min_lr}, {"warmup", opt.warmup}, {"grad_clip", opt.grad_clip},
-        {"weight_decay", opt.adamw.weight_decay}, {"beta1", opt.adamw.beta1}, {"beta2", opt.adamw.beta2},
-        {"precision", precision_name(opt.precision)}, {"loss_scaling", opt.loss_scaler.enabled},
-        {"grad_reduce_dtype", opt.grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32"}};
-    std::ofstream(fs::path(opt.run_dir) / "config.json") << cfg.dump(2) << "\n";
-  }
-
-  log_info("model: GPT L%d d%d h%d vocab %d (padded %d) context %d: %.2fM parameters (%.2fM for FLOPs)",
-           opt.model.n_layer, opt.model.n_embd, opt.model.n_head, opt.model.vocab_size, opt.model.padded_vocab(),
-           opt.model.context, model.n_params() / 1e6, model.n_flop_params() / 1e6);
-  log_info("layout: %s, zero %d; data: %llu train tokens (%llu windows of %d), %llu val tokens; %lld "
-           "tokens/step (batch %d x seq %d x accum %d x dp %d)",
-           grid.describe().c_str(), opt.zero_stage, static_cast<unsigned long long>(train_stream->n_tokens()),
-           static_cast<unsigned long long>(train_loader.n_samples()), T,
-           static_cast<unsigned long long>(val_stream->n_tokens()), static_cast<long long>(tokens_per_step), B, T,
-           opt.grad_accum, dp);
-  const models::GptMemory mem0 = model.memory();
-  log_info("compute: precision %s%s, DP gradient reduction in %s; %s", precision_name(opt.precision),
-           opt.loss_scaler.enabled ? strfmt(" with dynamic loss scaling (init %g)", opt.loss_scaler.init_scale).c_str()
-                                   : "",
-           opt.grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32", backend::cpu::gemm_describe().c_str());
-  log_info("memory per rank: fp32 master weights %.1f MiB, %s compute copy %.1f MiB, fp32 grads %.1f MiB, Adam "
-           "state %.1f MiB%s, activations (%s) %.1f MiB; %d threads; MFU against %.1f GFLOP/s per rank (%s)",
-           mem0.master_bytes / double(1 << 20), precision_name(opt.precision),
-           mem0.compute_weight_bytes / double(1 << 20), mem0.grad_bytes / double(1 << 20),
-           optimizer.state_bytes() / double(1 << 20), opt.zero_stage ? " (ZeRO-1 slice)" : "",
-           precision_name(opt.precision), mem0.activation_bytes / double(1 << 20), omp_get_max_threads(),
-           peak_gflops, opt.peak_gflops > 0 ? "from config" : "measured sgemm");
-
-  // Checkpoint state: views of the model and optimizer, plus this rank's RNG
-  // (stream 1000 + world rank) that stochastic layers draw from.
-  Rng rng(opt.seed, 1000 + static_cast<uint64_t>(grid.world_rank()));
-  optim::LossScaler scaler(opt.loss_scaler);
-  checkpoint::RankState ck;
-  ck.tensors = checkpoint::tensor_table(model);
-  for (const auto& p : model.param_table()) ck.offsets.push_back(p.offset);
-  ck.params = model.params();
-  ck.opt_range = {optimizer.owned().begin, optimizer.owned().end};
-  ck.exp_avg = optimizer.adamw().m();
-  ck.exp_avg_sq = optimizer.adamw().v();
-  const std::string save_dir = opt.save_dir.empty() ? opt.run_dir : opt.save_dir;
-  const uint64_t samples_per_step = static_cast<uint64_t>(B) * dp * opt.grad_accum;
-  int64_t start_step = 0;
-  uint64_t tokens_seen = 0;
-  if (!opt.resume.empty()) {
-    ck.rng = rng.state();
-    auto loaded = checkpoint::resume_checkpoint(grid, opt.resume, save_dir, opt.zero_stage, opt.model,
-                                                tokenizer.hash(), ck);
-    if (loaded) {
-      const checkpoint::Manifest& m = loaded->manifest;
-      start_step = m.step;
-      tokens_seen = m.tokens_seen;
-      train_loader.set_consumed(m.sampler.consumed);
-      scaler.restore({m.loss_scaler.enabled, m.loss_scaler.scale, m.loss_scaler.good_steps,
-                      m.loss_scaler.skipped_steps});
-      if (writer && m.precision != precision_name(opt.precision))
-        log_warn("resume: the checkpoint was trained in %s and this run computes in %s (the fp32 master weights "
-                 "and Adam state carry over exactly; the loss curve will not continue bit-for-bit)%s",
-                 m.precision.c_str(), precision_name(opt.precision),
-                 opt.loss_scaler.enabled && !m.loss_scaler.enabled ? "; loss scaling starts at its initial scale"
-                                                                    : "");
-      if (loaded->rng_restored) {
-        rng.set_state(ck.rng);
-      } else if (writer) {
-        log_warn("resume: RNG states not restored (%s); each rank starts its stream (seed, 1000 + rank) afresh",
-                 m.rng.empty() ? "the checkpoint holds none: it was resharded offline to another world size"
-                               : strfmt("saved by %d ranks, this run has %d", m.layout.world(), grid.world_size())
-                                     .c_str());
-      }
-      if (writer) warn_differences(m, opt, samples_per_step);
-      log_info("resumed from %s: step %lld, %llu tokens seen%s; read %.1f MB in %.2f s (%.0f MB/s read)",
-               loaded->path.c_str(), static_cast<long long>(start_step), static_cast<unsigned long long>(tokens_seen),
-               loaded->resharded ? strfmt(" (resharded from %s)", m.layout.describe().c_str()).c_str() : "",
-               loaded->bytes / 1e6, loaded->seconds, loaded->bytes / 1e6 / std::max(loaded->seconds, 1e-9));
-    } else {
-      log_info("resume auto: no checkpoint in %s; starting from step 0", save_dir.c_str());
-    }
-  } else if (writer && fs::exists(fs::path(save_dir) / "latest")) {
-    log_warn("%s already holds checkpoints ('latest' exists); this run starts from step 0 and replaces them as it "
-             "saves (use --resume auto to continue instead)",
-             save_dir.c_str());
-  }
-  auto save = [&](int64_t steps_done) {
-    checkpoint::Manifest meta;
-    meta.model = opt.model;
-    meta.tokenizer_hash = tokenizer.hash();
-    meta.eot_token = tokenizer.eot();
-    meta.step = steps_done;
-    meta.tokens_seen = tokens_seen;
-    meta.sampler = {train_loader.consumed(), opt.seed, T, samples_per_step};
-    meta.schedule = {steps_done, opt.lr, opt.min_lr, opt.warmup, opt.steps};
-    meta.optimizer.t = steps_done;  // AdamW's t for step s is s + 1
-    meta.optimizer.beta1 = opt.adamw.beta1;
-    meta.optimizer.beta2 = opt.adamw.beta2;
-    meta.optimizer.eps = opt.adamw.eps;
-    meta.optimizer.weight_decay = opt.adamw.weight_decay;
-    meta.optimizer.grad_clip = opt.grad_clip;
-    const optim::LossScalerSnapshot ls = scaler.snapshot();
-    meta.loss_scaler = {ls.enabled, ls.scale, ls.good_steps, ls.skipped_steps};
-    meta.precision = precision_name(opt.precision);
-    meta.layout.zero = opt.zero_stage;
-    meta.run = {{"batch", B}, {"grad_accum", opt.grad_accum}, {"seq_len", T}, {"seed", opt.seed},
-                {"steps", opt.steps}, {"run_dir", fs::absolute(opt.run_dir).string()},
-                {"data", fs::absolute(opt.data_dir).string()},
-                {"tokenizer", fs::absolute(opt.tokenizer_path).string()}};
-    ck.rng = rng.state();
-    const auto r = checkpoint::save_checkpoint(grid, save_dir, meta, ck, opt.keep_last);
-    log_info("checkpoint: saved %s (%d files, %.1f MB in %.2f s, %.0f MB/s write)", r.path.c_str(), r.n_files,
-             r.bytes / 1e6, r.seconds, r.bytes / 1e6 / std::max(r.seconds, 1e-9));
-    return r.path;
-  };
-
-  if (writer && start_step > 0) truncate_metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), start_step);
-  MetricsWriter metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), writer, /*truncate=*/start_step == 0);
-  std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());
   PretrainResult result;
-  result.start_step = start_step;
-  result.steps_done = start_step;
-  std::vector<double> tok_rates, mfus;
-  const int64_t end_step = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
-  if (start_step >= end_step)
-    log_info("nothing to train: the checkpoint is at step %lld and the run ends at step %lld",
-             static_cast<long long>(start_step), static_cast<long long>(end_step));
-
-  for (int64_t step = start_step; step < end_step; ++step) {
-    Timer timer;
-    model.zero_grad();
-    double loss_sum = 0.0;
-    const double loss_scale = scaler.scale();  // 1 unless fp16 loss scaling
-    for (int micro = 0; micro < opt.grad_accum; ++micro) {
-      train_loader.next_batch(x.data(), y.data());
-      loss_sum += model.forward(x.data(), y.data(), B, T);
-      model.backward(static_cast<float>(loss_scale / opt.grad_accum));
-    }
-    CHORUS_CHECK(!(grid.world_rank() == opt.fail_rank && step == opt.fail_step),
-                 "injected failure at step %lld (CHORUS_FAIL_AT)", static_cast<long long>(step));
-    if (grid.world_rank() == opt.nonfinite_rank && step == opt.nonfinite_step)
-      model.grads()[0] = std::numeric_limits<float>::infinity();  // CHORUS_INJECT_INF
-    // Gradients are synchronised once per optimizer step, after the last micro-batch.
-    const float loss =
-        static_cast<float>(grid.dp().all_reduce_scalar(loss_sum / opt.grad_accum, dist::ReduceOp::avg));
-    CHORUS_CHECK(std::isfinite(loss) || scaler.enabled(),
-                 "training diverged: loss is %g at step %lld (lower lr, check data)", static_cast<double>(loss),
-                 static_cast<long long>(step));
-    const float lr = schedule.lr_at(step);
-    optim::StepStats st;
-    if (std::isfinite(loss)) {  // the same on every rank: the loss is averaged over DP, identical over TP
-      st = optimizer.step(model.params(), model.grads(), lr, step + 1, {loss_scale, scaler.enabled()});
-    } else {
-      st.grad_norm = std::numeric_limits<double>::infinity();
-      st.skipped = true;
-    }
-    if (scaler.enabled()) {
-      scaler.update(st.skipped);
-      if (st.skipped && grid.world_rank() == 0)
-        log_warn("step %lld: non-finite %s with loss scale %g; step skipped on every rank, scale now %g",
-                 static_cast<long long>(step + 1), std::isfinite(loss) ? "gradients" : "loss", loss_scale,
-                 scaler.scale());
-      CHORUS_CHECK(scaler.consecutive_skips() < opt.max_skipped_in_a_row,
-                   "training diverged: %lld steps in a row had non-finite gradients (loss scale now %g) at step "
-                   "%lld (lower lr, check data)",
-                   static_cast<long long>(scaler.consecutive_skips()), scaler.scale(),
-                   static_cast<long long>(step + 1));
-    }
-    const double norm = st.grad_norm;
-    const double secs = timer.seconds();
-    const double tok_s = static_cast<double>(tokens_per_step) / secs;
-    const double mfu = flops_per_token * tok_s / (peak_gflops * 1e9 * grid.world_size());
-    if (step > start_step || end_step - start_step == 1) {
-      tok_rates.push_back(tok_s);
-      mfus.push_back(mfu);
-    }
-    tokens_seen += static_cast<uint64_t>(tokens_per_step);
-    if (step == start_step) result.first_loss = loss;
-    result.last_loss = loss;
-    result.steps_done = step + 1;
-
-    const uint64_t peak_mem = peak_rss_bytes();
-    // Memory by kind, as held now: parameters (fp32 masters + compute copy),
-    // gradients, optimizer state, activations (the table + the fp32 scratch of
-    // the mixed-precision layers).
-    const models::GptMemory mem = model.memory();
-    const double mib = 1.0 / (1 << 20);
-    const double mem_params = (mem.master_bytes + mem.compute_weight_bytes) * mib;
-    const double mem_grads = mem.grad_bytes * mib;
-    const double mem_optim = optimizer.state_bytes() * mib;
-    const double mem_acts = (mem.activation_bytes + backend::cpu::scratch_bytes()) * mib;
-    if (!opt.quiet && (step % opt.log_every == 0 || step + 1 == opt.steps)) {
-      const std::string scale_part =
-          scaler.enabled() ? strfmt(" | scale %g (%lld skipped)", loss_scale, static_cast<long long>(scaler.skipped_steps()))
-                           : std::string();
-      log_info("step %6lld/%lld | loss %.4f | lr %.2e | grad-norm %.3f | %8.0f tok/s | MFU %5.1f%%%s | mem MiB "
-               "params %.0f grads %.0f optim %.0f acts %.0f peak %.0f | %.0f ms",
-               static_cast<long long>(step + 1), static_cast<long long>(opt.steps), loss, lr, norm, tok_s,
-               100.0 * mfu, scale_part.c_str(), mem_params, mem_grads, mem_optim, mem_acts,
-               peak_mem / double(1 << 20), secs * 1e3);
-    }
-    nlohmann::json row = {{"step", step + 1}, {"loss", loss}, {"lr", lr},
-                          {"grad_norm", std::isfinite(norm) ? nlohmann::json(norm) : nlohmann::json(nullptr)},
-                          {"tokens_per_s", tok_s}, {"mfu", mfu}, {"peak_mem_mib", peak_mem / double(1 << 20)},
-                          {"mem_params_mib", mem_params}, {"mem_grads_mib", mem_grads},
-                          {"mem_optimizer_mib", mem_optim}, {"mem_activations_mib", mem_acts},
-                          {"loss_scale", loss_scale}, {"skipped_steps", scaler.skipped_steps()},
-                          {"step_skipped", st.skipped}, {"tokens", tokens_seen}};
-    if (!std::isfinite(loss)) row["loss"] = nullptr;
-    const bool last = step + 1 == opt.steps;
-    if (last || (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)) {
-      Evaluation ev = evaluate(model, val_loader, *val_stream, opt.eval_batches, x, y, B, T, grid.dp());
-      row["val_loss"] = ev.loss;
-      row["val_bpb"] = ev.bpb;
-      result.val_loss = ev.loss;
-      result.val_bpb = ev.bpb;
-      if (!opt.quiet) log_info("step %6lld/%lld | val loss %.4f | val bpb %.4f", static_cast<long long>(step + 1),
-                               static_cast<long long>(opt.steps), ev.loss, ev.bpb);
-    }
-    metrics.write(row);
-
-    // Every rank stops after the same step: a signal on any rank is agreed on here.
-    const int64_t done = step + 1;
-    int sig = signals.agreed(grid.world());
-    const bool end = sig != 0 || done == end_step;
-    if (end || (opt.save_every > 0 && done % opt.save_every == 0)) {
-      result.checkpoint = save(done);
-      if (!end) sig = signals.agreed(grid.world());  // a signal during the save: stop now, it is saved
-    }
-    if (sig != 0) {
-      result.stop_signal = sig;
-      break;
-    }
+  static_cast<TrainResult&>(result) = run_training(task, opt.train);
+  if (!result.last_eval.is_null()) {
+    result.val_loss = result.last_eval.at("val_loss").get<float>();
+    result.val_bpb = result.last_eval.at("val_bpb").get<float>();
   }
-  result.stopped = result.steps_done < opt.steps;
-  result.skipped_steps = scaler.skipped_steps();
-  result.loss_scale = scaler.scale();
-  if (result.stopped) {
-    const std::string saved = result.checkpoint.empty() ? std::string("no new checkpoint") : result.checkpoint;
-    if (result.stop_signal != 0)
-      log_info("stopped by %s after step %lld of %lld (%s); continue with --resume auto (exit code %d)",
-               signal_name(result.stop_signal), static_cast<long long>(result.steps_done),
-               static_cast<long long>(opt.steps), saved.c_str(), kExitPreempted);
-    else
-      log_info("stopped at step %lld of %lld (--stop-at; %s); continue with --resume auto",
-               static_cast<long long>(result.steps_done), static_cast<long long>(opt.steps), saved.c_str());
-    result.tokens_per_s = median(tok_rates);
-    result.mfu = median(mfus);
-    return result;
-  }
-  result.tokens_per_s = median(tok_rates);
-  result.mfu = median(mfus);
+  if (result.stopped) return result;
 
-  result.weights_path = (fs::path(opt.run_dir) / "model.h5").string();
-  checkpoint::save_weights(result.weights_path, model, tokenizer.hash(), grid);
+  result.weights_path = (fs::path(opt.train.run_dir) / "model.h5").string();
+  checkpoint::save_weights(result.weights_path, task.model(), tokenizer.hash(), grid);
   log_info("saved %s", result.weights_path.c_str());
 
-  if (opt.sample_tokens > 0 && grid.tp_size() == 1 && writer) {
+  if (opt.sample_tokens > 0 && grid.tp_size() == 1 && grid.world_rank() == 0) {
     GenerateOptions g;
     g.max_new_tokens = opt.sample_tokens;
     g.temperature = opt.sample_temperature;
     g.top_k = opt.sample_top_k;
-    g.seed = opt.seed;
+    g.seed = opt.train.seed;
     // Sample across document boundaries (a young model often ends a document
     // at once): <|endoftext|> is shown as a line break instead of stopping.
-    auto ids = generate(model, {tokenizer.eot()}, g, /*stop_token=*/UINT32_MAX);
+    auto ids = generate(task.model(), {tokenizer.eot()}, g, /*stop_token=*/UINT32_MAX);
     for (uint32_t id : ids) result.sample += id == tokenizer.eot() ? std::string("\n") : tokenizer.token_bytes(id);
   }
   return result;

@@ -40,7 +40,7 @@ void check_skip(int tp, int zero, int bad_rank, float bad_value) {
   std::vector<float> params(n, 1.0f), grads(n);
   // A finite step first, so the moments are non-zero.
   for (size_t i = 0; i < n; ++i) grads[i] = static_cast<float>(scaler.scale() * 1e-3 * (i % 7));
-  auto st = opt.step(params, grads, 1e-2f, 1, {scaler.scale(), true});
+  auto st = opt.step(params, grads, 1e-2f, 1, {scaler.scale(), true, {}});
   EXPECT_FALSE(st.skipped);
   EXPECT_FALSE(scaler.update(st.skipped));
   const std::vector<float> p_before = params;
@@ -48,7 +48,7 @@ void check_skip(int tp, int zero, int bad_rank, float bad_value) {
   // Now one rank's gradients hold a non-finite value.
   for (size_t i = 0; i < n; ++i) grads[i] = static_cast<float>(scaler.scale() * 1e-3);
   if (grid.world_rank() == bad_rank) grads[n / 2] = bad_value;
-  st = opt.step(params, grads, 1e-2f, 2, {scaler.scale(), true});
+  st = opt.step(params, grads, 1e-2f, 2, {scaler.scale(), true, {}});
   EXPECT_TRUE(st.skipped) << "rank " << grid.world_rank() << " did not skip (bad rank " << bad_rank << ")";
   EXPECT_TRUE(std::isinf(st.grad_norm));
   EXPECT_TRUE(scaler.update(st.skipped));
@@ -62,7 +62,7 @@ void check_skip(int tp, int zero, int bad_rank, float bad_value) {
   EXPECT_EQ(g_runtime->world().all_reduce_scalar(scaler.scale(), chorus::dist::ReduceOp::min), 512.0);
   // A finite step afterwards updates again, unscaled by the new scale.
   for (size_t i = 0; i < n; ++i) grads[i] = static_cast<float>(scaler.scale() * 1e-3);
-  st = opt.step(params, grads, 1e-2f, 3, {scaler.scale(), true});
+  st = opt.step(params, grads, 1e-2f, 3, {scaler.scale(), true, {}});
   EXPECT_FALSE(st.skipped);
   EXPECT_NE(params, p_before);
 }

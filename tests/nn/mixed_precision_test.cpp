@@ -41,7 +41,7 @@
 #include "core/rng.h"
 #include "grad_check.h"
 #include "nn/attention.h"
-#include "nn/encoder.h"
+#include "nn/embedding.h"
 #include "nn/gelu.h"
 #include "nn/layernorm.h"
 #include "nn/matmul.h"
@@ -419,25 +419,25 @@ TYPED_TEST(MixedPrecision, EncoderWithRepeatedTokens) {
   const auto wtet = round_inputs<T>(wte), wpet = round_inputs<T>(wpe), doutt = round_inputs<T>(dout);
 
   std::vector<float> out(static_cast<size_t>(B) * Tn * C);
-  encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, Tn, C);
+  embedding_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, Tn, C);
   auto outt = nan_filled<T>(out.size());
-  encoder_forward(outt.data(), tokens.data(), wtet.data(), wpet.data(), B, Tn, C);
-  expect_close(name<T>("encoder", "out"), widen(outt), out, Dtype<T>::kOnce);
-  expect_rounded_once(name<T>("encoder", "out"), outt, out);
+  embedding_forward(outt.data(), tokens.data(), wtet.data(), wpet.data(), B, Tn, C);
+  expect_close(name<T>("embedding", "out"), widen(outt), out, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("embedding", "out"), outt, out);
 
   std::vector<float> dwte(V * C, 0.0f), dwpe(ctx * C, 0.0f), dwtet(V * C, 0.0f), dwpet(ctx * C, 0.0f);
-  encoder_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, Tn, C);
-  encoder_backward(dwtet.data(), dwpet.data(), doutt.data(), tokens.data(), B, Tn, C);
+  embedding_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, Tn, C);
+  embedding_backward(dwtet.data(), dwpet.data(), doutt.data(), tokens.data(), B, Tn, C);
   // The same fp32 additions in the same order on the same values.
-  expect_close(name<T>("encoder", "dwte"), dwtet, dwte, kParam);
-  expect_close(name<T>("encoder", "dwpe"), dwpet, dwpe, kParam);
+  expect_close(name<T>("embedding", "dwte"), dwtet, dwte, kParam);
+  expect_close(name<T>("embedding", "dwpe"), dwpet, dwpe, kParam);
   for (int i = Tn * C; i < ctx * C; ++i) ASSERT_EQ(dwpet[i], 0.0f) << "dwpe row past T";
 
   const auto dwte0 = random_vector(V * C, 55, 10.0f), dwpe0 = random_vector(ctx * C, 56, 10.0f);
   std::vector<float> dwte2 = dwte0, dwpe2 = dwpe0;
-  for (int k = 0; k < 2; ++k) encoder_backward(dwte2.data(), dwpe2.data(), doutt.data(), tokens.data(), B, Tn, C);
-  expect_accumulated("encoder dwte", dwte2, dwte0, dwtet);
-  expect_accumulated("encoder dwpe", dwpe2, dwpe0, dwpet);
+  for (int k = 0; k < 2; ++k) embedding_backward(dwte2.data(), dwpe2.data(), doutt.data(), tokens.data(), B, Tn, C);
+  expect_accumulated("embedding dwte", dwte2, dwte0, dwtet);
+  expect_accumulated("embedding dwpe", dwpe2, dwpe0, dwpet);
 }
 
 }  // namespace

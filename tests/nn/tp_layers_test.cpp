@@ -1,7 +1,7 @@
 // The tensor-parallel layers (nn/parallel_linear.h, nn/vocab_parallel.h) on
 // TP groups of 2, 3 and 4 ranks simulated by threads (thread_group.h): each
 // rank's shard of the outputs and gradients must equal the same slice of the
-// plain layer's (nn/matmul.h, nn/encoder.h, nn/softmax_cross_entropy.h), and
+// plain layer's (nn/matmul.h, nn/embedding.h, nn/softmax_cross_entropy.h), and
 // with no TP group they must be exactly the plain layers.
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "grad_check.h"
-#include "nn/encoder.h"
+#include "nn/embedding.h"
 #include "nn/matmul.h"
 #include "nn/parallel_linear.h"
 #include "nn/softmax_cross_entropy.h"
@@ -122,8 +122,8 @@ TEST(VocabParallelEmbedding, ShardsMatchTheEncoder) {
              dout = random_vector(B * T * C, 3);
   const auto tokens = some_tokens(B * T, kV, 4);
   std::vector<float> out(B * T * C), dwte(kVp * C, 0.0f), dwpe(T * C, 0.0f);
-  encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
-  encoder_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
+  embedding_forward(out.data(), tokens.data(), wte.data(), wpe.data(), B, T, C);
+  embedding_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), B, T, C);
   for (int tp : {2, 3, 4}) {
     SCOPED_TRACE("tp " + std::to_string(tp));
     const ShardSpec rows{{kVp, C}, 0, 1};

@@ -25,7 +25,7 @@
 #include "core/rng.h"
 #include "dist/communicator.h"
 #include "nn/attention.h"
-#include "nn/encoder.h"
+#include "nn/embedding.h"
 #include "nn/gelu.h"
 #include "nn/layernorm.h"
 #include "nn/matmul.h"
@@ -697,7 +697,7 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   const size_t layer_stride = static_cast<size_t>(B) * ctx * C;
 
   // (B, 1) sequence at position pos: wpe row pos.
-  nn::encoder_forward<float>(s.dec_x, tokens, s.p.wte, s.p.wpe + static_cast<size_t>(pos) * C, B, 1, C);
+  nn::embedding_forward<float>(s.dec_x, tokens, s.p.wte, s.p.wpe + static_cast<size_t>(pos) * C, B, 1, C);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerView<float>& w = s.p.layers[l];
     float* kc = s.k_cache + l * layer_stride;

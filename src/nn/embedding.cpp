@@ -1,6 +1,6 @@
 // Gradient rule: backward accumulates (+=) into parameter gradients and
-// overwrites activation gradients (see encoder.h).
-#include "nn/encoder.h"
+// overwrites activation gradients (see embedding.h).
+#include "nn/embedding.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -11,7 +11,7 @@
 namespace chorus::nn {
 
 template <typename T>
-void encoder_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn, int C) {
+void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn, int C) {
   const int n_rows = B * Tn;
 #pragma omp parallel for schedule(static) if (static_cast <size_t>(n_rows) * C > (1u << 15))
   for (int r = 0; r < n_rows; ++r) {
@@ -25,12 +25,12 @@ void encoder_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, 
 }
 
 template <typename T>
-void encoder_backward(float* dwte, float* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C) {
-  encoder_backward_rows(dwte, dwpe, dout, tokens, 0, INT64_MAX, B, Tn, C);
+void embedding_backward(float* dwte, float* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C) {
+  embedding_backward_rows(dwte, dwpe, dout, tokens, 0, INT64_MAX, B, Tn, C);
 }
 
 template <typename T>
-void encoder_backward_rows(float* dwte, float* dwpe, const T* dout, const int32_t* tokens, int64_t row_begin,
+void embedding_backward_rows(float* dwte, float* dwpe, const T* dout, const int32_t* tokens, int64_t row_begin,
                            int64_t n_rows, int B, int Tn, int C) {
   // Split by column blocks so repeated tokens never race and the sum order is
   // fixed: each thread owns columns [c0, c0 + nc) of every row.
@@ -58,9 +58,9 @@ void encoder_backward_rows(float* dwte, float* dwpe, const T* dout, const int32_
 }
 
 #define CHORUS_INSTANTIATE(T)                                                                          \
-  template void encoder_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int);               \
-  template void encoder_backward<T>(float*, float*, const T*, const int32_t*, int, int, int);            \
-  template void encoder_backward_rows<T>(float*, float*, const T*, const int32_t*, int64_t, int64_t, int, \
+  template void embedding_forward<T>(T*, const int32_t*, const T*, const T*, int, int, int);               \
+  template void embedding_backward<T>(float*, float*, const T*, const int32_t*, int, int, int);            \
+  template void embedding_backward_rows<T>(float*, float*, const T*, const int32_t*, int64_t, int64_t, int, \
                                          int, int);
 CHORUS_INSTANTIATE(float)
 CHORUS_INSTANTIATE(bf16)

@@ -1,0 +1,132 @@
+#include "apps/train_flags.h"
+
+#include <omp.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "backend/cpu/gemm.h"
+#include "core/error.h"
+#include "core/log.h"
+
+namespace chorus::apps {
+
+void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
+  o.add<int64_t>("train", "steps", d.steps, "optimizer steps; the LR schedule is built for this many");
+  o.add<int>("train", "grad-accum", 1, "micro-batches accumulated per optimizer step");
+  o.add<uint64_t>("train", "seed", 1337, "seed for initialisation, data order and sampling");
+  o.add<std::string>("train", "run-dir", d.run_dir, "output directory of this run");
+  o.add<int64_t>("train", "stop-at", 0,
+                 "end after step K with a checkpoint, as a pre-emption would (0 = run to --steps); exit code 0");
+  o.add<int64_t>("train", "eval-every", d.eval_every, "validate every N steps (and always after the last; 0 = only then)");
+  o.add<int>("train", "log-every", 1, "print a step line every N steps (metrics.jsonl gets every step)");
+  o.add<std::string>("train", "precision", "fp32",
+                     "compute dtype of activations and of the weights' compute copy: fp32 | bf16 | fp16. Master "
+                     "weights, gradients and Adam state stay fp32 in every precision, and checkpoints hold the fp32 "
+                     "masters, so a run may resume in another precision. bf16 is recommended where the CPU has bf16 "
+                     "matrix units (AMX-BF16, AVX512-BF16: oneDNN runs its GEMMs several times faster than fp32) "
+                     "and halves activation memory everywhere; on CPUs without them its GEMMs run through fp32 "
+                     "SGEMM and it is about as fast as fp32. fp16 needs loss scaling (on by default with it)");
+  o.add<std::string>("train", "loss-scaling", "auto",
+                     "auto = dynamic loss scaling for fp16, off otherwise | dynamic | off");
+  o.add<double>("train", "loss-scale-init", 65536.0, "65536", "initial loss scale (dynamic loss scaling)");
+  o.add<double>("train", "loss-scale-growth", 2.0, "2", "multiply the scale by this after loss-scale-interval "
+                "finite steps in a row (> 1)");
+  o.add<int64_t>("train", "loss-scale-interval", 2000, "finite steps in a row before the scale grows");
+  o.add<double>("train", "loss-scale-backoff", 0.5, "0.5", "multiply the scale by this when a step had Inf/NaN "
+                "gradients on any rank (that step is skipped on every rank); in (0, 1)");
+  o.add<int>("train", "max-skipped-steps", 20, "stop with an error after this many skipped (non-finite) steps in a row");
+  o.add<float>("optim", "lr", d.lr, strfmt("%g", d.lr), "peak learning rate");
+  o.add<float>("optim", "min-lr", d.min_lr, strfmt("%g", d.min_lr), "final learning rate of the cosine decay");
+  o.add<int64_t>("optim", "warmup", d.warmup, "linear warmup steps");
+  o.add<float>("optim", "weight-decay", 0.1f, "0.1", "AdamW decoupled weight decay (matrices and embeddings only)");
+  o.add<float>("optim", "beta1", 0.9f, "0.9", "AdamW beta1");
+  o.add<float>("optim", "beta2", 0.95f, "0.95", "AdamW beta2");
+  o.add<float>("optim", "eps", 1e-8f, "1e-8", "AdamW epsilon");
+  o.add<float>("optim", "grad-clip", 1.0f, "1.0", "clip the global gradient norm to this (0 = off)");
+  o.add<int>("parallel", "tp", 1, "tensor-parallel degree (divides the ranks, heads, MLP width, padded vocab)");
+  o.add<int>("parallel", "zero", 0, "1 = ZeRO-1: shard optimizer state over data-parallel ranks");
+  o.add<double>("parallel", "bucket-mb", 16.0, "16", "data-parallel gradient all-reduce bucket size (MiB)");
+  o.add<std::string>("parallel", "grad-reduce-dtype", "fp32",
+                     "dtype of the data-parallel gradient reduction: fp32 (exact average; default) | bf16 (half "
+                     "the bytes on the wire, for bandwidth-bound clusters; each gradient is rounded to 8 mantissa "
+                     "bits, ~0.4% relative error per element, which AdamW mostly tolerates but which changes "
+                     "results and the gradient norm slightly)");
+  o.add<std::string>("checkpoint", "save-dir", "", "where checkpoints and `latest` go (default: the run directory)");
+  o.add<int64_t>("checkpoint", "save-every", 0, "checkpoint every N steps (0 = only at the end and on a stop)");
+  o.add<int>("checkpoint", "keep-last", 0, "keep only the newest K checkpoints, deleting older ones after a newer one "
+                                           "is committed (0 = keep all)");
+  o.add<std::string>("checkpoint", "resume", "",
+                     "auto = continue from the newest valid checkpoint in save-dir (fresh start if none); or a "
+                     "checkpoint directory / save directory to continue from (refused if damaged)");
+  o.add<double>("system", "peak-gflops", 0.0, "0",
+                "peak FLOP/s (in GFLOP/s) for MFU; 0 = measure cblas_sgemm at start-up");
+  o.add<int>("system", "threads", 0, "OpenMP/OpenBLAS threads (0 = all cores)");
+  o.add<std::string>("system", "gemm", "auto",
+                     "GEMM path for bf16/fp16 matmuls: auto (oneDNN where the CPU has bf16/fp16 matrix units and "
+                     "oneDNN picks a non-reference kernel, else OpenBLAS sbgemm where exported and the CPU has "
+                     "AVX512-BF16, else convert to fp32 + SGEMM) | onednn | sbgemm | convert; the CHORUS_GEMM "
+                     "environment variable sets the same");
+  o.add_switch("system", "quiet", "no per-step lines (metrics.jsonl is still written)");
+}
+
+train::TrainOptions read_train_flags(const po::variables_map& vm) {
+  const int threads = vm["threads"].as<int>();
+  CHORUS_CHECK(threads >= 0, "threads: must be >= 0, got %d", threads);
+  if (threads > 0) omp_set_num_threads(threads);
+  train::TrainOptions p;
+  p.steps = vm["steps"].as<int64_t>();
+  p.grad_accum = vm["grad-accum"].as<int>();
+  p.seed = vm["seed"].as<uint64_t>();
+  p.run_dir = vm["run-dir"].as<std::string>();
+  p.eval_every = vm["eval-every"].as<int64_t>();
+  p.log_every = vm["log-every"].as<int>();
+  p.lr = vm["lr"].as<float>();
+  p.min_lr = vm["min-lr"].as<float>();
+  p.warmup = vm["warmup"].as<int64_t>();
+  p.adamw.weight_decay = vm["weight-decay"].as<float>();
+  p.adamw.beta1 = vm["beta1"].as<float>();
+  p.adamw.beta2 = vm["beta2"].as<float>();
+  p.adamw.eps = vm["eps"].as<float>();
+  p.grad_clip = vm["grad-clip"].as<float>();
+  p.peak_gflops = vm["peak-gflops"].as<double>();
+  p.quiet = vm["quiet"].as<bool>();
+  p.stop_at = vm["stop-at"].as<int64_t>();
+  p.save_dir = vm["save-dir"].as<std::string>();
+  p.save_every = vm["save-every"].as<int64_t>();
+  p.keep_last = vm["keep-last"].as<int>();
+  p.resume = vm["resume"].as<std::string>();
+  p.zero_stage = vm["zero"].as<int>();
+  p.bucket_mb = vm["bucket-mb"].as<double>();
+  p.precision = parse_precision(vm["precision"].as<std::string>());
+  if (vm["gemm"].as<std::string>() != "auto" || std::getenv("CHORUS_GEMM") == nullptr)
+    backend::cpu::set_gemm_path(backend::cpu::parse_gemm_path(vm["gemm"].as<std::string>()));
+  if (p.precision != Precision::fp32) backend::cpu::gemm_path_for(p.precision);  // a forced path that cannot run: refuse now
+  const std::string scaling = vm["loss-scaling"].as<std::string>();
+  CHORUS_CHECK(scaling == "auto" || scaling == "dynamic" || scaling == "off",
+               "loss-scaling: expected auto, dynamic or off, got '%s'", scaling.c_str());
+  p.loss_scaler.enabled = scaling == "dynamic" || (scaling == "auto" && p.precision == Precision::fp16);
+  p.loss_scaler.init_scale = vm["loss-scale-init"].as<double>();
+  p.loss_scaler.growth = vm["loss-scale-growth"].as<double>();
+  p.loss_scaler.growth_interval = vm["loss-scale-interval"].as<int64_t>();
+  p.loss_scaler.backoff = vm["loss-scale-backoff"].as<double>();
+  p.max_skipped_in_a_row = vm["max-skipped-steps"].as<int>();
+  if (p.precision == Precision::fp16 && !p.loss_scaler.enabled)
+    log_warn("precision fp16 without loss scaling: small gradients underflow to zero (use --loss-scaling auto)");
+  const std::string reduce = vm["grad-reduce-dtype"].as<std::string>();
+  CHORUS_CHECK(reduce == "fp32" || reduce == "bf16", "grad-reduce-dtype: expected fp32 or bf16, got '%s'",
+               reduce.c_str());
+  p.grad_reduce_dtype = reduce == "bf16" ? dist::DType::bf16 : dist::DType::f32;
+  if (const char* f = std::getenv("CHORUS_INJECT_INF")) {
+    CHORUS_CHECK(std::sscanf(f, "%d:%ld", &p.nonfinite_rank, &p.nonfinite_step) == 2,
+                 "CHORUS_INJECT_INF: expected RANK:STEP, got '%s'", f);
+  }
+  if (const char* f = std::getenv("CHORUS_FAIL_AT")) {
+    CHORUS_CHECK(std::sscanf(f, "%d:%ld", &p.fail_rank, &p.fail_step) == 2,
+                 "CHORUS_FAIL_AT: expected RANK:STEP, got '%s'", f);
+  }
+  p.validate();
+  return p;
+}
+
+}  // namespace chorus::apps

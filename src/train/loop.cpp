@@ -1,0 +1,430 @@
+#include "train/loop.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <vector>
+
+#include "backend/cpu/gemm.h"
+#include "backend/cpu/peak_flops.h"
+#include "backend/cpu/workspace.h"
+#include "checkpoint/checkpoint.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "core/timer.h"
+#include "optim/distributed.h"
+#include "optim/schedule.h"
+#include "train/metrics.h"
+
+namespace chorus::train {
+
+namespace fs = std::filesystem;
+
+void TrainOptions::validate() const {
+  const auto ll = [](int64_t v) { return static_cast<long long>(v); };
+  CHORUS_CHECK(grad_accum >= 1, "grad-accum: must be >= 1, got %d", grad_accum);
+  CHORUS_CHECK(steps >= 1, "steps: must be >= 1, got %lld", ll(steps));
+  CHORUS_CHECK(eval_every >= 0, "eval-every: must be >= 0, got %lld", ll(eval_every));
+  CHORUS_CHECK(log_every >= 1, "log-every: must be >= 1, got %d", log_every);
+  CHORUS_CHECK(!run_dir.empty(), "run-dir: must be set");
+  CHORUS_CHECK(save_every >= 0, "save-every: must be >= 0, got %lld", ll(save_every));
+  CHORUS_CHECK(keep_last >= 0, "keep-last: must be >= 0, got %d", keep_last);
+  CHORUS_CHECK(stop_at >= 0, "stop-at: must be >= 0, got %lld", ll(stop_at));
+  CHORUS_CHECK(max_skipped_in_a_row >= 1, "max-skipped-steps: must be >= 1, got %d", max_skipped_in_a_row);
+  CHORUS_CHECK(zero_stage == 0 || zero_stage == 1, "zero: must be 0 or 1, got %d", zero_stage);
+  CHORUS_CHECK(bucket_mb > 0, "bucket-mb: must be > 0, got %g", bucket_mb);
+  loss_scaler.validate();
+  optim::CosineSchedule{lr, min_lr, warmup, steps}.validate();
+}
+
+nlohmann::json TrainOptions::to_json() const {
+  return {{"grad_accum", grad_accum}, {"steps", steps}, {"seed", seed}, {"lr", lr}, {"min_lr", min_lr},
+          {"warmup", warmup}, {"grad_clip", grad_clip}, {"weight_decay", adamw.weight_decay},
+          {"beta1", adamw.beta1}, {"beta2", adamw.beta2}, {"precision", precision_name(precision)},
+          {"loss_scaling", loss_scaler.enabled},
+          {"grad_reduce_dtype", grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32"},
+          {"zero", zero_stage}};
+}
+
+namespace {
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// SIGTERM / SIGUSR1 only set a flag; the loop agrees on it over all ranks at
+// the end of every step, checkpoints and stops (DESIGN.md "Signals").
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+class StopSignals {
+ public:
+  explicit StopSignals(bool enable) : enabled_(enable) {
+    if (!enabled_) return;
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, &old_term_);
+    sigaction(SIGUSR1, &sa, &old_usr1_);
+  }
+  ~StopSignals() {
+    if (!enabled_) return;
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  // The signal any rank received (0: none). Collective over `world`.
+  int agreed(dist::Communicator& world) const {
+    if (!enabled_) return 0;
+    return static_cast<int>(world.all_reduce_scalar(static_cast<double>(g_stop_signal), dist::ReduceOp::max));
+  }
+
+ private:
+  bool enabled_;
+  struct sigaction old_term_ {}, old_usr1_ {};
+};
+
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
+    default: return "a signal";
+  }
+}
+
+// Keeps the rows of metrics.jsonl up to `step` (a resumed run rewrites what
+// came after its checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in.good()) return;
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    try {
+      if (nlohmann::json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // a torn last line of a killed run
+    }
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
+// Warns (rank 0) about shared settings that differ from the checkpoint's:
+// allowed, but then the run does not continue exactly as one uninterrupted
+// run would.
+void warn_differences(const checkpoint::Manifest& m, const checkpoint::Manifest& now, const TrainOptions& o) {
+  auto warn = [](const char* what, const std::string& ckpt, const std::string& cur) {
+    log_warn("resume: %s was %s in the checkpoint and is %s now: the run continues, but not exactly as one "
+             "uninterrupted run would",
+             what, ckpt.c_str(), cur.c_str());
+  };
+  auto num = [](double v) { return strfmt("%g", v); };
+  if (m.schedule.total_steps != o.steps) warn("steps", num(m.schedule.total_steps), num(o.steps));
+  if (m.schedule.max_lr != o.lr) warn("lr", num(m.schedule.max_lr), num(o.lr));
+  if (m.schedule.min_lr != o.min_lr) warn("min-lr", num(m.schedule.min_lr), num(o.min_lr));
+  if (m.schedule.warmup != o.warmup) warn("warmup", num(m.schedule.warmup), num(o.warmup));
+  if (m.sampler.seed != o.seed) warn("seed (data order)", num(m.sampler.seed), num(o.seed));
+  if (m.sampler.seq_len != now.sampler.seq_len) warn("seq-len", num(m.sampler.seq_len), num(now.sampler.seq_len));
+  if (m.sampler.samples_per_step != now.sampler.samples_per_step)
+    warn("the global batch (samples per step)", num(m.sampler.samples_per_step),
+         num(now.sampler.samples_per_step));
+  if (m.optimizer.beta1 != o.adamw.beta1 || m.optimizer.beta2 != o.adamw.beta2 || m.optimizer.eps != o.adamw.eps ||
+      m.optimizer.weight_decay != o.adamw.weight_decay)
+    warn("AdamW (beta1, beta2, eps, weight-decay)",
+         strfmt("(%g, %g, %g, %g)", m.optimizer.beta1, m.optimizer.beta2, m.optimizer.eps, m.optimizer.weight_decay),
+         strfmt("(%g, %g, %g, %g)", o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay));
+  if (m.optimizer.grad_clip != o.grad_clip) warn("grad-clip", num(m.optimizer.grad_clip), num(o.grad_clip));
+}
+
+std::vector<checkpoint::TensorInfo> tensor_infos(const std::vector<models::ParamSpec>& table) {
+  std::vector<checkpoint::TensorInfo> out;
+  for (const auto& p : table) out.push_back({p.name, p.global_shape, p.tp_axis, p.tp_parts});
+  return out;
+}
+
+}  // namespace
+
+TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
+  opt.validate();
+  const optim::CosineSchedule schedule{opt.lr, opt.min_lr, opt.warmup, opt.steps};
+
+  // Installed first: a pre-emption warning during start-up (loading a large
+  // checkpoint) must not kill the process; it is acted on after the first step.
+  StopSignals signals(opt.handle_signals);
+
+  dist::ParallelGrid single = dist::ParallelGrid::single();
+  dist::ParallelGrid& grid = opt.grid ? *opt.grid : single;
+  const bool writer = grid.world_rank() == 0;
+  if (writer) fs::create_directories(opt.run_dir);
+
+  std::vector<optim::Range> decay, replicated;
+  for (const auto& p : task.param_table()) {
+    if (p.decay) decay.push_back({p.offset, p.offset + p.numel});
+    if (p.tp_axis < 0) replicated.push_back({p.offset, p.offset + p.numel});
+  }
+  optim::DistributedOptimizerConfig ocfg;
+  ocfg.adamw = opt.adamw;
+  ocfg.zero_stage = opt.zero_stage;
+  ocfg.bucket_floats = std::max<size_t>(1, static_cast<size_t>(opt.bucket_mb * (1 << 20) / sizeof(float)));
+  ocfg.grad_clip = opt.grad_clip;
+  ocfg.grad_reduce_dtype = opt.grad_reduce_dtype;
+  optim::DistributedOptimizer optimizer(task.params().size(), decay, replicated, ocfg, grid.dp(), grid.tp());
+
+  const double peak_gflops = opt.peak_gflops > 0 ? opt.peak_gflops : backend::cpu::measure_sgemm_gflops();
+  if (writer) {
+    nlohmann::json cfg = opt.to_json();
+    cfg.update(task.config_json());
+    std::ofstream(fs::path(opt.run_dir) / "config.json") << cfg.dump(2) << "\n";
+  }
+  task.log_setup();
+  log_info("layout: %s, zero %d; %.0f tokens per step", grid.describe().c_str(), opt.zero_stage,
+           task.tokens_per_step());
+  const models::GptMemory mem0 = task.memory();
+  log_info("compute: precision %s%s, DP gradient reduction in %s; %s", precision_name(opt.precision),
+           opt.loss_scaler.enabled ? strfmt(" with dynamic loss scaling (init %g)", opt.loss_scaler.init_scale).c_str()
+                                   : "",
+           opt.grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32", backend::cpu::gemm_describe().c_str());
+  log_info("memory per rank: fp32 master weights %.1f MiB, %s compute copy %.1f MiB, fp32 grads %.1f MiB, Adam "
+           "state %.1f MiB%s, activations (%s) %.1f MiB; %d threads; MFU against %.1f GFLOP/s per rank (%s)",
+           mem0.master_bytes / double(1 << 20), precision_name(opt.precision),
+           mem0.compute_weight_bytes / double(1 << 20), mem0.grad_bytes / double(1 << 20),
+           optimizer.state_bytes() / double(1 << 20), opt.zero_stage ? " (ZeRO-1 slice)" : "",
+           precision_name(opt.precision), mem0.activation_bytes / double(1 << 20), omp_get_max_threads(),
+           peak_gflops, opt.peak_gflops > 0 ? "from config" : "measured sgemm");
+
+  // Checkpoint state: views of the model and optimizer, plus this rank's RNG
+  // (stream 1000 + world rank) that stochastic layers draw from.
+  Rng rng(opt.seed, 1000 + static_cast<uint64_t>(grid.world_rank()));
+  optim::LossScaler scaler(opt.loss_scaler);
+  checkpoint::Manifest identity;  // what the task says about itself
+  task.describe(identity);
+  checkpoint::RankState ck;
+  ck.tensors = tensor_infos(task.param_table());
+  for (const auto& p : task.param_table()) ck.offsets.push_back(p.offset);
+  ck.params = task.params();
+  ck.opt_range = {optimizer.owned().begin, optimizer.owned().end};
+  ck.exp_avg = optimizer.adamw().m();
+  ck.exp_avg_sq = optimizer.adamw().v();
+  ck.model_type = identity.model_type;
+  ck.model_extra = identity.model_extra;
+  const std::string save_dir = opt.save_dir.empty() ? opt.run_dir : opt.save_dir;
+  int64_t start_step = 0;
+  uint64_t tokens_seen = 0;
+  if (!opt.resume.empty()) {
+    ck.rng = rng.state();
+    auto loaded = checkpoint::resume_checkpoint(grid, opt.resume, save_dir, opt.zero_stage, identity.model,
+                                                identity.tokenizer_hash, ck);
+    if (loaded) {
+      const checkpoint::Manifest& m = loaded->manifest;
+      start_step = m.step;
+      tokens_seen = m.tokens_seen;
+      task.set_consumed(m.sampler.consumed);
+      scaler.restore({m.loss_scaler.enabled, m.loss_scaler.scale, m.loss_scaler.good_steps,
+                      m.loss_scaler.skipped_steps});
+      if (writer && m.precision != precision_name(opt.precision))
+        log_warn("resume: the checkpoint was trained in %s and this run computes in %s (the fp32 master weights "
+                 "and Adam state carry over exactly; the loss curve will not continue bit-for-bit)%s",
+                 m.precision.c_str(), precision_name(opt.precision),
+                 opt.loss_scaler.enabled && !m.loss_scaler.enabled ? "; loss scaling starts at its initial scale"
+                                                                    : "");
+      if (loaded->rng_restored) {
+        rng.set_state(ck.rng);
+      } else if (writer) {
+        log_warn("resume: RNG states not restored (%s); each rank starts its stream (seed, 1000 + rank) afresh",
+                 m.rng.empty() ? "the checkpoint holds none: it was resharded offline to another world size"
+                               : strfmt("saved by %d ranks, this run has %d", m.layout.world(), grid.world_size())
+                                     .c_str());
+      }
+      if (writer) {
+        warn_differences(m, identity, opt);
+        task.warn_differences(m);
+      }
+      log_info("resumed from %s: step %lld, %llu tokens seen%s; read %.1f MB in %.2f s (%.0f MB/s read)",
+               loaded->path.c_str(), static_cast<long long>(start_step), static_cast<unsigned long long>(tokens_seen),
+               loaded->resharded ? strfmt(" (resharded from %s)", m.layout.describe().c_str()).c_str() : "",
+               loaded->bytes / 1e6, loaded->seconds, loaded->bytes / 1e6 / std::max(loaded->seconds, 1e-9));
+    } else {
+      log_info("resume auto: no checkpoint in %s; starting from step 0", save_dir.c_str());
+    }
+  } else if (writer && fs::exists(fs::path(save_dir) / "latest")) {
+    log_warn("%s already holds checkpoints ('latest' exists); this run starts from step 0 and replaces them as it "
+             "saves (use --resume auto to continue instead)",
+             save_dir.c_str());
+  }
+  auto save = [&](int64_t steps_done) {
+    checkpoint::Manifest meta;
+    task.describe(meta);
+    meta.step = steps_done;
+    meta.tokens_seen = tokens_seen;
+    meta.sampler.consumed = task.consumed();
+    meta.sampler.seed = opt.seed;
+    meta.schedule = {steps_done, opt.lr, opt.min_lr, opt.warmup, opt.steps};
+    meta.optimizer.t = steps_done;  // AdamW's t for step s is s + 1
+    meta.optimizer.beta1 = opt.adamw.beta1;
+    meta.optimizer.beta2 = opt.adamw.beta2;
+    meta.optimizer.eps = opt.adamw.eps;
+    meta.optimizer.weight_decay = opt.adamw.weight_decay;
+    meta.optimizer.grad_clip = opt.grad_clip;
+    const optim::LossScalerSnapshot ls = scaler.snapshot();
+    meta.loss_scaler = {ls.enabled, ls.scale, ls.good_steps, ls.skipped_steps};
+    meta.precision = precision_name(opt.precision);
+    meta.layout.zero = opt.zero_stage;
+    meta.run["grad_accum"] = opt.grad_accum;
+    meta.run["seed"] = opt.seed;
+    meta.run["steps"] = opt.steps;
+    meta.run["run_dir"] = fs::absolute(opt.run_dir).string();
+    ck.rng = rng.state();
+    const auto r = checkpoint::save_checkpoint(grid, save_dir, meta, ck, opt.keep_last);
+    log_info("checkpoint: saved %s (%d files, %.1f MB in %.2f s, %.0f MB/s write)", r.path.c_str(), r.n_files,
+             r.bytes / 1e6, r.seconds, r.bytes / 1e6 / std::max(r.seconds, 1e-9));
+    return r.path;
+  };
+
+  if (writer && start_step > 0) truncate_metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), start_step);
+  MetricsWriter metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), writer, /*truncate=*/start_step == 0);
+  TrainResult result;
+  result.start_step = start_step;
+  result.steps_done = start_step;
+  std::vector<double> tok_rates, mfus;
+  const int64_t end_step = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
+  if (start_step >= end_step)
+    log_info("nothing to train: the checkpoint is at step %lld and the run ends at step %lld",
+             static_cast<long long>(start_step), static_cast<long long>(end_step));
+  const double tokens_per_step = task.tokens_per_step();
+  const double flops_per_step = task.flops_per_step();
+
+  for (int64_t step = start_step; step < end_step; ++step) {
+    Timer timer;
+    task.zero_grad();
+    double loss_sum = 0.0;
+    const double loss_scale = scaler.scale();  // 1 unless fp16 loss scaling
+    for (int micro = 0; micro < opt.grad_accum; ++micro)
+      loss_sum += task.train_micro_batch(static_cast<float>(loss_scale / opt.grad_accum));
+    CHORUS_CHECK(!(grid.world_rank() == opt.fail_rank && step == opt.fail_step),
+                 "injected failure at step %lld (CHORUS_FAIL_AT)", static_cast<long long>(step));
+    if (grid.world_rank() == opt.nonfinite_rank && step == opt.nonfinite_step)
+      task.grads()[0] = std::numeric_limits<float>::infinity();  // CHORUS_INJECT_INF
+    // Gradients are synchronised once per optimizer step, after the last micro-batch.
+    const float loss =
+        static_cast<float>(grid.dp().all_reduce_scalar(loss_sum / opt.grad_accum, dist::ReduceOp::avg));
+    CHORUS_CHECK(std::isfinite(loss) || scaler.enabled(),
+                 "training diverged: loss is %g at step %lld (lower lr, check data)", static_cast<double>(loss),
+                 static_cast<long long>(step));
+    const float lr = schedule.lr_at(step);
+    optim::StepStats st;
+    if (std::isfinite(loss)) {  // the same on every rank: the loss is averaged over DP, identical over TP
+      optim::StepOptions so{loss_scale, scaler.enabled(), {}};
+      for (const LrGroup& g : task.lr_groups(step)) so.lr_scales.push_back({g.range, g.lr_scale});
+      st = optimizer.step(task.params(), task.grads(), lr, step + 1, so);
+    } else {
+      st.grad_norm = std::numeric_limits<double>::infinity();
+      st.skipped = true;
+    }
+    if (scaler.enabled()) {
+      scaler.update(st.skipped);
+      if (st.skipped && grid.world_rank() == 0)
+        log_warn("step %lld: non-finite %s with loss scale %g; step skipped on every rank, scale now %g",
+                 static_cast<long long>(step + 1), std::isfinite(loss) ? "gradients" : "loss", loss_scale,
+                 scaler.scale());
+      CHORUS_CHECK(scaler.consecutive_skips() < opt.max_skipped_in_a_row,
+                   "training diverged: %lld steps in a row had non-finite gradients (loss scale now %g) at step "
+                   "%lld (lower lr, check data)",
+                   static_cast<long long>(scaler.consecutive_skips()), scaler.scale(),
+                   static_cast<long long>(step + 1));
+    }
+    const double norm = st.grad_norm;
+    const double secs = timer.seconds();
+    const double tok_s = tokens_per_step / secs;
+    const double mfu = flops_per_step / secs / (peak_gflops * 1e9 * grid.world_size());
+    if (step > start_step || end_step - start_step == 1) {
+      tok_rates.push_back(tok_s);
+      mfus.push_back(mfu);
+    }
+    tokens_seen += static_cast<uint64_t>(tokens_per_step);
+    if (step == start_step) result.first_loss = loss;
+    result.last_loss = loss;
+    result.steps_done = step + 1;
+
+    const uint64_t peak_mem = peak_rss_bytes();
+    // Memory by kind, as held now: parameters (fp32 masters + compute copy),
+    // gradients, optimizer state, activations (the table + the fp32 scratch of
+    // the mixed-precision layers).
+    const models::GptMemory mem = task.memory();
+    const double mib = 1.0 / (1 << 20);
+    const double mem_params = (mem.master_bytes + mem.compute_weight_bytes) * mib;
+    const double mem_grads = mem.grad_bytes * mib;
+    const double mem_optim = optimizer.state_bytes() * mib;
+    const double mem_acts = (mem.activation_bytes + backend::cpu::scratch_bytes()) * mib;
+    if (!opt.quiet && (step % opt.log_every == 0 || step + 1 == opt.steps)) {
+      const std::string scale_part =
+          scaler.enabled() ? strfmt(" | scale %g (%lld skipped)", loss_scale, static_cast<long long>(scaler.skipped_steps()))
+                           : std::string();
+      log_info("step %6lld/%lld | loss %.4f | lr %.2e | grad-norm %.3f | %8.0f tok/s | MFU %5.1f%%%s | mem MiB "
+               "params %.0f grads %.0f optim %.0f acts %.0f peak %.0f | %.0f ms",
+               static_cast<long long>(step + 1), static_cast<long long>(opt.steps), loss, lr, norm, tok_s,
+               100.0 * mfu, scale_part.c_str(), mem_params, mem_grads, mem_optim, mem_acts,
+               peak_mem / double(1 << 20), secs * 1e3);
+    }
+    nlohmann::json row = {{"step", step + 1}, {"loss", loss}, {"lr", lr},
+                          {"grad_norm", std::isfinite(norm) ? nlohmann::json(norm) : nlohmann::json(nullptr)},
+                          {"tokens_per_s", tok_s}, {"mfu", mfu}, {"peak_mem_mib", peak_mem / double(1 << 20)},
+                          {"mem_params_mib", mem_params}, {"mem_grads_mib", mem_grads},
+                          {"mem_optimizer_mib", mem_optim}, {"mem_activations_mib", mem_acts},
+                          {"loss_scale", loss_scale}, {"skipped_steps", scaler.skipped_steps()},
+                          {"step_skipped", st.skipped}, {"tokens", tokens_seen}};
+    if (!std::isfinite(loss)) row["loss"] = nullptr;
+    const bool last = step + 1 == opt.steps;
+    if (last || (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)) {
+      const nlohmann::json ev = task.evaluate();
+      row.update(ev);
+      result.last_eval = ev;
+      if (!opt.quiet)
+        log_info("step %6lld/%lld | val %s", static_cast<long long>(step + 1), static_cast<long long>(opt.steps),
+                 task.describe_eval(ev).c_str());
+    }
+    metrics.write(row);
+
+    // Every rank stops after the same step: a signal on any rank is agreed on here.
+    const int64_t done = step + 1;
+    int sig = signals.agreed(grid.world());
+    const bool end = sig != 0 || done == end_step;
+    if (end || (opt.save_every > 0 && done % opt.save_every == 0)) {
+      result.checkpoint = save(done);
+      if (!end) sig = signals.agreed(grid.world());  // a signal during the save: stop now, it is saved
+    }
+    if (sig != 0) {
+      result.stop_signal = sig;
+      break;
+    }
+  }
+  result.stopped = result.steps_done < opt.steps;
+  result.skipped_steps = scaler.skipped_steps();
+  result.loss_scale = scaler.scale();
+  result.tokens_per_s = median(tok_rates);
+  result.mfu = median(mfus);
+  if (result.stopped) {
+    const std::string saved = result.checkpoint.empty() ? std::string("no new checkpoint") : result.checkpoint;
+    if (result.stop_signal != 0)
+      log_info("stopped by %s after step %lld of %lld (%s); continue with --resume auto (exit code %d)",
+               signal_name(result.stop_signal), static_cast<long long>(result.steps_done),
+               static_cast<long long>(opt.steps), saved.c_str(), kExitPreempted);
+    else
+      log_info("stopped at step %lld of %lld (--stop-at; %s); continue with --resume auto",
+               static_cast<long long>(result.steps_done), static_cast<long long>(opt.steps), saved.c_str());
+  }
+  return result;
+}
+
+}  // namespace chorus::train
