@@ -41,7 +41,8 @@ struct MelConfig {
 // and the FFTW plan once; compute() is const and safe to call from many threads
 // at once (each call uses its own buffers with fftwf_execute_dft_r2c; the plan
 // is made with FFTW_ESTIMATE under a process-wide mutex, since FFTW's planner
-// is not thread-safe).
+// is not thread-safe: other code that plans FFTW transforms on other threads
+// at the same time must take the same care).
 class LogMel {
  public:
   // Throws chorus::Error on a config with a non-positive field, n_fft odd, or

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "core/error.h"
@@ -103,83 +104,93 @@ int16_t to_pcm16(float x) {
   return static_cast<int16_t>(std::clamp(v, -32768.0, 32767.0));
 }
 
-// Writes the clips into a new HDF5 file at `path` (not atomic) and fsyncs it.
-SpeechShardInfo write_file(const std::string& path, const std::string& split,
-                           const std::vector<SpeechClip>& clips, const std::string& hash) {
-  const char* p = path.c_str();
-  CHORUS_CHECK(valid_split(split), "%s: split: expected letters, digits, '-' or '_', got \"%s\"", p,
-               split.c_str());
-  CHORUS_CHECK(!hash.empty(), "%s: tokenizer_hash: expected a non-empty string", p);
-  CHORUS_CHECK(!clips.empty(), "%s: clips: expected at least one clip", p);
-
-  std::set<std::string> lang_set;
-  for (size_t i = 0; i < clips.size(); ++i) {
-    const SpeechClip& c = clips[i];
-    CHORUS_CHECK(!c.lang.empty() && c.lang.find(',') == std::string::npos,
-                 "%s: clip %zu: lang: expected a non-empty ISO code without ',', got \"%s\"", p, i,
-                 c.lang.c_str());
-    CHORUS_CHECK(!c.pcm.empty(), "%s: clip %zu (%s): pcm: expected at least one sample", p, i,
-                 c.source.c_str());
-    lang_set.insert(c.lang);
-  }
-  const std::vector<std::string> languages(lang_set.begin(), lang_set.end());
-  CHORUS_CHECK(languages.size() <= 65536, "%s: lang: more than 65536 languages in one shard", p);
-  std::map<std::string, uint16_t> lang_index;
-  for (size_t i = 0; i < languages.size(); ++i) lang_index[languages[i]] = static_cast<uint16_t>(i);
-
-  std::vector<int16_t> pcm;
-  std::vector<uint64_t> pcm_off{0}, text_off{0}, tok_off{0}, src_off{0};
-  std::vector<uint8_t> text, source;
-  std::vector<uint32_t> tokens;
-  std::vector<uint16_t> lang;
-  std::vector<float> duration;
-  size_t total = 0;
-  for (const SpeechClip& c : clips) total += c.pcm.size();
-  pcm.reserve(total);
-  for (const SpeechClip& c : clips) {
-    for (float x : c.pcm) pcm.push_back(to_pcm16(x));
-    pcm_off.push_back(pcm.size());
-    text.insert(text.end(), c.text.begin(), c.text.end());
-    text_off.push_back(text.size());
-    tokens.insert(tokens.end(), c.tokens.begin(), c.tokens.end());
-    tok_off.push_back(tokens.size());
-    source.insert(source.end(), c.source.begin(), c.source.end());
-    src_off.push_back(source.size());
-    lang.push_back(lang_index.at(c.lang));
-    duration.push_back(static_cast<float>(static_cast<double>(c.pcm.size()) / kSpeechSampleRate));
-  }
-
-  h5::File f = h5::File::create(path);
-  h5::write_1d(f, "pcm", H5T_STD_I16LE, pcm);
-  h5::write_1d(f, "pcm_offsets", H5T_STD_U64LE, pcm_off);
-  h5::write_1d(f, "text", H5T_STD_U8LE, text);
-  h5::write_1d(f, "text_offsets", H5T_STD_U64LE, text_off);
-  h5::write_1d(f, "tokens", H5T_STD_U32LE, tokens);
-  h5::write_1d(f, "token_offsets", H5T_STD_U64LE, tok_off);
-  h5::write_1d(f, "lang", H5T_STD_U16LE, lang);
-  h5::write_1d(f, "duration", H5T_IEEE_F32LE, duration);
-  h5::write_1d(f, "source", H5T_STD_U8LE, source);
-  h5::write_1d(f, "source_offsets", H5T_STD_U64LE, src_off);
-  h5::write_attr_string(f, "format", kFormat);
-  h5::write_attr_int(f, "version", kVersion, H5T_STD_I32LE);
-  h5::write_attr_int(f, "sample_rate", kSpeechSampleRate, H5T_STD_I32LE);
-  h5::write_attr_string(f, "tokenizer_hash", hash);
-  h5::write_attr_uint(f, "n_clips", clips.size());
-  h5::write_attr_uint(f, "n_samples", pcm.size());
-  h5::write_attr_string(f, "languages", join(languages, ','));
-  h5::write_attr_string(f, "split", split);
-  f.flush();
-  f.close();
-  fsync_file(path);
-
-  SpeechShardInfo info;
-  info.path = path;
-  info.split = split;
-  info.n_clips = clips.size();
-  info.n_samples = pcm.size();
-  info.languages = languages;
-  return info;
+void check_clip(const SpeechClip& c, size_t i, const std::string& where) {
+  CHORUS_CHECK(!c.lang.empty() && c.lang.find(',') == std::string::npos,
+               "%s: clip %zu: lang: expected a non-empty ISO code without ',', got \"%s\"", where.c_str(), i,
+               c.lang.c_str());
+  CHORUS_CHECK(!c.pcm.empty(), "%s: clip %zu (%s): pcm: expected at least one sample", where.c_str(), i,
+               c.source.c_str());
 }
+
+}  // namespace
+
+// The clips of one shard in their stored form (int16 PCM, concatenated
+// bytes), so a writer holds 2 bytes per sample rather than the clips' floats.
+class SpeechShardBuilder {
+ public:
+  size_t n_clips() const { return lang_.size(); }
+
+  void add(const SpeechClip& c) {
+    pcm_.reserve(pcm_.size() + c.pcm.size());
+    for (float x : c.pcm) pcm_.push_back(to_pcm16(x));
+    pcm_off_.push_back(pcm_.size());
+    text_.insert(text_.end(), c.text.begin(), c.text.end());
+    text_off_.push_back(text_.size());
+    tokens_.insert(tokens_.end(), c.tokens.begin(), c.tokens.end());
+    tok_off_.push_back(tokens_.size());
+    source_.insert(source_.end(), c.source.begin(), c.source.end());
+    src_off_.push_back(source_.size());
+    lang_.push_back(c.lang);
+    duration_.push_back(static_cast<float>(static_cast<double>(c.pcm.size()) / kSpeechSampleRate));
+  }
+
+  // Writes the clips into a new HDF5 file at `path` (not atomic) and fsyncs it.
+  SpeechShardInfo write(const std::string& path, const std::string& split, const std::string& hash) const {
+    const char* p = path.c_str();
+    CHORUS_CHECK(valid_split(split), "%s: split: expected letters, digits, '-' or '_', got \"%s\"", p,
+                 split.c_str());
+    CHORUS_CHECK(!hash.empty(), "%s: tokenizer_hash: expected a non-empty string", p);
+    CHORUS_CHECK(n_clips() > 0, "%s: clips: expected at least one clip", p);
+    const std::set<std::string> lang_set(lang_.begin(), lang_.end());
+    const std::vector<std::string> languages(lang_set.begin(), lang_set.end());
+    CHORUS_CHECK(languages.size() <= 65536, "%s: lang: more than 65536 languages in one shard", p);
+    std::map<std::string, uint16_t> index;
+    for (size_t i = 0; i < languages.size(); ++i) index[languages[i]] = static_cast<uint16_t>(i);
+    std::vector<uint16_t> lang;
+    for (const std::string& l : lang_) lang.push_back(index.at(l));
+
+    h5::File f = h5::File::create(path);
+    h5::write_1d(f, "pcm", H5T_STD_I16LE, pcm_);
+    h5::write_1d(f, "pcm_offsets", H5T_STD_U64LE, pcm_off_);
+    h5::write_1d(f, "text", H5T_STD_U8LE, text_);
+    h5::write_1d(f, "text_offsets", H5T_STD_U64LE, text_off_);
+    h5::write_1d(f, "tokens", H5T_STD_U32LE, tokens_);
+    h5::write_1d(f, "token_offsets", H5T_STD_U64LE, tok_off_);
+    h5::write_1d(f, "lang", H5T_STD_U16LE, lang);
+    h5::write_1d(f, "duration", H5T_IEEE_F32LE, duration_);
+    h5::write_1d(f, "source", H5T_STD_U8LE, source_);
+    h5::write_1d(f, "source_offsets", H5T_STD_U64LE, src_off_);
+    h5::write_attr_string(f, "format", kFormat);
+    h5::write_attr_int(f, "version", kVersion, H5T_STD_I32LE);
+    h5::write_attr_int(f, "sample_rate", kSpeechSampleRate, H5T_STD_I32LE);
+    h5::write_attr_string(f, "tokenizer_hash", hash);
+    h5::write_attr_uint(f, "n_clips", n_clips());
+    h5::write_attr_uint(f, "n_samples", pcm_.size());
+    h5::write_attr_string(f, "languages", join(languages, ','));
+    h5::write_attr_string(f, "split", split);
+    f.flush();
+    f.close();
+    fsync_file(path);
+
+    SpeechShardInfo info;
+    info.path = path;
+    info.split = split;
+    info.n_clips = n_clips();
+    info.n_samples = pcm_.size();
+    info.languages = languages;
+    return info;
+  }
+
+ private:
+  std::vector<int16_t> pcm_;
+  std::vector<uint64_t> pcm_off_{0}, text_off_{0}, tok_off_{0}, src_off_{0};
+  std::vector<uint8_t> text_, source_;
+  std::vector<uint32_t> tokens_;
+  std::vector<std::string> lang_;
+  std::vector<float> duration_;
+};
+
+namespace {
 
 void remove_quietly(const std::string& path) {
   std::error_code ec;
@@ -192,10 +203,20 @@ void remove_quietly(const std::string& path) {
 
 SpeechShardInfo write_speech_shard(const std::string& path, const std::string& split,
                                    const std::vector<SpeechClip>& clips, const std::string& tokenizer_hash) {
+  const char* p = path.c_str();
+  CHORUS_CHECK(valid_split(split), "%s: split: expected letters, digits, '-' or '_', got \"%s\"", p,
+               split.c_str());
+  CHORUS_CHECK(!tokenizer_hash.empty(), "%s: tokenizer_hash: expected a non-empty string", p);
+  CHORUS_CHECK(!clips.empty(), "%s: clips: expected at least one clip", p);
+  SpeechShardBuilder b;
+  for (size_t i = 0; i < clips.size(); ++i) {
+    check_clip(clips[i], i, path);
+    b.add(clips[i]);
+  }
   const std::string tmp = path + ".tmp";
   SpeechShardInfo info;
   try {
-    info = write_file(tmp, split, clips, tokenizer_hash);
+    info = b.write(tmp, split, tokenizer_hash);
     std::error_code ec;
     fs::rename(tmp, path, ec);
     CHORUS_CHECK(!ec, "%s: cannot rename %s into place: %s", path.c_str(), tmp.c_str(), ec.message().c_str());
@@ -214,7 +235,8 @@ SpeechShardWriter::SpeechShardWriter(std::string out_dir, std::string split, std
       split_(std::move(split)),
       hash_(std::move(tokenizer_hash)),
       clips_per_shard_(clips_per_shard),
-      force_(force) {
+      force_(force),
+      pending_(std::make_unique<SpeechShardBuilder>()) {
   const char* d = out_dir_.c_str();
   CHORUS_CHECK(valid_split(split_),
                "speech shards in %s: split: expected letters, digits, '-' or '_', got \"%s\"", d,
@@ -251,13 +273,14 @@ SpeechShardWriter::~SpeechShardWriter() {
 
 void SpeechShardWriter::add(const SpeechClip& clip) {
   CHORUS_CHECK(!committed_, "speech shards in %s: add() after commit()", out_dir_.c_str());
-  pending_.push_back(clip);
+  check_clip(clip, static_cast<size_t>(n_clips_), "speech shards in " + out_dir_);
+  pending_->add(clip);
   ++n_clips_;
-  if (pending_.size() >= clips_per_shard_) flush();
+  if (pending_->n_clips() >= clips_per_shard_) flush();
 }
 
 void SpeechShardWriter::flush() {
-  if (pending_.empty()) return;
+  if (pending_->n_clips() == 0) return;
   const int index = static_cast<int>(infos_.size());
   CHORUS_CHECK(index <= kMaxShardIndex,
                "output directory %s: more than %d '%s' shards; raise clips_per_shard", out_dir_.c_str(),
@@ -265,10 +288,10 @@ void SpeechShardWriter::flush() {
   const std::string final_path = (fs::path(out_dir_) / shard_name(split_, index)).string();
   const std::string tmp = final_path + ".tmp";
   tmp_paths_.push_back(tmp);
-  SpeechShardInfo info = write_file(tmp, split_, pending_, hash_);
+  SpeechShardInfo info = pending_->write(tmp, split_, hash_);
   info.path = final_path;
   infos_.push_back(std::move(info));
-  pending_.clear();
+  pending_ = std::make_unique<SpeechShardBuilder>();
 }
 
 const std::vector<SpeechShardInfo>& SpeechShardWriter::commit() {

@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -41,6 +42,8 @@ struct SpeechClip {
   std::vector<float> pcm;        // 16 kHz mono in [-1, 1] (clipped when stored)
   std::string source;            // path of the original audio file
 };
+
+class SpeechShardBuilder;  // speech_shard.cpp: the clips of one shard, as stored
 
 // What was written to one shard file.
 struct SpeechShardInfo {
@@ -74,7 +77,9 @@ class SpeechShardWriter {
   SpeechShardWriter(const SpeechShardWriter&) = delete;
   SpeechShardWriter& operator=(const SpeechShardWriter&) = delete;
 
-  // Appends a clip; writes a shard (.tmp) whenever clips_per_shard are buffered.
+  // Appends a clip (held as int16 PCM until its shard is written); writes a
+  // shard (.tmp) whenever clips_per_shard are buffered. Throws on a clip
+  // without samples or language.
   void add(const SpeechClip& clip);
   // Writes the last partial shard, renames every shard into place, removes the
   // replaced old shards (force) and fsyncs the directory. Throws if no clip was
@@ -88,7 +93,7 @@ class SpeechShardWriter {
   size_t clips_per_shard_;
   bool force_, committed_ = false;
   uint64_t n_clips_ = 0;
-  std::vector<SpeechClip> pending_;
+  std::unique_ptr<SpeechShardBuilder> pending_;  // clips of the shard being filled
   std::vector<std::string> tmp_paths_;
   std::vector<SpeechShardInfo> infos_;
 };
