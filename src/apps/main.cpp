@@ -21,6 +21,7 @@ struct Command {
 const Command kCommands[] = {
     {"train-tokenizer", chorus::apps::cmd_train_tokenizer, "train a byte-level BPE tokenizer on text files"},
     {"prepare-text", chorus::apps::cmd_prepare_text, "tokenize text files into HDF5 train/val shards"},
+    {"prepare-speech", chorus::apps::cmd_prepare_speech, "check and shard a manifest of speech clips"},
     {"pretrain", chorus::apps::cmd_pretrain, "pretrain a GPT on prepared shards"},
     {"generate", chorus::apps::cmd_generate, "sample text from trained GPT weights"},
     {"checkpoint", chorus::apps::cmd_checkpoint, "inspect, verify, hash, reshard or export a checkpoint"},
