@@ -11,12 +11,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "common/process.h"
 
@@ -63,7 +62,8 @@ WavInfo read_wav(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   std::vector<unsigned char> b((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   WavInfo w;
-  if (b.size() < 12 || std::memcmp(b.data(), "RIFF", 4) != 0 || std::memcmp(b.data() + 8, "WAVE", 4) != 0) return w;
+  if (b.size() < 12 || std::memcmp(b.data(), "RIFF", 4) != 0 || std::memcmp(b.data() + 8, "WAVE", 4) != 0)
+    return w;
   for (size_t at = 12; at + 8 <= b.size();) {
     const uint32_t size = le(&b[at + 4], 4);
     if (std::memcmp(&b[at], "fmt ", 4) == 0 && at + 8 + 16 <= b.size()) {
@@ -112,7 +112,8 @@ TEST_F(SpeechCorpus, TinyCorpusIsWellFormedDisjointAndHeldOutOfPretraining) {
       EXPECT_EQ(row.path.rfind("clips/" + split + "/" + row.lang + "/", 0), 0u) << row.path;
       EXPECT_EQ(fs::path(row.path).extension(), ".wav") << row.path;
       EXPECT_FALSE(row.text.empty());
-      EXPECT_TRUE(texts[split].insert(row.text).second) << "duplicate transcript in " << split << ": " << row.text;
+      EXPECT_TRUE(texts[split].insert(row.text).second)
+          << "duplicate transcript in " << split << ": " << row.text;
       const WavInfo w = read_wav(corpus / row.path);
       EXPECT_EQ(w.format, 1) << row.path << ": not PCM";
       EXPECT_EQ(w.channels, 1) << row.path;
@@ -151,7 +152,8 @@ TEST_F(SpeechCorpus, TinyCorpusIsWellFormedDisjointAndHeldOutOfPretraining) {
   const fs::path text = dir_ / "text";
   r = sh("python3 " + kScripts + "pretrain_text.py --langs en,zh,sw --out " + text.string());
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_TRUE(fs::exists(text / "en.txt") && fs::exists(text / "zh.txt") && fs::exists(text / "sw.txt")) << r.out;
+  EXPECT_TRUE(fs::exists(text / "en.txt") && fs::exists(text / "zh.txt") && fs::exists(text / "sw.txt"))
+      << r.out;
   const std::string held = (corpus / "val.tsv").string() + " " + (corpus / "test.tsv").string();
   r = sh("python3 " + kScripts + "pretrain_text.py --out " + text.string() + " --check " + held);
   EXPECT_EQ(r.code, 0) << r.out;
