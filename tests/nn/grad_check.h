@@ -70,8 +70,8 @@ inline void expect_grad_close(const std::string& name, float* x, const float* an
     const double an = analytic[i];
     const double err = std::abs(fd - an);
     const double tol = opt.atol + opt.rtol * std::max(std::abs(fd), std::abs(an));
-    worst = std::max(worst, err / tol);
-    if (err > tol && ++n_bad <= 5) {
+    worst = std::max(worst, std::isnan(err) ? INFINITY : err / tol);
+    if (!(err <= tol) && ++n_bad <= 5) {  // a NaN on either side fails too
       ADD_FAILURE() << name << "[" << i << "]: analytic " << an << " vs finite difference " << fd << " (err "
                     << err << ", tol " << tol << ")";
     }

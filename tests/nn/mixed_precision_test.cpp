@@ -23,6 +23,10 @@
 //          differ): 1e-5 for both. A 16-bit accumulator would miss this by
 //          orders of magnitude.
 // Parameter gradients must also ACCUMULATE (+=) in fp32.
+// The speech layers use the same classes: conv1d (im2col copies T values
+// exactly, so out and din are kOnce, dw/db kParam), CTC (loss kParam, dlogits
+// kOnce), add_positions (kOnce), and padded / cross attention (as causal
+// attention: probabilities kOnce, out and gradients kFew).
 //
 // Finite-difference checks stay on fp32 (tests/nn/*_test.cpp).
 #include <gtest/gtest.h>
@@ -41,10 +45,13 @@
 #include "core/rng.h"
 #include "grad_check.h"
 #include "nn/attention.h"
+#include "nn/conv1d.h"
+#include "nn/ctc.h"
 #include "nn/embedding.h"
 #include "nn/gelu.h"
 #include "nn/layernorm.h"
 #include "nn/matmul.h"
+#include "nn/positions.h"
 #include "nn/softmax_cross_entropy.h"
 
 namespace chorus::nn {
@@ -438,6 +445,178 @@ TYPED_TEST(MixedPrecision, EncoderWithRepeatedTokens) {
   for (int k = 0; k < 2; ++k) embedding_backward(dwte2.data(), dwpe2.data(), doutt.data(), tokens.data(), B, Tn, C);
   expect_accumulated("embedding dwte", dwte2, dwte0, dwtet);
   expect_accumulated("embedding dwpe", dwpe2, dwpe0, dwpet);
+}
+
+
+// Bidirectional self-attention with padded frames on a fused qkv, and
+// cross-attention with q (B, Tq, C) against a fused k|v (B, Tk, 2C).
+TYPED_TEST(MixedPrecision, MhaPaddedAndCross) {
+  using T = TypeParam;
+  const int B = 3, C = 48, NH = 3;
+  const std::vector<int> lens{45, 17, 1};
+  struct Layout {
+    const char* what;
+    int Tq, Tk;
+    size_t qs, kvs, k_off, v_off;
+    bool self;
+  };
+  for (const Layout& l : {Layout{"mha-encoder", 45, 45, 3 * C, 3 * C, C, 2 * C, true},
+                          Layout{"mha-cross", 2 * kAttnBlock + 5, 45, C, 2 * C, 0, C, false}}) {
+    const size_t n_q = static_cast<size_t>(B) * l.Tq * l.qs, n_kv = l.self ? 0 : static_cast<size_t>(B) * l.Tk * l.kvs;
+    const size_t n_out = static_cast<size_t>(B) * l.Tq * C, n_att = static_cast<size_t>(B) * NH * l.Tq * l.Tk;
+    auto q = random_vector(n_q, 71, 2.0f), kv = random_vector(n_kv, 72, 2.0f), dout = random_vector(n_out, 73);
+    const auto qt = round_inputs<T>(q), kvt = round_inputs<T>(kv), doutt = round_inputs<T>(dout);
+    const float* kvp = l.self ? q.data() : kv.data();
+    const T* kvpt = l.self ? qt.data() : kvt.data();
+
+    std::vector<float> out(n_out), att(n_att);
+    mha_forward(out.data(), att.data(), q.data(), l.qs, kvp + l.k_off, kvp + l.v_off, l.kvs, lens.data(), B, l.Tq,
+                l.Tk, C, NH, false);
+    auto outt = nan_filled<T>(n_out);
+    auto attt = nan_filled<T>(n_att);
+    mha_forward(outt.data(), attt.data(), qt.data(), l.qs, kvpt + l.k_off, kvpt + l.v_off, l.kvs, lens.data(), B,
+                l.Tq, l.Tk, C, NH, false);
+    std::vector<float> p;
+    std::vector<T> p_t;
+    for (int b = 0; b < B; ++b)
+      for (int r = 0; r < NH * l.Tq; ++r)
+        for (int u = 0; u < l.Tk; ++u) {
+          const size_t i = (static_cast<size_t>(b) * NH * l.Tq + r) * l.Tk + u;
+          if (u >= lens[b]) {
+            ASSERT_EQ(attt[i].bits, 0u) << l.what << " padded key " << u;
+            continue;
+          }
+          p.push_back(att[i]);
+          p_t.push_back(attt[i]);
+        }
+    expect_close(name<T>(l.what, "att"), widen(p_t), p, Dtype<T>::kOnce);
+    expect_rounded_once(name<T>(l.what, "att"), p_t, p);
+    expect_close(name<T>(l.what, "out"), widen(outt), out, Dtype<T>::kFew);
+
+    std::vector<float> dq(n_q, NAN), dkv(n_kv, NAN);
+    float* dkvp = l.self ? dq.data() : dkv.data();
+    mha_backward(dq.data(), l.qs, dkvp + l.k_off, dkvp + l.v_off, l.kvs, dout.data(), q.data(), l.qs,
+                 kvp + l.k_off, kvp + l.v_off, l.kvs, att.data(), lens.data(), B, l.Tq, l.Tk, C, NH, false);
+    auto dqt = nan_filled<T>(n_q), dkvt = nan_filled<T>(n_kv);
+    T* dkvpt = l.self ? dqt.data() : dkvt.data();
+    mha_backward(dqt.data(), l.qs, dkvpt + l.k_off, dkvpt + l.v_off, l.kvs, doutt.data(), qt.data(), l.qs,
+                 kvpt + l.k_off, kvpt + l.v_off, l.kvs, attt.data(), lens.data(), B, l.Tq, l.Tk, C, NH, false);
+    const auto dqw = widen(dqt), dkvw = widen(dkvt);
+    const float* dkvpw = l.self ? dqw.data() : dkvw.data();
+    // (name, rows, row stride, offset, fp32 result, T result)
+    auto part = [&](const char* what, int rows_per_item, size_t off, const float* ref, const float* got) {
+      std::vector<float> g, r;
+      for (int b = 0; b < B; ++b)
+        for (int t = 0; t < rows_per_item; ++t)
+          for (int c = 0; c < C; ++c) {
+            const size_t stride = rows_per_item == l.Tq ? l.qs : l.kvs;
+            const size_t i = (static_cast<size_t>(b) * rows_per_item + t) * stride + off + c;
+            g.push_back(got[i]);
+            r.push_back(ref[i]);
+          }
+      expect_close(name<T>(l.what, what), g, r, Dtype<T>::kFew);
+    };
+    part("dq", l.Tq, 0, dq.data(), dqw.data());
+    part("dk", l.Tk, l.k_off, dkvp, dkvpw);
+    part("dv", l.Tk, l.v_off, dkvp, dkvpw);
+  }
+}
+
+TYPED_TEST(MixedPrecision, Conv1dStride1And2) {
+  using T = TypeParam;
+  for (int stride : {1, 2}) {
+    const int B = 2, Tin = 75, Cin = 40, Cout = 56, K = 3, pad = 1;
+    const int Tout = conv1d_out_len(Tin, K, stride, pad);
+    const size_t n_in = static_cast<size_t>(B) * Tin * Cin, n_out = static_cast<size_t>(B) * Tout * Cout;
+    const size_t n_w = static_cast<size_t>(Cout) * Cin * K;
+    auto x = random_vector(n_in, 81), w = random_vector(n_w, 82, 0.3f), b = random_vector(Cout, 83);
+    auto dout = random_vector(n_out, 84);
+    const auto xt = round_inputs<T>(x), wt = round_inputs<T>(w), bt = round_inputs<T>(b);
+    const auto doutt = round_inputs<T>(dout);
+    const std::string layer = "conv1d s" + std::to_string(stride);
+
+    std::vector<float> out(n_out);
+    conv1d_forward(out.data(), x.data(), w.data(), b.data(), B, Tin, Cin, Cout, K, stride, pad);
+    auto outt = nan_filled<T>(n_out);
+    conv1d_forward(outt.data(), xt.data(), wt.data(), bt.data(), B, Tin, Cin, Cout, K, stride, pad);
+    expect_close(name<T>(layer.c_str(), "out"), widen(outt), out, Dtype<T>::kOnce);
+    expect_rounded_once(name<T>(layer.c_str(), "out"), outt, out);
+
+    std::vector<float> dx(n_in, NAN), dw(n_w, 0.0f), db(Cout, 0.0f);
+    conv1d_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(), B, Tin, Cin, Cout, K, stride,
+                    pad);
+    auto dxt = nan_filled<T>(n_in);
+    std::vector<float> dwt(n_w, 0.0f), dbt(Cout, 0.0f);
+    conv1d_backward(dxt.data(), dwt.data(), dbt.data(), doutt.data(), xt.data(), wt.data(), B, Tin, Cin, Cout, K,
+                    stride, pad);
+    expect_close(name<T>(layer.c_str(), "din"), widen(dxt), dx, Dtype<T>::kOnce);
+    expect_rounded_once(name<T>(layer.c_str(), "din"), dxt, dx);
+    expect_close(name<T>(layer.c_str(), "dw"), dwt, dw, kParam);
+    expect_close(name<T>(layer.c_str(), "db"), dbt, db, kParam);
+
+    const auto dw0 = random_vector(n_w, 85, 10.0f), db0 = random_vector(Cout, 86, 10.0f);
+    std::vector<float> dw2 = dw0, db2 = db0;
+    for (int k = 0; k < 2; ++k)
+      conv1d_backward<T>(nullptr, dw2.data(), db2.data(), doutt.data(), xt.data(), wt.data(), B, Tin, Cin, Cout, K,
+                         stride, pad);
+    expect_accumulated(layer + " dw", dw2, dw0, dwt);
+    expect_accumulated(layer + " db", db2, db0, dbt);
+  }
+}
+
+TYPED_TEST(MixedPrecision, CtcLoss) {
+  using T = TypeParam;
+  const int B = 3, Tmax = 40, V = 300, blank = 0;
+  const std::vector<int> in_len{40, 31, 12};
+  std::vector<int32_t> targets;
+  std::vector<int> off, len;
+  Rng rng(91, 3);
+  for (int b = 0; b < B; ++b) {
+    off.push_back(static_cast<int>(targets.size()));
+    len.push_back(in_len[b] / 3);
+    for (int i = 0; i < len.back(); ++i) targets.push_back(1 + static_cast<int32_t>(rng.below(V - 1)));
+  }
+  targets[1] = targets[0];  // a repeat
+  const std::vector<float> scale{1.0f / 13, 1.0f / 10, 1.0f / 4};
+  auto logits = random_vector(static_cast<size_t>(B) * Tmax * V, 92, 4.0f);
+  const auto logitst = round_inputs<T>(logits);
+
+  std::vector<float> losses(B), lossest(B), dl(logits.size(), NAN);
+  ctc_loss(losses.data(), dl.data(), logits.data(), in_len.data(), targets.data(), off.data(), len.data(),
+           scale.data(), B, Tmax, V, blank);
+  auto dlt = nan_filled<T>(logits.size());
+  EXPECT_EQ(ctc_loss(lossest.data(), dlt.data(), logitst.data(), in_len.data(), targets.data(), off.data(),
+                     len.data(), scale.data(), B, Tmax, V, blank),
+            0);
+  expect_close(name<T>("ctc", "losses"), lossest, losses, kParam);
+  std::vector<float> valid_ref;
+  std::vector<T> valid_t;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < Tmax; ++t)
+      for (int v = 0; v < V; ++v) {
+        const size_t i = (static_cast<size_t>(b) * Tmax + t) * V + v;
+        if (t >= in_len[b]) {
+          ASSERT_EQ(dlt[i].bits, 0u) << "padded frame " << t;
+          continue;
+        }
+        valid_ref.push_back(dl[i]);
+        valid_t.push_back(dlt[i]);
+      }
+  expect_close(name<T>("ctc", "dlogits"), widen(valid_t), valid_ref, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("ctc", "dlogits"), valid_t, valid_ref);
+}
+
+TYPED_TEST(MixedPrecision, AddPositions) {
+  using T = TypeParam;
+  const int B = 3, Tn = 50, C = 64;
+  std::vector<float> pos(static_cast<size_t>(Tn) * C);
+  sinusoidal_positions(pos.data(), Tn, C);
+  auto x = random_vector(static_cast<size_t>(B) * Tn * C, 95, 2.0f);
+  auto xt = round_inputs<T>(x);
+  add_positions(x.data(), pos.data(), B, Tn, C);
+  add_positions(xt.data(), pos.data(), B, Tn, C);
+  expect_close(name<T>("add_positions", "x"), widen(xt), x, Dtype<T>::kOnce);
+  expect_rounded_once(name<T>("add_positions", "x"), xt, x);
 }
 
 }  // namespace

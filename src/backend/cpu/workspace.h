@@ -18,10 +18,12 @@ enum ScratchSlot {
   kScratchRowIn,    // fp32 copy of an input row / tile
   kScratchRowIn2,
   kScratchRowOut,   // fp32 output row / tile before rounding
-  kScratchAttnP,    // attention: one head's (T, T) probabilities
-  kScratchAttnDS,   // attention: one head's (T, T) score gradient
+  kScratchAttnP,    // attention: one head's (Tq, Tk) probabilities
+  kScratchAttnDS,   // attention: one head's (Tq, Tk) score gradient
   kScratchAttnQKV,  // attention: one head's q, k, v (and dy) in fp32
   kScratchAttnGrad, // attention: one head's dq, dk, dv in fp32
+  kScratchIm2col,     // conv1d: an im2col tile, stored in the layer's dtype
+  kScratchIm2colGrad, // conv1d: the fp32 gradient of an im2col tile
   kScratchSlots
 };
 
