@@ -11,6 +11,9 @@ int cmd_train_tokenizer(int argc, char** argv, dist::Runtime& rt);
 int cmd_prepare_text(int argc, char** argv, dist::Runtime& rt);
 int cmd_prepare_speech(int argc, char** argv, dist::Runtime& rt);
 int cmd_pretrain(int argc, char** argv, dist::Runtime& rt);
+int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt);
+int cmd_transcribe(int argc, char** argv, dist::Runtime& rt);
+int cmd_evaluate(int argc, char** argv, dist::Runtime& rt);
 int cmd_generate(int argc, char** argv, dist::Runtime& rt);
 int cmd_checkpoint(int argc, char** argv, dist::Runtime& rt);
 

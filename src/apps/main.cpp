@@ -24,6 +24,9 @@ const Command kCommands[] = {
     {"prepare-speech", chorus::apps::cmd_prepare_speech, "check and shard a manifest of speech clips"},
     {"pretrain", chorus::apps::cmd_pretrain, "pretrain a GPT on prepared shards"},
     {"generate", chorus::apps::cmd_generate, "sample text from trained GPT weights"},
+    {"finetune-speech", chorus::apps::cmd_finetune_speech, "fine-tune the speech recogniser from a pretrained GPT"},
+    {"transcribe", chorus::apps::cmd_transcribe, "transcribe WAV files with a speech checkpoint"},
+    {"evaluate", chorus::apps::cmd_evaluate, "WER / CER per language of a speech checkpoint on a manifest"},
     {"checkpoint", chorus::apps::cmd_checkpoint, "inspect, verify, hash, reshard or export a checkpoint"},
 };
 

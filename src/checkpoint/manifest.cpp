@@ -342,8 +342,8 @@ Manifest manifest_from_json(const json& j, const std::string& where) {
     ti.name = t.str("name");
     const json& shape = t.array("shape");
     CHORUS_CHECK(
-        shape.size() == 1 || shape.size() == 2,
-        "checkpoint manifest '%s': field 'tensors[%zu].shape': expected 1 or 2 dimensions, found %zu",
+        shape.size() >= 1 && shape.size() <= 3,
+        "checkpoint manifest '%s': field 'tensors[%zu].shape': expected 1 to 3 dimensions, found %zu",
         where.c_str(), i, shape.size());
     for (const auto& d : shape) {
       CHORUS_CHECK(d.is_number_integer() && d.get<int64_t>() > 0,

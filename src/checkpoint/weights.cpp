@@ -132,7 +132,7 @@ WeightsHeader read_weights_header(const std::string& path) {
 }
 
 void load_weights(const std::string& path, models::Gpt& model, const std::string& expected_hash, int tp_rank,
-                  int tp) {
+                  int tp, bool allow_new_cross_attention) {
   h5::quiet_errors();
   h5::File f = h5::File::open_read(path);
   WeightsHeader h = read_header(f);
@@ -151,6 +151,10 @@ void load_weights(const std::string& path, models::Gpt& model, const std::string
   for (const auto& p : model.param_table()) {
     const nn::ShardSpec spec = shard_spec(p);
     const std::string name = "params/" + p.name;
+    if (allow_new_cross_attention &&
+        (p.name.find(".ln_x.") != std::string::npos || p.name.find(".crossattn.") != std::string::npos) &&
+        !(H5Lexists(f.get(), "params", H5P_DEFAULT) > 0 && H5Lexists(f.get(), name.c_str(), H5P_DEFAULT) > 0))
+      continue;
     CHORUS_CHECK(H5Lexists(f.get(), "params", H5P_DEFAULT) > 0 && H5Lexists(f.get(), name.c_str(), H5P_DEFAULT) > 0,
                  "weights '%s': tensor '%s' is missing", path.c_str(), name.c_str());
     h5::DatasetId ds(H5Dopen2(f.get(), name.c_str(), H5P_DEFAULT));

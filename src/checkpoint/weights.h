@@ -53,8 +53,11 @@ WeightsHeader read_weights_header(const std::string& path);
 // taking this rank's TP shard (tp_rank of tp) of each global tensor.
 // Refuses (naming file and tensor) a missing tensor, a shape mismatch, or a
 // tokenizer hash other than expected_hash (pass "" to skip that check).
+// allow_new_cross_attention: a GPT file loaded into a speech decoder — its
+// cross-attention tensors (ln_x, crossattn.*), absent from the file, keep
+// their initial values.
 void load_weights(const std::string& path, models::Gpt& model, const std::string& expected_hash, int tp_rank = 0,
-                  int tp = 1);
+                  int tp = 1, bool allow_new_cross_attention = false);
 
 // The TP layout of a parameter as nn/tp_shard.h describes it.
 nn::ShardSpec shard_spec(const models::ParamSpec& p);

@@ -19,11 +19,14 @@
 #include <cstring>
 #include <type_traits>
 
+#include "backend/cpu/arena.h"
 #include "backend/cpu/buffer.h"
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "dist/communicator.h"
+#include <algorithm>
+
 #include "nn/attention.h"
 #include "nn/embedding.h"
 #include "nn/gelu.h"
@@ -65,7 +68,17 @@ enum LayerParam {
   kFcB,
   kFcProjW,
   kFcProjB,
-  kParamsPerLayer
+  kParamsPerLayer,  // a plain GPT block
+  // cross-attention models only, after the plain block's tensors
+  kLnxW = kParamsPerLayer,
+  kLnxB,
+  kXqW,
+  kXqB,
+  kXkvW,
+  kXkvB,
+  kXprojW,
+  kXprojB,
+  kParamsPerCrossLayer
 };
 
 // How init_weights fills a tensor (a tag in the table, not a name match).
@@ -88,6 +101,15 @@ struct LayerView {
   P* fc_b;      // (4C)     [Fl]      h.{i}.mlp.c_fc.bias
   P* fcproj_w;  // (C, 4C)  [C, Fl]   h.{i}.mlp.c_proj.weight  row-parallel
   P* fcproj_b;  // (C)      h.{i}.mlp.c_proj.bias
+  // cross-attention (nullptr in a plain GPT); Ca = the memory width
+  P* lnx_w = nullptr;    // (C)        h.{i}.ln_x.weight
+  P* lnx_b = nullptr;    // (C)        h.{i}.ln_x.bias
+  P* xq_w = nullptr;     // (C, C)     [Cl, C]    h.{i}.crossattn.q.weight  column-parallel
+  P* xq_b = nullptr;     // (C)        [Cl]
+  P* xkv_w = nullptr;    // (2C, Ca)   [2Cl, Ca]  h.{i}.crossattn.kv.weight column-parallel, k|v
+  P* xkv_b = nullptr;    // (2C)       [2Cl]
+  P* xproj_w = nullptr;  // (C, C)     [C, Cl]    h.{i}.crossattn.c_proj.weight row-parallel
+  P* xproj_b = nullptr;  // (C)        h.{i}.crossattn.c_proj.bias
 };
 
 template <typename P>
@@ -116,6 +138,15 @@ struct LayerActs {
   T* fch;            // (B, T, Fl)  c_fc output (local columns)
   T* fch_gelu;       // (B, T, Fl)
   T* res3;           // (B, T, C)   block output
+  // cross-attention models only
+  T* lnx = nullptr;         // (B, T, C)
+  float* lnx_mean = nullptr;
+  float* lnx_rstd = nullptr;
+  T* xq = nullptr;          // (B, T, Cl)
+  T* xkv = nullptr;         // (B, S, 2Cl)  local heads' k | v of the memory
+  T* xatt = nullptr;        // (B, NH/tp, T, S)
+  T* xy = nullptr;          // (B, T, Cl)
+  T* resx = nullptr;        // (B, T, C)   res2 + crossattn(ln_x(res2))
 };
 
 // The whole activation table of a training step in storage dtype T.
@@ -136,6 +167,9 @@ struct Acts {
   T* datty = nullptr;  // (B, T, Cl)
   T* dqkv = nullptr;   // (B, T, 3Cl)
   T* dfch = nullptr;   // (B, T, Fl)
+  T* dxkv = nullptr;       // (B, S, 2Cl)  cross-attention models
+  T* dmem = nullptr;       // (B, S, Ca)   d loss / d memory, summed over layers
+  T* dmem_part = nullptr;  // (B, S, Ca)   one layer's part
 };
 
 }  // namespace
@@ -144,6 +178,13 @@ struct Gpt::State {
   int max_batch = 0;
   int max_seq = 0;
   Precision precision = Precision::fp32;
+  CrossAttentionConfig cross;
+  int per_layer = kParamsPerLayer;  // table entries per block
+  // The memory of the next forward / backward (cross-attention models).
+  const void* mem = nullptr;
+  const int* mem_len = nullptr;
+  int S = 0;
+  std::vector<int> mem_len_copy;  // (B)
   // Tensor parallelism: tp == nullptr when the group is one rank.
   dist::Communicator* tp = nullptr;
   int tp_size = 1;
@@ -154,8 +195,11 @@ struct Gpt::State {
   nn::VocabRange vocab;  // this rank's rows of wte / columns of the logits
   std::vector<ParamSpec> table;
   std::vector<Init> init;  // one per table entry
-  cpu::AlignedBuffer params;  // fp32 master weights
+  cpu::AlignedBuffer params;  // fp32 master weights (empty after adopt_storage)
   cpu::AlignedBuffer grads;   // fp32 gradients
+  float* pbase = nullptr;     // params / grads, or the caller's storage
+  float* gbase = nullptr;
+  size_t n_params = 0;
   ModelView<float> p;  // views into params
   ModelView<float> g;  // the same views into grads
   // bf16 / fp16: the weights rounded to the compute dtype, refreshed from the
@@ -173,7 +217,10 @@ struct Gpt::State {
   Acts<bf16> a_bf16;
   Acts<fp16> a_fp16;
   std::vector<int32_t> tokens;   // (B, T) copy of the last forward's input
-  std::vector<int32_t> targets;  // (B, T)
+  std::vector<int32_t> targets;  // (B, T), -1 = ignored
+  std::vector<int32_t> ce_targets;  // (B, T) targets with ignored ones as 0
+  std::vector<uint8_t> valid;       // (B, T) target not ignored
+  int n_valid = 0;
   int B = 0;
   int T = 0;
   bool backward_ready = false;  // a forward with targets whose logits are intact
@@ -215,7 +262,11 @@ struct Gpt::State {
   float* dec_y = nullptr;       // (B, C)
   float* dec_fch = nullptr;     // (B, 4C)
   float* dec_logits = nullptr;  // (B, Vp)
-  float* dec_scores = nullptr;  // (B, NH, ctx)
+  float* dec_scores = nullptr;  // (B, NH, max(ctx, S))
+  float* dec_q = nullptr;       // (B, C)  cross-attention query
+  float* x_kv = nullptr;        // (L, B, max_len, 2C) cross keys | values
+  std::vector<int> dec_mem_len; // (B)
+  int dec_S = 0;
 };
 
 namespace {
@@ -223,12 +274,13 @@ namespace {
 template <typename P>
 ModelView<P> make_view(P* base, const std::vector<ParamSpec>& table, int n_layer) {
   ModelView<P> v;
+  const size_t per_layer = (table.size() - 4) / static_cast<size_t>(n_layer);
   auto at = [&](size_t i) { return base + table[i].offset; };
   v.wte = at(0);
   v.wpe = at(1);
   v.layers.resize(n_layer);
   for (int l = 0; l < n_layer; ++l) {
-    const size_t i = 2 + static_cast<size_t>(l) * kParamsPerLayer;
+    const size_t i = 2 + static_cast<size_t>(l) * per_layer;
     LayerView<P>& lv = v.layers[l];
     lv.ln1_w = at(i + kLn1W);
     lv.ln1_b = at(i + kLn1B);
@@ -242,41 +294,29 @@ ModelView<P> make_view(P* base, const std::vector<ParamSpec>& table, int n_layer
     lv.fc_b = at(i + kFcB);
     lv.fcproj_w = at(i + kFcProjW);
     lv.fcproj_b = at(i + kFcProjB);
+    if (per_layer == kParamsPerCrossLayer) {
+      lv.lnx_w = at(i + kLnxW);
+      lv.lnx_b = at(i + kLnxB);
+      lv.xq_w = at(i + kXqW);
+      lv.xq_b = at(i + kXqB);
+      lv.xkv_w = at(i + kXkvW);
+      lv.xkv_b = at(i + kXkvB);
+      lv.xproj_w = at(i + kXprojW);
+      lv.xproj_b = at(i + kXprojB);
+    }
   }
-  const size_t f = 2 + static_cast<size_t>(n_layer) * kParamsPerLayer;
+  const size_t f = 2 + static_cast<size_t>(n_layer) * per_layer;
   v.lnf_w = at(f);
   v.lnf_b = at(f + 1);
   return v;
 }
 
-// Lays out named (pointer, numel) slots of any element type in one buffer,
-// each slot starting on a 64-byte boundary.
-class Arena {
- public:
-  template <typename U>
-  void add(U** slot, size_t numel) {
-    slots_.push_back({reinterpret_cast<void**>(slot), total_});
-    total_ += (numel * sizeof(U) + 63) / 64 * 64;
-  }
-  size_t bytes() const { return total_; }
-  void bind(void* base) const {
-    for (const auto& s : slots_) *s.slot = static_cast<char*>(base) + s.offset;
-  }
-
- private:
-  struct Slot {
-    void** slot;
-    size_t offset;  // bytes
-  };
-  std::vector<Slot> slots_;
-  size_t total_ = 0;
-};
-
 // Allocates and binds the activation table of dtype T for (max_batch, max_seq).
 template <typename T>
 void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int n_layer, size_t N, size_t C,
-                      size_t NHl, size_t Cl, size_t Fl, size_t Vl, size_t att, bool tp) {
-  Arena arena;
+                      size_t NHl, size_t Cl, size_t Fl, size_t Vl, size_t att, bool tp, size_t NS, size_t Ca,
+                      size_t xatt) {
+  cpu::Arena arena;
   a.layers.resize(n_layer);
   arena.add(&a.encoded, N * C);
   for (auto& la : a.layers) {
@@ -293,6 +333,16 @@ void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int
     arena.add(&la.fch, N * Fl);
     arena.add(&la.fch_gelu, N * Fl);
     arena.add(&la.res3, N * C);
+    if (Ca > 0) {
+      arena.add(&la.lnx, N * C);
+      arena.add(&la.lnx_mean, N);
+      arena.add(&la.lnx_rstd, N);
+      arena.add(&la.xq, N * Cl);
+      arena.add(&la.xkv, NS * 2 * Cl);
+      arena.add(&la.xatt, xatt);
+      arena.add(&la.xy, N * Cl);
+      arena.add(&la.resx, N * C);
+    }
   }
   arena.add(&a.lnf, N * C);
   arena.add(&a.lnf_mean, N);
@@ -306,24 +356,38 @@ void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int
   arena.add(&a.datty, N * Cl);
   arena.add(&a.dqkv, N * 3 * Cl);
   arena.add(&a.dfch, N * Fl);
+  if (Ca > 0) {
+    arena.add(&a.dxkv, NS * 2 * Cl);
+    arena.add(&a.dmem, NS * Ca);
+    arena.add(&a.dmem_part, NS * Ca);
+  }
   (void)NHl;
   bytes = arena.bytes();
   buffer = cpu::AlignedBuffer((bytes + sizeof(float) - 1) / sizeof(float));
   arena.bind(buffer.data());
 }
 
-void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what) {
+void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what, bool allow_ignore = false) {
   for (size_t i = 0; i < n; ++i) {
-    CHORUS_CHECK(ids[i] >= 0 && ids[i] < vocab, "Gpt: %s[%zu] = %d is outside the vocabulary [0, %d)", what,
-                 i, ids[i], vocab);
+    CHORUS_CHECK((ids[i] >= 0 && ids[i] < vocab) || (allow_ignore && ids[i] == -1),
+                 "Gpt: %s[%zu] = %d is outside the vocabulary [0, %d)%s", what, i, ids[i], vocab,
+                 allow_ignore ? " (or -1: ignored)" : "");
   }
+}
+
+// dst += src in fp32, rounded once into T.
+template <typename T>
+void add_into(T* dst, const T* src, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) dst[i] = from_f32<T>(to_f32(dst[i]) + to_f32(src[i]));
 }
 
 }  // namespace
 
 Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq) : Gpt(cfg, max_batch, max_seq, nullptr) {}
 
-Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp, Precision precision)
+Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp, Precision precision,
+         CrossAttentionConfig cross)
     : cfg_(cfg), s_(std::make_unique<State>()) {
   cfg_.validate();
   CHORUS_CHECK(max_batch > 0, "Gpt: max_batch must be > 0, got %d", max_batch);
@@ -333,6 +397,11 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
   s.max_batch = max_batch;
   s.max_seq = max_seq;
   s.precision = precision;
+  s.cross = cross;
+  if (cross.enabled()) {
+    CHORUS_CHECK(cross.max_len > 0, "Gpt: cross-attention needs max_len > 0, got %d", cross.max_len);
+    s.per_layer = kParamsPerCrossLayer;
+  }
 
   const int64_t L = cfg_.n_layer, C = cfg_.n_embd, Vp = cfg_.padded_vocab(), ctx = cfg_.context;
   if (tp != nullptr && tp->size() > 1) {
@@ -392,14 +461,29 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
     add(h + "mlp.c_fc.bias", {4 * C}, false, Init::kZero, 0);
     add(h + "mlp.c_proj.weight", {C, 4 * C}, true, Init::kResidualNormal, 1);  // row-parallel
     add(h + "mlp.c_proj.bias", {C}, false, Init::kZero);
+    if (cross.enabled()) {
+      const int64_t Ca = cross.n_state;
+      add(h + "ln_x.weight", {C}, false, Init::kOne);
+      add(h + "ln_x.bias", {C}, false, Init::kZero);
+      add(h + "crossattn.q.weight", {C, C}, true, Init::kNormal, 0);  // column-parallel
+      add(h + "crossattn.q.bias", {C}, false, Init::kZero, 0);
+      add(h + "crossattn.kv.weight", {2 * C, Ca}, true, Init::kNormal, 0, 2);  // column-parallel, k|v
+      add(h + "crossattn.kv.bias", {2 * C}, false, Init::kZero, 0, 2);
+      // Zero: at step 0 the decoder computes exactly what the pretrained GPT does.
+      add(h + "crossattn.c_proj.weight", {C, C}, true, Init::kZero, 1);  // row-parallel
+      add(h + "crossattn.c_proj.bias", {C}, false, Init::kZero);
+    }
   }
   add("ln_f.weight", {C}, false, Init::kOne);
   add("ln_f.bias", {C}, false, Init::kZero);
 
   s.params = cpu::AlignedBuffer(offset);
   s.grads = cpu::AlignedBuffer(offset);
-  s.p = make_view(s.params.data(), s.table, cfg_.n_layer);
-  s.g = make_view(s.grads.data(), s.table, cfg_.n_layer);
+  s.pbase = s.params.data();
+  s.gbase = s.grads.data();
+  s.n_params = offset;
+  s.p = make_view(s.pbase, s.table, cfg_.n_layer);
+  s.g = make_view(s.gbase, s.table, cfg_.n_layer);
 
   if (precision != Precision::fp32) {
     // The compute copy: 2 bytes per parameter, views at the same offsets.
@@ -416,19 +500,23 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
   const size_t NHl = s.n_head_local, Cl = s.attn_local, Fl = s.mlp_local, Vl = s.vocab.size;
   const size_t att = static_cast<size_t>(max_batch) * NHl * max_seq * max_seq;
   const bool tp_on = s.tp != nullptr;
+  const size_t NS = static_cast<size_t>(max_batch) * cross.max_len, Ca = cross.n_state;
+  const size_t xatt = static_cast<size_t>(max_batch) * NHl * max_seq * cross.max_len;
   switch (precision) {
     case Precision::fp32:
-      bind_activations(s.a_f32, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on);
+      bind_activations(s.a_f32, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on, NS, Ca, xatt);
       break;
     case Precision::bf16:
-      bind_activations(s.a_bf16, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on);
+      bind_activations(s.a_bf16, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on, NS, Ca, xatt);
       break;
     case Precision::fp16:
-      bind_activations(s.a_fp16, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on);
+      bind_activations(s.a_fp16, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on, NS, Ca, xatt);
       break;
   }
   s.tokens.assign(N, 0);
   s.targets.assign(N, 0);
+  s.ce_targets.assign(N, 0);
+  s.valid.assign(N, 0);
 }
 
 Gpt::~Gpt() = default;
@@ -450,7 +538,7 @@ void Gpt::init_weights(uint64_t seed) {
     size_t n_global = 1;
     for (int64_t d : spec.global_shape) n_global *= static_cast<size_t>(d);
     if (sharded) global.resize(n_global);
-    float* w = sharded ? global.data() : s.params.data() + spec.offset;
+    float* w = sharded ? global.data() : s.pbase + spec.offset;
     size_t n = n_global;
     if (i == 0) {  // wte: real vocabulary rows only; padded rows stay zero
       n = static_cast<size_t>(cfg_.vocab_size) * cfg_.n_embd;
@@ -473,26 +561,63 @@ void Gpt::init_weights(uint64_t seed) {
     }
     if (sharded)
       nn::slice_shard(nn::ShardSpec{spec.global_shape, spec.tp_axis, spec.tp_parts}, s.tp_rank, s.tp_size,
-                      global.data(), s.params.data() + spec.offset);
+                      global.data(), s.pbase + spec.offset);
   }
 }
 
 std::span<float> Gpt::params() {
   s_->compute_stale = true;  // the caller may write the masters
-  return {s_->params.data(), s_->params.size()};
+  return {s_->pbase, s_->n_params};
 }
-std::span<const float> Gpt::master_params() const { return {s_->params.data(), s_->params.size()}; }
+std::span<const float> Gpt::master_params() const { return {s_->pbase, s_->n_params}; }
+const CrossAttentionConfig& Gpt::cross_config() const { return s_->cross; }
+
+void Gpt::adopt_storage(float* params, float* grads) {
+  State& s = *s_;
+  CHORUS_CHECK(params != nullptr && grads != nullptr, "Gpt::adopt_storage: null storage");
+  std::memcpy(params, s.pbase, s.n_params * sizeof(float));
+  std::memcpy(grads, s.gbase, s.n_params * sizeof(float));
+  s.pbase = params;
+  s.gbase = grads;
+  s.params = cpu::AlignedBuffer();
+  s.grads = cpu::AlignedBuffer();
+  s.p = make_view(s.pbase, s.table, cfg_.n_layer);
+  s.g = make_view(s.gbase, s.table, cfg_.n_layer);
+  s.compute_stale = true;
+}
+
+void Gpt::set_memory(const void* memory, const int* mem_len, int S) {
+  State& s = *s_;
+  CHORUS_CHECK(s.cross.enabled(), "Gpt::set_memory: this GPT has no cross-attention");
+  CHORUS_CHECK(memory != nullptr, "Gpt::set_memory: memory is null");
+  CHORUS_CHECK(S > 0 && S <= s.cross.max_len, "Gpt::set_memory: S = %d outside [1, max_len = %d]", S,
+               s.cross.max_len);
+  s.mem = memory;
+  s.S = S;
+  s.mem_len = mem_len;
+}
+
+const void* Gpt::memory_grad() const {
+  const State& s = *s_;
+  CHORUS_CHECK(s.cross.enabled(), "Gpt::memory_grad: this GPT has no cross-attention");
+  switch (s.precision) {
+    case Precision::bf16: return s.a_bf16.dmem;
+    case Precision::fp16: return s.a_fp16.dmem;
+    case Precision::fp32: break;
+  }
+  return s.a_f32.dmem;
+}
 Precision Gpt::precision() const { return s_->precision; }
 
 void Gpt::refresh_compute_weights() {
   State& s = *s_;
-  if (s.precision == Precision::bf16) convert(s.p_bf16.wte, s.params.data(), s.params.size());
-  if (s.precision == Precision::fp16) convert(s.p_fp16.wte, s.params.data(), s.params.size());
+  if (s.precision == Precision::bf16) convert(s.p_bf16.wte, s.pbase, s.n_params);
+  if (s.precision == Precision::fp16) convert(s.p_fp16.wte, s.pbase, s.n_params);
   s.compute_stale = false;
 }
-std::span<float> Gpt::grads() { return {s_->grads.data(), s_->grads.size()}; }
+std::span<float> Gpt::grads() { return {s_->gbase, s_->n_params}; }
 const std::vector<ParamSpec>& Gpt::param_table() const { return s_->table; }
-size_t Gpt::n_params() const { return s_->params.size(); }
+size_t Gpt::n_params() const { return s_->n_params; }
 int Gpt::tp_size() const { return s_->tp_size; }
 int Gpt::tp_rank() const { return s_->tp_rank; }
 int Gpt::vocab_begin() const { return s_->vocab.begin; }
@@ -520,9 +645,9 @@ size_t Gpt::activation_bytes() const { return s_->acts_bytes; }
 GptMemory Gpt::memory() const {
   const State& s = *s_;
   GptMemory m;
-  m.master_bytes = s.params.size() * sizeof(float);
+  m.master_bytes = s.n_params * sizeof(float);
   m.compute_weight_bytes = s.compute_params.size() * sizeof(float);
-  m.grad_bytes = s.grads.size() * sizeof(float);
+  m.grad_bytes = s.n_params * sizeof(float);
   m.activation_bytes = s.acts_bytes;
   m.kv_cache_bytes = s.cache.size() * sizeof(float);
   return m;
@@ -535,7 +660,16 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T) 
   CHORUS_CHECK(T > 0 && T <= s.max_seq, "Gpt::forward: T = %d outside [1, max_seq = %d]", T, s.max_seq);
   const int N = B * T;
   check_tokens(tokens, N, cfg_.vocab_size, "tokens");
-  if (targets != nullptr) check_tokens(targets, N, cfg_.vocab_size, "targets");
+  if (targets != nullptr) check_tokens(targets, N, cfg_.vocab_size, "targets", /*allow_ignore=*/true);
+  if (s.cross.enabled()) {
+    CHORUS_CHECK(s.mem != nullptr, "Gpt::forward: a cross-attention model needs set_memory() first");
+    s.mem_len_copy.assign(B, s.S);
+    for (int b = 0; b < B && s.mem_len; ++b) {
+      CHORUS_CHECK(s.mem_len[b] >= 1 && s.mem_len[b] <= s.S, "Gpt::forward: mem_len[%d] = %d outside [1, %d]", b,
+                   s.mem_len[b], s.S);
+      s.mem_len_copy[b] = s.mem_len[b];
+    }
+  }
   std::memcpy(s.tokens.data(), tokens, N * sizeof(int32_t));
   if (targets != nullptr) std::memcpy(s.targets.data(), targets, N * sizeof(int32_t));
   s.B = B;
@@ -568,20 +702,42 @@ float Gpt::forward_typed(bool with_targets) {
     nn::column_parallel_forward(a.qkv, a.ln1, w.attn_w, w.attn_b, N, C, 3 * Cl);
     nn::attention_forward(a.atty, a.att, a.qkv, B, Tn, Cl, NHl);  // the local heads only
     nn::row_parallel_forward(a.res2, a.atty, w.proj_w, w.proj_b, N, Cl, C, /*residual=*/x, s.tp);
-    nn::layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, w.ln2_w, w.ln2_b, N, C);
+    const T* h = a.res2;  // the stream entering the MLP sub-block
+    if (s.cross.enabled()) {
+      const T* mem = static_cast<const T*>(s.mem);
+      const int NS = B * s.S, Ca = s.cross.n_state;
+      nn::layernorm_forward(a.lnx, a.lnx_mean, a.lnx_rstd, a.res2, w.lnx_w, w.lnx_b, N, C);
+      nn::column_parallel_forward(a.xq, a.lnx, w.xq_w, w.xq_b, N, C, Cl);
+      nn::column_parallel_forward(a.xkv, mem, w.xkv_w, w.xkv_b, NS, Ca, 2 * Cl);
+      nn::mha_forward(a.xy, a.xatt, a.xq, Cl, a.xkv, a.xkv + Cl, 2 * static_cast<size_t>(Cl),
+                      s.mem_len_copy.data(), B, Tn, s.S, Cl, NHl, /*causal=*/false);
+      nn::row_parallel_forward(a.resx, a.xy, w.xproj_w, w.xproj_b, N, Cl, C, /*residual=*/a.res2, s.tp);
+      h = a.resx;
+    }
+    nn::layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, h, w.ln2_w, w.ln2_b, N, C);
     nn::column_parallel_forward(a.fch, a.ln2, w.fc_w, w.fc_b, N, C, Fl);
     nn::gelu_forward(a.fch_gelu, a.fch, static_cast<size_t>(N) * Fl);
-    nn::row_parallel_forward(a.res3, a.fch_gelu, w.fcproj_w, w.fcproj_b, N, Fl, C, /*residual=*/a.res2, s.tp);
+    nn::row_parallel_forward(a.res3, a.fch_gelu, w.fcproj_w, w.fcproj_b, N, Fl, C, /*residual=*/h, s.tp);
     x = a.res3;
   }
   nn::layernorm_forward(A.lnf, A.lnf_mean, A.lnf_rstd, x, p.lnf_w, p.lnf_b, N, C);
   // LM head tied to the vocab-parallel wte: this rank's (N, Vl) columns only.
   nn::column_parallel_forward<T>(A.logits, A.lnf, p.wte, nullptr, N, C, Vl);
   if (!with_targets) return 0.0f;
-  nn::vocab_parallel_cross_entropy_forward(A.losses, A.lse, A.ce_stats, A.logits, s.targets.data(), N, s.vocab,
+  // Ignored targets (-1) are computed as token 0 and masked out of the loss
+  // here and of the gradient in backward.
+  s.n_valid = 0;
+  for (int i = 0; i < N; ++i) {
+    s.valid[i] = s.targets[i] >= 0;
+    s.n_valid += s.valid[i];
+    s.ce_targets[i] = s.valid[i] ? s.targets[i] : 0;
+  }
+  nn::vocab_parallel_cross_entropy_forward(A.losses, A.lse, A.ce_stats, A.logits, s.ce_targets.data(), N, s.vocab,
                                            s.tp);
+  for (int i = 0; i < N; ++i)
+    if (!s.valid[i]) A.losses[i] = 0.0f;
   s.backward_ready = true;
-  return static_cast<float>(cpu::sum_double(A.losses, N) / N);
+  return s.n_valid == 0 ? 0.0f : static_cast<float>(cpu::sum_double(A.losses, N) / s.n_valid);
 }
 
 const float* Gpt::logits() const {
@@ -622,8 +778,11 @@ void Gpt::backward_typed(float loss_scale) {
 
   // Mean over N positions, times the caller's scale. dlogits overwrite logits.
   T* dlogits = A.logits;
-  nn::vocab_parallel_cross_entropy_backward(dlogits, A.logits, A.lse, s.targets.data(), loss_scale / N, N,
-                                            s.vocab);
+  nn::vocab_parallel_cross_entropy_backward(dlogits, A.logits, A.lse, s.ce_targets.data(),
+                                            loss_scale / std::max(1, s.n_valid), N, s.vocab);
+  if (s.n_valid < N)
+    for (int i = 0; i < N; ++i)
+      if (!s.valid[i]) std::memset(static_cast<void*>(dlogits + static_cast<size_t>(i) * Vl), 0, Vl * sizeof(T));
   nn::column_parallel_backward(A.dln, s.g.wte, nullptr, dlogits, A.lnf, p.wte, N, C, Vl, s.tp);
   const T* x_last = A.layers.back().res3;
   nn::layernorm_backward<T>(A.dres, s.g.lnf_w, s.g.lnf_b, A.dln, x_last, p.lnf_w, A.lnf_mean, A.lnf_rstd, N, C);
@@ -638,8 +797,24 @@ void Gpt::backward_typed(float loss_scale) {
     nn::row_parallel_backward(A.dfch, g.fcproj_w, g.fcproj_b, A.dres, a.fch_gelu, w.fcproj_w, N, Fl, C);
     nn::gelu_backward<T>(A.dfch, a.fch, A.dfch, static_cast<size_t>(N) * Fl);
     nn::column_parallel_backward(A.dln, g.fc_w, g.fc_b, A.dfch, a.ln2, w.fc_w, N, C, Fl, s.tp);
-    nn::layernorm_backward<T>(A.dres, g.ln2_w, g.ln2_b, A.dln, a.res2, w.ln2_w, a.ln2_mean, a.ln2_rstd, N, C,
-                              /*dresidual=*/A.dres);  // now d(res2)
+    const T* h = s.cross.enabled() ? a.resx : a.res2;
+    nn::layernorm_backward<T>(A.dres, g.ln2_w, g.ln2_b, A.dln, h, w.ln2_w, a.ln2_mean, a.ln2_rstd, N, C,
+                              /*dresidual=*/A.dres);  // now d(h)
+    if (s.cross.enabled()) {
+      const T* mem = static_cast<const T*>(s.mem);
+      const int NS = B * s.S, Ca = s.cross.n_state;
+      const size_t kv_stride = 2 * static_cast<size_t>(Cl);
+      nn::row_parallel_backward(A.datty, g.xproj_w, g.xproj_b, A.dres, a.xy, w.xproj_w, N, Cl, C);
+      nn::mha_backward(A.dqkv, Cl, A.dxkv, A.dxkv + Cl, kv_stride, A.datty, a.xq, Cl, a.xkv, a.xkv + Cl, kv_stride,
+                       a.xatt, s.mem_len_copy.data(), B, Tn, s.S, Cl, NHl, /*causal=*/false);
+      nn::column_parallel_backward(A.dln, g.xq_w, g.xq_b, A.dqkv, a.lnx, w.xq_w, N, C, Cl, s.tp);
+      // d memory: every layer's k|v projection contributes.
+      T* dmem = l == cfg_.n_layer - 1 ? A.dmem : A.dmem_part;
+      nn::column_parallel_backward(dmem, g.xkv_w, g.xkv_b, A.dxkv, mem, w.xkv_w, NS, Ca, 2 * Cl, s.tp);
+      if (dmem != A.dmem) add_into(A.dmem, A.dmem_part, static_cast<size_t>(NS) * Ca);
+      nn::layernorm_backward<T>(A.dres, g.lnx_w, g.lnx_b, A.dln, a.res2, w.lnx_w, a.lnx_mean, a.lnx_rstd, N, C,
+                                /*dresidual=*/A.dres);  // now d(res2)
+    }
     nn::row_parallel_backward(A.datty, g.proj_w, g.proj_b, A.dres, a.atty, w.proj_w, N, Cl, C);
     nn::attention_backward<T>(A.dqkv, A.datty, a.qkv, a.att, B, Tn, Cl, NHl);
     nn::column_parallel_backward(A.dln, g.attn_w, g.attn_b, A.dqkv, a.ln1, w.attn_w, N, C, 3 * Cl, s.tp);
@@ -649,7 +824,7 @@ void Gpt::backward_typed(float loss_scale) {
   nn::vocab_parallel_embedding_backward<T>(s.g.wte, s.g.wpe, A.dres, s.tokens.data(), s.vocab, B, Tn, C);
 }
 
-void Gpt::zero_grad() { cpu::fill(s_->grads.data(), 0.0f, s_->grads.size()); }
+void Gpt::zero_grad() { cpu::fill(s_->gbase, 0.0f, s_->n_params); }
 
 void Gpt::reset_cache(int B) {
   State& s = *s_;
@@ -662,7 +837,7 @@ void Gpt::reset_cache(int B) {
   if (B != s.cache_B) {
     const size_t L = cfg_.n_layer, C = cfg_.n_embd, ctx = cfg_.context, Vp = cfg_.padded_vocab();
     const size_t NH = cfg_.n_head, b = B;
-    Arena arena;
+    cpu::Arena arena;
     arena.add(&s.k_cache, L * b * ctx * C);
     arena.add(&s.v_cache, L * b * ctx * C);
     arena.add(&s.dec_x, b * C);
@@ -673,13 +848,72 @@ void Gpt::reset_cache(int B) {
     arena.add(&s.dec_y, b * C);
     arena.add(&s.dec_fch, b * 4 * C);
     arena.add(&s.dec_logits, b * Vp);
-    arena.add(&s.dec_scores, b * NH * ctx);
+    arena.add(&s.dec_scores, b * NH * std::max<size_t>(ctx, s.cross.max_len));
+    if (s.cross.enabled()) {
+      arena.add(&s.dec_q, b * C);
+      arena.add(&s.x_kv, L * b * s.cross.max_len * 2 * C);
+    }
     s.cache = cpu::AlignedBuffer();  // free the old one first
     s.cache = cpu::AlignedBuffer((arena.bytes() + sizeof(float) - 1) / sizeof(float));
     arena.bind(s.cache.data());
     s.cache_B = B;
   }
   s.n_cached = 0;
+  s.dec_S = 0;
+}
+
+void Gpt::set_decode_memory(const float* memory, const int* mem_len, int S) {
+  State& s = *s_;
+  CHORUS_CHECK(s.cross.enabled(), "Gpt::set_decode_memory: this GPT has no cross-attention");
+  CHORUS_CHECK(s.cache_B > 0, "Gpt::set_decode_memory: call reset_cache(B) first");
+  CHORUS_CHECK(S > 0 && S <= s.cross.max_len, "Gpt::set_decode_memory: S = %d outside [1, max_len = %d]", S,
+               s.cross.max_len);
+  const int B = s.cache_B, C = cfg_.n_embd, Ca = s.cross.n_state;
+  s.dec_S = S;
+  s.dec_mem_len.assign(B, S);
+  for (int b = 0; b < B && mem_len; ++b) {
+    CHORUS_CHECK(mem_len[b] >= 1 && mem_len[b] <= S, "Gpt::set_decode_memory: mem_len[%d] = %d outside [1, %d]",
+                 b, mem_len[b], S);
+    s.dec_mem_len[b] = mem_len[b];
+  }
+  const size_t layer_stride = static_cast<size_t>(B) * s.cross.max_len * 2 * C;
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const LayerView<float>& w = s.p.layers[l];
+    float* kv = s.x_kv + l * layer_stride;  // (B, max_len, 2C), sequence b at b * max_len rows
+    for (int b = 0; b < B; ++b)
+      nn::matmul_forward(kv + static_cast<size_t>(b) * s.cross.max_len * 2 * C,
+                         memory + static_cast<size_t>(b) * S * Ca, w.xkv_w, w.xkv_b, S, Ca, 2 * C);
+  }
+}
+
+void Gpt::reorder_cache(const int* src) {
+  State& s = *s_;
+  CHORUS_CHECK(s.cache_B > 0, "Gpt::reorder_cache: call reset_cache(B) first");
+  const int B = s.cache_B, C = cfg_.n_embd;
+  for (int b = 0; b < B; ++b)
+    CHORUS_CHECK(src[b] >= 0 && src[b] < B, "Gpt::reorder_cache: src[%d] = %d outside [0, %d)", b, src[b], B);
+  const size_t ctx = cfg_.context;
+  // Gathers rows of `rows` floats per sequence into a copy, then back.
+  auto gather = [&](float* base, size_t seq_stride, size_t rows, size_t n_layers, size_t layer_stride) {
+    std::vector<float> tmp(static_cast<size_t>(B) * rows);
+    for (size_t l = 0; l < n_layers; ++l) {
+      float* layer = base + l * layer_stride;
+      for (int b = 0; b < B; ++b)
+        std::memcpy(tmp.data() + b * rows, layer + static_cast<size_t>(src[b]) * seq_stride, rows * sizeof(float));
+      for (int b = 0; b < B; ++b)
+        std::memcpy(layer + static_cast<size_t>(b) * seq_stride, tmp.data() + b * rows, rows * sizeof(float));
+    }
+  };
+  const size_t self_stride = static_cast<size_t>(B) * ctx * C;
+  gather(s.k_cache, ctx * C, static_cast<size_t>(s.n_cached) * C, cfg_.n_layer, self_stride);
+  gather(s.v_cache, ctx * C, static_cast<size_t>(s.n_cached) * C, cfg_.n_layer, self_stride);
+  if (s.cross.enabled() && s.dec_S > 0) {
+    const size_t seq = static_cast<size_t>(s.cross.max_len) * 2 * C;
+    gather(s.x_kv, seq, static_cast<size_t>(s.dec_S) * 2 * C, cfg_.n_layer, static_cast<size_t>(B) * seq);
+    std::vector<int> len(B);
+    for (int b = 0; b < B; ++b) len[b] = s.dec_mem_len[src[b]];
+    s.dec_mem_len = len;
+  }
 }
 
 const float* Gpt::decode_step(const int32_t* tokens, int pos) {
@@ -687,6 +921,7 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   CHORUS_CHECK(s.tp == nullptr, "generate runs on one rank: this model is a TP = %d shard", s.tp_size);
   CHORUS_CHECK(s.cache_B > 0, "Gpt::decode_step: call reset_cache(B) first");
   CHORUS_CHECK(tokens != nullptr, "Gpt::decode_step: tokens is null");
+  CHORUS_CHECK(!s.cross.enabled() || s.dec_S > 0, "Gpt::decode_step: call set_decode_memory() first");
   CHORUS_CHECK(pos >= 0 && pos < cfg_.context, "Gpt::decode_step: pos = %d outside [0, context = %d)", pos,
                cfg_.context);
   CHORUS_CHECK(pos <= s.n_cached, "Gpt::decode_step: pos = %d but only positions [0, %d) are cached", pos,
@@ -713,6 +948,15 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
     nn::attention_decode(s.dec_y, s.dec_scores, s.dec_qkv, 3 * static_cast<size_t>(C), kc, vc, ctx * C, B,
                          pos + 1, C, NH);
     nn::matmul_forward(s.dec_x, s.dec_y, w.proj_w, w.proj_b, B, C, C, /*residual=*/s.dec_x);
+    if (s.cross.enabled()) {
+      const size_t seq = static_cast<size_t>(s.cross.max_len) * 2 * C;
+      const float* kv = s.x_kv + l * static_cast<size_t>(B) * seq;
+      nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.lnx_w, w.lnx_b, B, C);
+      nn::matmul_forward(s.dec_q, s.dec_ln, w.xq_w, w.xq_b, B, C, C);
+      nn::mha_decode(s.dec_y, s.dec_scores, s.dec_q, C, kv, kv + C, 2 * static_cast<size_t>(C), seq,
+                     s.dec_mem_len.data(), B, s.dec_S, C, NH);
+      nn::matmul_forward(s.dec_x, s.dec_y, w.xproj_w, w.xproj_b, B, C, C, /*residual=*/s.dec_x);
+    }
     nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln2_w, w.ln2_b, B, C);
     nn::matmul_forward(s.dec_fch, s.dec_ln, w.fc_w, w.fc_b, B, C, 4 * C);
     nn::gelu_forward(s.dec_fch, s.dec_fch, static_cast<size_t>(B) * 4 * C);

@@ -67,6 +67,23 @@ struct ParamSpec {
   int tp_parts = 1;
 };
 
+// Cross-attention for the speech decoder (DESIGN.md "Speech model"): with
+// n_state > 0 every block gets a pre-LN cross-attention sub-block between its
+// self-attention and its MLP (Whisper's decoder layout), attending to a
+// memory of up to max_len rows of n_state features (the encoder's output).
+// Its output projection starts at zero, so a fresh decoder computes exactly
+// what the GPT it was loaded from computes. Tensors, per block i:
+//   h.{i}.ln_x.weight / .bias          (C)       replicated
+//   h.{i}.crossattn.q.weight (C, C), .bias (C)   column-parallel (heads)
+//   h.{i}.crossattn.kv.weight (2C, n_state), .bias (2C)  column-parallel, k|v
+//   h.{i}.crossattn.c_proj.weight (C, C)         row-parallel, init 0
+//   h.{i}.crossattn.c_proj.bias (C)              replicated, init 0
+struct CrossAttentionConfig {
+  int n_state = 0;  // 0 = a plain GPT
+  int max_len = 0;  // memory rows per sequence at most
+  bool enabled() const { return n_state > 0; }
+};
+
 // Bytes a model holds, by kind (the memory report of a training run).
 struct GptMemory {
   size_t master_bytes = 0;          // fp32 master weights (params())
@@ -101,12 +118,18 @@ class Gpt {
   // are rounded into the compute copy before the next forward whenever
   // params() was taken since the last one (an optimizer step, a load).
   Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp,
-      Precision precision = Precision::fp32);
+      Precision precision = Precision::fp32, CrossAttentionConfig cross = {});
   ~Gpt();
   Gpt(const Gpt&) = delete;
   Gpt& operator=(const Gpt&) = delete;
 
   const GptConfig& config() const { return cfg_; }
+  const CrossAttentionConfig& cross_config() const;
+
+  // Moves the parameters and gradients into caller-owned storage of
+  // n_params() floats each (a joint model's one buffer); the current values
+  // are copied over. The storage must outlive the model.
+  void adopt_storage(float* params, float* grads);
   // GPT-2 init: N(0, 0.02) for weights/embeddings, residual projections
   // (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2*n_layer)), biases 0, LN gain 1.
   // The same global model for every TP degree: each rank draws the global
@@ -132,10 +155,20 @@ class Gpt {
   double flops_per_token(int T) const;
   size_t activation_bytes() const;
 
-  // Training/eval forward. tokens, targets: (B, T) int32 with values < vocab_size.
-  // Returns mean cross-entropy (nats) over B*T positions and keeps activations
-  // for backward. targets == nullptr: computes logits only (returns 0).
+  // Training/eval forward. tokens, targets: (B, T) int32 with values < vocab_size;
+  // a target of -1 is ignored (no loss, no gradient: prompt positions).
+  // Returns mean cross-entropy (nats) over the B*T positions not ignored (0 if
+  // none) and keeps activations for backward. targets == nullptr: computes
+  // logits only (returns 0).
   float forward(const int32_t* tokens, const int32_t* targets, int B, int T);
+  // Cross-attention models: the memory the next forward attends to, (B, S,
+  // n_state) in the compute dtype (float / bf16 / fp16 as precision()), with
+  // mem_len[b] valid rows of sequence b (nullptr: all S). Held by pointer until
+  // backward returns. Throws for a plain GPT.
+  void set_memory(const void* memory, const int* mem_len, int S);
+  // After backward: d loss / d memory, (B, S, n_state) in the compute dtype
+  // (overwritten by every backward).
+  const void* memory_grad() const;
   // Logits of the last forward (padded columns arbitrary): (B, T, padded_vocab)
   // with TP = 1; with TP > 1 this rank's shard (B, T, local_vocab()), the
   // columns [vocab_begin(), vocab_begin() + local_vocab()) of the full logits.
@@ -161,6 +194,13 @@ class Gpt {
   // position pos (0-based, < context) and returns logits (B, padded_vocab).
   void reset_cache(int B);
   const float* decode_step(const int32_t* tokens, int pos);
+  // Cross-attention models, after reset_cache(B): the memory (B, S, n_state)
+  // fp32 of the B sequences (mem_len nullable), turned into every layer's
+  // cross keys/values once.
+  void set_decode_memory(const float* memory, const int* mem_len, int S);
+  // Beam search: sequence b of the cache becomes a copy of sequence src[b]
+  // (self-attention cache, cross keys/values and their lengths).
+  void reorder_cache(const int* src);
 
  private:
   template <typename T>

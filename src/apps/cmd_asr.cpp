@@ -1,0 +1,330 @@
+// chorus finetune-speech / transcribe / evaluate.
+#include <omp.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "apps/commands.h"
+#include "apps/options.h"
+#include "apps/train_flags.h"
+#include "audio/mel.h"
+#include "audio/wav.h"
+#include "checkpoint/checkpoint.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/timer.h"
+#include "data/speech_shard.h"
+#include "data/tokenizer.h"
+#include "eval/wer.h"
+#include "train/decode.h"
+#include "train/finetune_speech.h"
+#include "train/speech_batch.h"
+
+namespace chorus::apps {
+
+namespace fs = std::filesystem;
+
+int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
+  OptionSet o("finetune-speech",
+              "Fine-tunes the joint speech encoder-decoder (docs/SPEECH.md) on speech shards from prepare-speech:\n"
+              "a new audio encoder with a CTC head, and a decoder that is a pretrained GPT (--init-decoder) with a\n"
+              "cross-attention block in every layer whose output projection starts at zero. Loss = attention\n"
+              "cross-entropy on the transcript + ctc-weight x CTC. DP / TP / ZeRO-1, gradient accumulation,\n"
+              "mixed precision, checkpoints and exact resume as for pretrain (the same loop and flags).");
+  o.add<int>("encoder", "n-layer", 4, "encoder Transformer blocks");
+  o.add<int>("encoder", "n-embd", 256, "encoder width (d)");
+  o.add<int>("encoder", "n-head", 4, "encoder attention heads");
+  o.add<int>("encoder", "n-mels", 80, "log-mel bins (80, Whisper's)");
+  o.add<int>("encoder", "max-frames", 1000, "longest input in 10 ms frames (longer clips are cut)");
+  o.add<std::string>("decoder", "init-decoder", "",
+                     "the pretrained GPT: a weights file (model.h5), a pretrain run directory, or a GPT checkpoint "
+                     "(directory or save directory with `latest`); its tokenizer hash must match --tokenizer. "
+                     "'none' = a decoder from random weights with the shape below");
+  o.add<int>("decoder", "dec-n-layer", 6, "decoder blocks when --init-decoder none");
+  o.add<int>("decoder", "dec-n-embd", 384, "decoder width when --init-decoder none");
+  o.add<int>("decoder", "dec-n-head", 6, "decoder heads when --init-decoder none");
+  o.add<int>("decoder", "dec-context", 256, "decoder context when --init-decoder none");
+  o.add<std::string>("data", "tokenizer", "tokenizer.json", "tokenizer JSON (the GPT's)");
+  o.add<std::string>("data", "data", "speech", "directory of train_*.h5 / val_*.h5 speech shards");
+  o.add<int>("data", "max-tokens", 128, "decoder positions per clip (prompt + transcript + end)");
+  o.add<double>("data", "temperature", 1.0, "1",
+                "language balancing: language l drawn with probability p_l^(1/T) (1 = as in the data; large = "
+                "uniform over languages)");
+  o.add_switch("data", "no-spec-augment", "train without SpecAugment");
+  o.add<int>("train", "batch", 8, "clips per micro-batch (per data-parallel rank)");
+  o.add<int>("train", "eval-batches", 4, "validation micro-batches for the val loss");
+  o.add<int>("train", "eval-clips", 64, "val clips decoded (greedy) for val CER/WER at each evaluation (0 = none)");
+  o.add<float>("train", "ctc-weight", 0.3f, "0.3", "weight of the encoder's CTC loss (0 = attention only)");
+  o.add<int64_t>("optim", "freeze-decoder-steps", 0, "train only the new layers for the first N steps");
+  o.add<float>("optim", "decoder-lr-scale", 1.0f, "1", "learning-rate factor of the pretrained decoder tensors");
+  o.add<float>("optim", "new-lr-scale", 1.0f, "1", "learning-rate factor of the encoder and cross-attention");
+  TrainFlagDefaults d;
+  d.run_dir = "checkpoints/speech";
+  d.lr = 1e-3f;
+  d.min_lr = 1e-4f;
+  d.eval_every = 100;
+  add_train_flags(o, d);
+  o.allow_config();
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  train::FinetuneSpeechOptions p;
+  p.encoder.n_layer = vm["n-layer"].as<int>();
+  p.encoder.n_embd = vm["n-embd"].as<int>();
+  p.encoder.n_head = vm["n-head"].as<int>();
+  p.encoder.n_mels = vm["n-mels"].as<int>();
+  p.encoder.max_frames = vm["max-frames"].as<int>();
+  p.init_decoder = vm["init-decoder"].as<std::string>();
+  p.decoder_if_random.n_layer = vm["dec-n-layer"].as<int>();
+  p.decoder_if_random.n_embd = vm["dec-n-embd"].as<int>();
+  p.decoder_if_random.n_head = vm["dec-n-head"].as<int>();
+  p.decoder_if_random.context = vm["dec-context"].as<int>();
+  p.tokenizer_path = vm["tokenizer"].as<std::string>();
+  p.data_dir = vm["data"].as<std::string>();
+  p.max_tokens = vm["max-tokens"].as<int>();
+  p.temperature = vm["temperature"].as<double>();
+  p.spec_augment = !vm["no-spec-augment"].as<bool>();
+  p.batch = vm["batch"].as<int>();
+  p.eval_batches = vm["eval-batches"].as<int>();
+  p.eval_clips = vm["eval-clips"].as<int>();
+  CHORUS_CHECK(p.eval_batches >= 1 && p.eval_clips >= 0, "eval-batches: must be >= 1 (eval-clips >= 0)");
+  p.ctc_weight = vm["ctc-weight"].as<float>();
+  p.freeze_decoder_steps = vm["freeze-decoder-steps"].as<int64_t>();
+  p.decoder_lr_scale = vm["decoder-lr-scale"].as<float>();
+  p.new_lr_scale = vm["new-lr-scale"].as<float>();
+  CHORUS_CHECK(p.decoder_lr_scale >= 0 && p.new_lr_scale >= 0, "decoder-lr-scale / new-lr-scale: must be >= 0");
+  p.train = read_train_flags(vm);
+  dist::ParallelGrid grid(rt, vm["tp"].as<int>());
+  p.train.grid = &grid;
+  const auto r = train::finetune_speech(p);
+  if (r.stopped) return r.stop_signal != 0 ? train::kExitPreempted : 0;
+  log_info("done: %lld steps, train loss %.4f -> %.4f%s; checkpoint %s", static_cast<long long>(r.steps_done),
+           r.first_loss, r.last_loss,
+           r.last_eval.contains("val_cer")
+               ? strfmt(", val CER %.1f%%", 100 * r.last_eval.at("val_cer").get<double>()).c_str()
+               : "",
+           r.checkpoint.c_str());
+  return 0;
+}
+
+namespace {
+
+// A trained recogniser loaded for inference (fp32, one rank).
+struct LoadedRecognizer {
+  data::Tokenizer tok;
+  std::unique_ptr<models::SpeechSeq2Seq> model;
+  std::string dir;
+};
+
+LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok_override, int max_batch) {
+  LoadedRecognizer r;
+  r.dir = checkpoint::resolve_checkpoint_dir(path);
+  const auto m = checkpoint::read_manifest((fs::path(r.dir) / "manifest.json").string());
+  CHORUS_CHECK(m.model_type == "speech",
+               "checkpoint '%s': field 'model_type' is '%s', expected 'speech' (a finetune-speech checkpoint)",
+               r.dir.c_str(), m.model_type.c_str());
+  std::string tok_path = tok_override;
+  if (tok_path.empty()) {
+    CHORUS_CHECK(m.run.contains("tokenizer"), "checkpoint '%s': no tokenizer recorded (give --tokenizer)",
+                 r.dir.c_str());
+    tok_path = m.run.at("tokenizer").get<std::string>();
+  }
+  r.tok = data::Tokenizer::load(tok_path);
+  const auto cfg = models::SpeechSeq2SeqConfig::from_manifest(m.model, m.model_extra, r.dir);
+  r.model = std::make_unique<models::SpeechSeq2Seq>(cfg, max_batch, cfg.encoder.max_frames, cfg.decoder.context,
+                                                    nullptr, Precision::fp32);
+  dist::ParallelGrid grid = dist::ParallelGrid::single();
+  checkpoint::RankState st;
+  for (const auto& p : r.model->param_table()) {
+    st.tensors.push_back({p.name, p.global_shape, p.tp_axis, p.tp_parts});
+    st.offsets.push_back(p.offset);
+  }
+  st.params = r.model->params();
+  std::vector<float> m1(st.params.size()), m2(st.params.size());  // the optimizer state is read and dropped
+  st.opt_range = {0, st.params.size()};
+  st.exp_avg = m1;
+  st.exp_avg_sq = m2;
+  st.model_type = "speech";
+  st.model_extra = cfg.extra_json();
+  checkpoint::load_checkpoint(grid, r.dir, 0, cfg.decoder, r.tok.hash(), st);
+  return r;
+}
+
+struct Clip {
+  std::string path, lang, text;
+  double seconds = 0;
+};
+
+// Decodes clips in batches; returns transcripts in order and the decoding time.
+std::vector<train::Transcript> run_clips(LoadedRecognizer& rec, const std::vector<Clip>& clips,
+                                         const train::DecodeOptions& dopt, int batch, double* seconds_out,
+                                         std::vector<double>* durations) {
+  audio::LogMel mel;
+  const auto& ecfg = rec.model->config().encoder;
+  std::vector<train::Transcript> out;
+  Timer timer;
+  models::SpeechBatch b;
+  for (size_t at = 0; at < clips.size(); at += batch) {
+    const size_t end = std::min(clips.size(), at + batch);
+    std::vector<train::SpeechItem> items(end - at);
+    for (size_t i = at; i < end; ++i) {
+      const auto pcm = audio::load_audio_16k(clips[i].path);
+      CHORUS_CHECK(!pcm.empty(), "%s: no audio samples", clips[i].path.c_str());
+      if (durations) durations->push_back(pcm.size() / double(audio::kSampleRate));
+      items[i - at] = train::make_item(mel, pcm, ecfg.max_frames);
+      items[i - at].lang = dopt.lang.empty() ? rec.tok.languages().front() : dopt.lang;
+    }
+    train::build_batch(items, rec.tok, ecfg.n_mels, 8, b);
+    auto t = train::transcribe_batch(*rec.model, rec.tok, b, dopt);
+    out.insert(out.end(), t.begin(), t.end());
+  }
+  *seconds_out = timer.seconds();
+  return out;
+}
+
+std::vector<Clip> read_manifest_clips(const std::string& path) {
+  std::vector<Clip> clips;
+  const fs::path base = fs::path(path).parent_path();
+  for (const auto& e : data::read_speech_manifest(path)) {
+    const fs::path p(e.path);  // relative paths are relative to the manifest's directory
+    clips.push_back({p.is_absolute() ? e.path : (base / p).string(), e.lang, e.text, 0});
+  }
+  return clips;
+}
+
+void add_decode_flags(OptionSet& o) {
+  o.add<std::string>("model", "checkpoint", "", "a finetune-speech run / save directory (its latest checkpoint) or a "
+                                                "checkpoint directory");
+  o.add<std::string>("model", "tokenizer", "", "tokenizer JSON (default: the one the checkpoint records)");
+  o.add<std::string>("decode", "lang", "", "language code of the audio (default: detect it per clip from the "
+                                            "language-token distribution)");
+  o.add<int>("decode", "beam", 1, "beam width (1 = greedy); beams are rescored jointly with the CTC head");
+  o.add<float>("decode", "ctc-weight", 0.3f, "0.3", "weight of the CTC log-likelihood in beam rescoring (0 = off)");
+  o.add<int>("decode", "max-new-tokens", 120, "longest transcript in tokens");
+  o.add<int>("decode", "batch", 8, "clips decoded together");
+  o.add<int>("system", "threads", 0, "OpenMP threads (0 = all cores)");
+}
+
+train::DecodeOptions read_decode_flags(const po::variables_map& vm) {
+  if (vm["threads"].as<int>() > 0) omp_set_num_threads(vm["threads"].as<int>());
+  train::DecodeOptions d;
+  d.lang = vm["lang"].as<std::string>();
+  d.beam = vm["beam"].as<int>();
+  d.ctc_weight = vm["ctc-weight"].as<float>();
+  d.max_new_tokens = vm["max-new-tokens"].as<int>();
+  CHORUS_CHECK(d.beam >= 1, "beam: must be >= 1, got %d", d.beam);
+  CHORUS_CHECK(d.max_new_tokens >= 1, "max-new-tokens: must be >= 1");
+  CHORUS_CHECK(vm["batch"].as<int>() >= 1, "batch: must be >= 1");
+  CHORUS_CHECK(!vm["checkpoint"].as<std::string>().empty(), "checkpoint: give --checkpoint DIR");
+  return d;
+}
+
+}  // namespace
+
+int cmd_transcribe(int argc, char** argv, dist::Runtime& rt) {
+  require_single_process(rt, "transcribe");
+  OptionSet o("transcribe", "Transcribes WAV files with a finetune-speech checkpoint: one line per file,\n"
+                            "path<TAB>text (--json: one JSON object per line with language, tokens, avg_logprob).");
+  add_decode_flags(o);
+  o.add<std::string>("input", "manifest", "", "a manifest (path<TAB>lang<TAB>text) of files to transcribe");
+  o.add_switch("output", "json", "one JSON object per line");
+  o.add_list("input", "wav", "WAV files (positional)");
+  o.positional("wav", -1);
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  const auto dopt = read_decode_flags(vm);
+  std::vector<Clip> clips;
+  if (!vm["manifest"].as<std::string>().empty()) clips = read_manifest_clips(vm["manifest"].as<std::string>());
+  if (vm.count("wav"))
+    for (const auto& w : vm["wav"].as<std::vector<std::string>>()) clips.push_back({w, "", "", 0});
+  CHORUS_CHECK(!clips.empty(), "transcribe: give WAV files or --manifest");
+  auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
+                             vm["batch"].as<int>());
+  double secs = 0;
+  std::vector<double> dur;
+  const auto t = run_clips(rec, clips, dopt, vm["batch"].as<int>(), &secs, &dur);
+  for (size_t i = 0; i < clips.size(); ++i) {
+    if (vm["json"].as<bool>()) {
+      nlohmann::json j = {{"path", clips[i].path}, {"lang", t[i].lang}, {"text", t[i].text},
+                          {"tokens", t[i].tokens}, {"avg_logprob", t[i].avg_logprob},
+                          {"repetition_stopped", t[i].loop_stopped}};
+      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    } else {
+      std::printf("%s\t%s\n", clips[i].path.c_str(), t[i].text.c_str());
+    }
+  }
+  double audio_s = 0;
+  for (double x : dur) audio_s += x;
+  log_info("transcribed %zu files (%.1f s of audio) in %.2f s: real-time factor %.3f", clips.size(), audio_s, secs,
+           secs / std::max(audio_s, 1e-9));
+  return 0;
+}
+
+int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
+  require_single_process(rt, "evaluate");
+  OptionSet o("evaluate", "WER and CER per language and pooled over a manifest (path<TAB>lang<TAB>text), with the\n"
+                          "normaliser of src/eval/wer.h (NFKC, case folding, punctuation removed, whitespace\n"
+                          "collapsed; CER without spaces for unsegmented languages), S/I/D counts and real-time factor.");
+  add_decode_flags(o);
+  o.add<std::string>("input", "manifest", "", "the manifest to score (required)");
+  o.add_switch("decode", "detect-lang", "detect the language instead of taking it from the manifest");
+  o.add_switch("output", "json", "print the result as JSON");
+  o.add<std::string>("output", "out", "", "also write the JSON result and every transcript to this file");
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  auto dopt = read_decode_flags(vm);
+  CHORUS_CHECK(!vm["manifest"].as<std::string>().empty(), "manifest: give --manifest TSV");
+  const auto clips = read_manifest_clips(vm["manifest"].as<std::string>());
+  CHORUS_CHECK(!clips.empty(), "manifest '%s': no clips", vm["manifest"].as<std::string>().c_str());
+  auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
+                             vm["batch"].as<int>());
+  eval::ErrorRates rates;
+  std::map<std::string, std::pair<double, double>> rtf;  // lang -> (decode s, audio s)
+  nlohmann::json rows = nlohmann::json::array();
+  // Decode language by language (the prompt is per batch unless detected).
+  std::map<std::string, std::vector<size_t>> by_lang;
+  for (size_t i = 0; i < clips.size(); ++i) by_lang[clips[i].lang].push_back(i);
+  for (const auto& [lang, idx] : by_lang) {
+    std::vector<Clip> sub;
+    for (size_t i : idx) sub.push_back(clips[i]);
+    train::DecodeOptions d = dopt;
+    if (!vm["detect-lang"].as<bool>() && d.lang.empty()) d.lang = lang;
+    double secs = 0;
+    std::vector<double> dur;
+    const auto t = run_clips(rec, sub, d, vm["batch"].as<int>(), &secs, &dur);
+    double audio_s = 0;
+    for (double x : dur) audio_s += x;
+    rtf[lang] = {secs, audio_s};
+    for (size_t k = 0; k < sub.size(); ++k) {
+      rates.add(lang, sub[k].text, t[k].text);
+      rows.push_back({{"path", sub[k].path}, {"lang", lang}, {"ref", sub[k].text}, {"hyp", t[k].text},
+                      {"detected_lang", t[k].lang}});
+    }
+  }
+  nlohmann::json j = rates.to_json();
+  double ts = 0, as = 0;
+  for (const auto& [lang, v] : rtf) {
+    j["rtf"][lang] = v.first / std::max(v.second, 1e-9);
+    ts += v.first;
+    as += v.second;
+  }
+  j["rtf"]["overall"] = ts / std::max(as, 1e-9);
+  j["checkpoint"] = rec.dir;
+  if (vm["json"].as<bool>())
+    std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  else
+    std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d)\n", rates.table().c_str(),
+                ts / std::max(as, 1e-9), as, ts, dopt.beam);
+  if (!vm["out"].as<std::string>().empty()) {
+    nlohmann::json full = j;
+    full["transcripts"] = rows;
+    std::ofstream f(vm["out"].as<std::string>());
+    f << full.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    CHORUS_CHECK(f.good(), "out: cannot write '%s'", vm["out"].as<std::string>().c_str());
+  }
+  return 0;
+}
+
+}  // namespace chorus::apps

@@ -1,0 +1,78 @@
+// The joint speech recogniser (DESIGN.md "Speech model"): SpeechEncoder + a
+// Gpt decoder with cross-attention, in one fp32 parameter buffer
+// [encoder.* | decoder.*] so the optimizer, ZeRO and checkpoints see one flat
+// model. Loss = attention cross-entropy on the transcript (and the language
+// token) + ctc_weight x the encoder's CTC loss.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/cpu/buffer.h"
+#include "models/gpt/gpt.h"
+#include "models/speech/encoder.h"
+
+namespace chorus::models {
+
+struct SpeechSeq2SeqConfig {
+  SpeechEncoderConfig encoder;
+  GptConfig decoder;
+  int blank = 0;  // CTC blank: <|endoftext|>
+  // model_extra of a checkpoint manifest: {"encoder": {...}, "ctc_blank": id}
+  nlohmann::json extra_json() const;
+  static SpeechSeq2SeqConfig from_manifest(const GptConfig& decoder, const nlohmann::json& extra,
+                                           const std::string& where);
+};
+
+// One batch of the recogniser.
+struct SpeechBatch {
+  int B = 0, F = 0, T = 0;
+  std::vector<float> feats;        // (B, F, n_mels)
+  std::vector<int> n_frames;       // (B)
+  std::vector<int32_t> tokens;     // (B, T) decoder input
+  std::vector<int32_t> targets;    // (B, T) next token, -1 = no loss
+  std::vector<int32_t> ctc_targets;  // transcript tokens of every clip, concatenated
+  std::vector<int> ctc_off, ctc_len;  // (B)
+};
+
+struct SpeechLosses {
+  float att = 0.0f;  // mean cross-entropy per target token
+  float ctc = 0.0f;  // mean CTC loss per transcript token
+  int ctc_infeasible = 0;
+};
+
+class SpeechSeq2Seq {
+ public:
+  SpeechSeq2Seq(const SpeechSeq2SeqConfig& cfg, int max_batch, int max_frames, int max_tokens,
+                dist::Communicator* tp, Precision precision);
+  const SpeechSeq2SeqConfig& config() const { return cfg_; }
+  void init_weights(uint64_t seed);
+  SpeechEncoder& encoder() { return *encoder_; }
+  Gpt& decoder() { return *decoder_; }
+  const SpeechEncoder& encoder() const { return *encoder_; }
+  const Gpt& decoder() const { return *decoder_; }
+  std::span<float> params();
+  std::span<float> grads();
+  const std::vector<ParamSpec>& param_table() const { return table_; }
+  size_t encoder_params() const { return n_encoder_; }  // encoder.* is [0, n); decoder.* after
+  void zero_grad();
+  GptMemory memory() const;
+  // Forward and (train) backward of loss_scale * (att + ctc_weight * ctc). Collective over TP.
+  SpeechLosses forward(const SpeechBatch& b, float ctc_weight);
+  void backward(float loss_scale, float ctc_weight);
+
+ private:
+  SpeechSeq2SeqConfig cfg_;
+  std::unique_ptr<SpeechEncoder> encoder_;
+  std::unique_ptr<Gpt> decoder_;
+  backend::cpu::AlignedBuffer params_, grads_;
+  std::vector<ParamSpec> table_;
+  size_t n_encoder_ = 0;
+  const SpeechBatch* last_ = nullptr;
+};
+
+}  // namespace chorus::models

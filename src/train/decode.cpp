@@ -1,0 +1,216 @@
+#include "train/decode.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "nn/ctc.h"
+#include "train/speech_batch.h"
+
+namespace chorus::train {
+
+namespace {
+
+// log-softmax of row (V) into out, over the real vocabulary.
+void log_softmax(const float* row, int V, std::vector<float>& out) {
+  out.resize(V);
+  float mx = row[0];
+  for (int v = 1; v < V; ++v) mx = std::max(mx, row[v]);
+  double z = 0.0;
+  for (int v = 0; v < V; ++v) z += std::exp(static_cast<double>(row[v] - mx));
+  const float lz = mx + static_cast<float>(std::log(z));
+  for (int v = 0; v < V; ++v) out[v] = row[v] - lz;
+}
+
+// True when the tail of seq is one n-gram repeated `times` times.
+bool looping(const std::vector<uint32_t>& seq, int times) {
+  for (int n = 1; n <= 4; ++n) {
+    const int need = n * times;
+    if (static_cast<int>(seq.size()) < need) continue;
+    bool rep = true;
+    for (int k = 1; k < times && rep; ++k)
+      for (int j = 0; j < n; ++j)
+        if (seq[seq.size() - 1 - j] != seq[seq.size() - 1 - j - k * n]) {
+          rep = false;
+          break;
+        }
+    if (rep) return true;
+  }
+  return false;
+}
+
+struct Beam {
+  std::vector<uint32_t> tokens;
+  double logp = 0.0;
+  bool done = false;
+  bool looped = false;
+};
+
+}  // namespace
+
+std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const data::Tokenizer& tok,
+                                         const models::SpeechBatch& b, const DecodeOptions& opt,
+                                         const std::vector<std::string>& languages_in) {
+  CHORUS_CHECK(opt.beam >= 1, "beam: must be >= 1, got %d", opt.beam);
+  models::SpeechEncoder& enc = model.encoder();
+  models::Gpt& dec = model.decoder();
+  const int B = b.B, K = opt.beam, V = model.config().decoder.vocab_size, Vp = model.config().decoder.padded_vocab();
+  const int d = enc.config().n_embd;
+  const uint32_t eot = tok.eot();
+  enc.forward(b.feats.data(), b.n_frames.data(), B, b.F);
+  const int S = enc.memory_rows();
+  std::vector<float> mem(static_cast<size_t>(B) * S * d), mem_k(static_cast<size_t>(B) * K * S * d);
+  enc.memory_f32(mem.data());
+  std::vector<int> len_k(static_cast<size_t>(B) * K);
+  for (int i = 0; i < B; ++i)
+    for (int k = 0; k < K; ++k) {
+      std::copy_n(mem.begin() + static_cast<size_t>(i) * S * d, static_cast<size_t>(S) * d,
+                  mem_k.begin() + (static_cast<size_t>(i) * K + k) * S * d);
+      len_k[i * K + k] = enc.memory_len()[i];
+    }
+  // CTC log-probabilities per clip, for rescoring.
+  std::vector<std::vector<float>> ctc_lp;
+  if (K > 1 && opt.ctc_weight > 0.0f) {
+    ctc_lp.resize(B);
+    for (int i = 0; i < B; ++i) {
+      ctc_lp[i].resize(static_cast<size_t>(S) * enc.ctc_vocab());
+      enc.ctc_log_probs(i, ctc_lp[i].data());
+    }
+  }
+  const int R = B * K;
+  dec.reset_cache(R);
+  dec.set_decode_memory(mem_k.data(), len_k.data(), S);
+
+  std::vector<std::string> languages = languages_in.empty() ? tok.languages() : languages_in;
+  std::vector<std::string> lang(B, opt.lang);
+  std::vector<int32_t> in(R, static_cast<int32_t>(tok.special("<|startoftranscript|>")));
+  std::vector<float> lp;
+  const float* logits = dec.decode_step(in.data(), 0);
+  if (opt.lang.empty()) {  // language detection: the most likely language token
+    for (int i = 0; i < B; ++i) {
+      const float* row = logits + static_cast<size_t>(i) * K * Vp;
+      float best = -std::numeric_limits<float>::infinity();
+      for (const auto& l : languages) {
+        if (l.empty()) continue;
+        const float v = row[tok.special("<|" + l + "|>")];
+        if (v > best) {
+          best = v;
+          lang[i] = l;
+        }
+      }
+    }
+  }
+  int pos = 1;
+  for (int j = 1; j < 4; ++j, ++pos) {
+    for (int i = 0; i < B; ++i)
+      for (int k = 0; k < K; ++k) in[i * K + k] = speech_prompt(tok, lang[i])[j];
+    logits = dec.decode_step(in.data(), pos);
+  }
+  // logits now predict the first transcript token at every row.
+  const int ctx = model.config().decoder.context;
+  const int max_new = std::min(opt.max_new_tokens, ctx - pos);
+  std::vector<std::vector<Beam>> beams(B, std::vector<Beam>(K));
+  for (int i = 0; i < B; ++i)
+    for (int k = 1; k < K; ++k) beams[i][k].logp = -std::numeric_limits<double>::infinity();  // one live start
+  std::vector<std::vector<Beam>> finished(B);
+  // Text tokens and <|endoftext|> only: no other special token inside a transcript.
+  std::vector<char> is_allowed(V, 1);
+  for (const char* sp : {"<|startoftranscript|>", "<|transcribe|>", "<|notimestamps|>"}) is_allowed[tok.special(sp)] = 0;
+  for (const auto& l : tok.languages()) is_allowed[tok.special("<|" + l + "|>")] = 0;
+  auto allowed = [&](uint32_t id) { return is_allowed[id] != 0; };
+  std::vector<int> src(R);
+  for (int step = 0; step < max_new; ++step) {
+    bool any_live = false;
+    for (int i = 0; i < B; ++i) {
+      struct Cand {
+        double logp;
+        int k;
+        uint32_t tok;
+      };
+      std::vector<Cand> cands;
+      for (int k = 0; k < K; ++k) {
+        Beam& bm = beams[i][k];
+        if (bm.done || !std::isfinite(bm.logp)) continue;
+        log_softmax(logits + static_cast<size_t>(i * K + k) * Vp, V, lp);
+        // top K tokens of this beam
+        std::vector<uint32_t> idx;
+        for (int v = 0; v < V; ++v)
+          if (allowed(static_cast<uint32_t>(v))) idx.push_back(static_cast<uint32_t>(v));
+        const int top = std::min<int>(K + 1, static_cast<int>(idx.size()));
+        std::partial_sort(idx.begin(), idx.begin() + top, idx.end(),
+                          [&](uint32_t a, uint32_t c) { return lp[a] > lp[c]; });
+        for (int t = 0; t < top; ++t) cands.push_back({bm.logp + lp[idx[t]], k, idx[t]});
+      }
+      std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& c) { return a.logp > c.logp; });
+      std::vector<Beam> next;
+      std::vector<int> next_src;
+      for (const Cand& c : cands) {
+        if (static_cast<int>(next.size()) == K) break;
+        Beam nb = beams[i][c.k];
+        nb.logp = c.logp;
+        if (c.tok == eot) {
+          nb.done = true;
+          finished[i].push_back(nb);
+          if (static_cast<int>(finished[i].size()) >= K) break;
+          continue;
+        }
+        nb.tokens.push_back(c.tok);
+        if (looping(nb.tokens, opt.max_repeat_ngram + 1)) {
+          nb.looped = true;
+          nb.done = true;
+          finished[i].push_back(nb);
+          continue;
+        }
+        next.push_back(nb);
+        next_src.push_back(i * K + c.k);
+      }
+      if (static_cast<int>(finished[i].size()) >= K || (K == 1 && !finished[i].empty())) next.clear();
+      for (int k = 0; k < K; ++k) {
+        if (k < static_cast<int>(next.size())) {
+          beams[i][k] = next[k];
+          src[i * K + k] = next_src[k];
+          in[i * K + k] = static_cast<int32_t>(next[k].tokens.back());
+          any_live = true;
+        } else {
+          beams[i][k] = Beam{};
+          beams[i][k].done = true;
+          src[i * K + k] = i * K;
+          in[i * K + k] = static_cast<int32_t>(eot);
+        }
+      }
+    }
+    if (!any_live || pos >= ctx) break;
+    if (K > 1) dec.reorder_cache(src.data());
+    logits = dec.decode_step(in.data(), pos++);
+  }
+  std::vector<Transcript> out(B);
+  for (int i = 0; i < B; ++i) {
+    for (auto& bm : beams[i])
+      if (!bm.done && !bm.tokens.empty()) finished[i].push_back(bm);  // ran out of length
+    Transcript& t = out[i];
+    t.lang = lang[i];
+    if (finished[i].empty()) continue;
+    double best = -std::numeric_limits<double>::infinity();
+    for (const Beam& bm : finished[i]) {
+      const double n = static_cast<double>(bm.tokens.size() + 1);
+      double score = bm.logp / n;
+      if (!ctc_lp.empty()) {
+        std::vector<int32_t> lab(bm.tokens.begin(), bm.tokens.end());
+        const double c = nn::ctc_log_likelihood(ctc_lp[i].data(), enc.memory_len()[i], enc.ctc_vocab(), lab.data(),
+                                                static_cast<int>(lab.size()), enc.ctc_blank());
+        score = (1.0 - opt.ctc_weight) * bm.logp / n + opt.ctc_weight * (std::isfinite(c) ? c / n : -1e9);
+      }
+      if (score > best) {
+        best = score;
+        t.tokens = bm.tokens;
+        t.avg_logprob = bm.logp / n;
+        t.loop_stopped = bm.looped;
+      }
+    }
+    t.text = tok.decode(t.tokens);
+  }
+  return out;
+}
+
+}  // namespace chorus::train

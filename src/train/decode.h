@@ -1,0 +1,40 @@
+// Decoding policy for the speech recogniser (apart from the model math, as
+// whisper.cpp keeps it): batched greedy or beam search over the decoder's KV
+// cache (cost linear in output length), the language given or detected from
+// the distribution over language tokens after <|startoftranscript|>, joint
+// CTC/attention rescoring of the finished beams, and a guard against
+// repetition loops. One rank (TP = 1).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "data/tokenizer.h"
+#include "models/speech/seq2seq.h"
+
+namespace chorus::train {
+
+struct DecodeOptions {
+  std::string lang;         // "" = detect
+  int beam = 1;             // 1 = greedy
+  int max_new_tokens = 120;
+  float ctc_weight = 0.3f;  // rescoring weight of the CTC log-likelihood (beam > 1; 0 = off)
+  int max_repeat_ngram = 3; // stop when the last n-gram (n = 1..4) has repeated this many times in a row
+};
+
+struct Transcript {
+  std::string lang;
+  std::string text;
+  std::vector<uint32_t> tokens;
+  double avg_logprob = 0.0;  // attention log-probability per token
+  bool loop_stopped = false; // the repetition guard ended it
+};
+
+// Transcribes a batch (b.feats / n_frames; tokens unused). languages: the
+// codes detection may choose from ("" entries ignored; empty = every
+// language of the tokenizer).
+std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const data::Tokenizer& tok,
+                                         const models::SpeechBatch& b, const DecodeOptions& opt,
+                                         const std::vector<std::string>& languages = {});
+
+}  // namespace chorus::train

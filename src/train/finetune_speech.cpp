@@ -1,0 +1,315 @@
+#include "train/finetune_speech.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <memory>
+
+#include "audio/mel.h"
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/tools.h"
+#include "checkpoint/weights.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "data/speech_sampler.h"
+#include "data/speech_shard.h"
+#include "data/tokenizer.h"
+#include "eval/wer.h"
+#include "train/decode.h"
+#include "train/speech_batch.h"
+
+namespace chorus::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A GPT weights file from --init-decoder: a weights file, a run directory
+// (its model.h5) or a GPT checkpoint (exported once into the run directory).
+std::string decoder_weights(const std::string& path, const std::string& run_dir, dist::ParallelGrid& grid) {
+  if (fs::is_regular_file(path)) return path;
+  CHORUS_CHECK(fs::exists(path), "init-decoder: '%s' does not exist (a GPT weights file, run directory or checkpoint)",
+               path.c_str());
+  if (fs::is_regular_file(fs::path(path) / "model.h5")) return (fs::path(path) / "model.h5").string();
+  const std::string dir = checkpoint::resolve_checkpoint_dir(path);
+  const std::string out = (fs::path(run_dir) / "init-decoder.h5").string();
+  std::string err;
+  if (grid.world_rank() == 0) {
+    try {
+      fs::create_directories(run_dir);
+      checkpoint::export_weights(dir, out);
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  }
+  checkpoint::agree_on_failure(grid.world(), err, false);
+  return out;
+}
+
+class SpeechTask final : public TrainTask {
+ public:
+  SpeechTask(const FinetuneSpeechOptions& o, const data::Tokenizer& tok, const models::SpeechSeq2SeqConfig& cfg,
+             dist::ParallelGrid& grid, bool pretrained)
+      : o_(o),
+        tok_(tok),
+        cfg_(cfg),
+        grid_(grid),
+        pretrained_(pretrained),
+        train_(o.data_dir, "train", tok.hash()),
+        val_(o.data_dir, "val", tok.hash()),
+        sampler_(train_, o.train.seed, o.temperature),
+        model_(cfg, o.batch, cfg.encoder.max_frames, o.max_tokens, &grid.tp(), o.train.precision) {
+    for (const auto& p : model_.param_table()) {
+      const bool is_new = p.name.rfind("encoder.", 0) == 0 || p.name.find(".ln_x.") != std::string::npos ||
+                          p.name.find(".crossattn.") != std::string::npos;
+      (is_new ? new_ranges_ : old_ranges_).push_back({p.offset, p.offset + p.numel});
+    }
+  }
+  models::SpeechSeq2Seq& model() { return model_; }
+
+  std::span<float> params() override { return model_.params(); }
+  std::span<float> grads() override { return model_.grads(); }
+  const std::vector<models::ParamSpec>& param_table() const override { return model_.param_table(); }
+  void zero_grad() override { model_.zero_grad(); }
+
+  // Clips of global batch `consumed / G` for this DP rank, with SpecAugment
+  // drawn from (seed, global index).
+  void load_train_batch() {
+    const int G = o_.batch * grid_.dp_size();
+    idx_.resize(o_.batch);
+    sampler_.batch_indices(consumed_, G, grid_.dp_rank(), grid_.dp_size(), idx_.data());
+    std::vector<SpeechItem> items(o_.batch);
+    const uint64_t first = consumed_ + static_cast<uint64_t>(grid_.dp_rank()) * o_.batch;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < o_.batch; ++i) {
+      std::vector<float> pcm;
+      train_.read_pcm(idx_[i], pcm);
+      items[i] = make_item(mel_, pcm, cfg_.encoder.max_frames);
+      items[i].lang = train_.lang(idx_[i]);
+      const auto t = train_.tokens(idx_[i]);
+      items[i].text.assign(t.begin(), t.end());
+      if (o_.spec_augment) {
+        Rng rng(o_.train.seed ^ 0x737065637ull, first + static_cast<uint64_t>(i));
+        audio::spec_augment(items[i].feats.data(), items[i].n_frames, cfg_.encoder.n_mels, o_.augment, rng);
+      }
+    }
+    consumed_ += G;
+    build_batch(items, tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
+  }
+
+  double train_micro_batch(float loss_scale) override {
+    load_train_batch();
+    const models::SpeechLosses l = model_.forward(batch_, o_.ctc_weight);
+    model_.backward(loss_scale, o_.ctc_weight);
+    last_att_ = l.att;
+    last_ctc_ = l.ctc;
+    return l.att + o_.ctc_weight * l.ctc;
+  }
+
+  std::vector<LrGroup> lr_groups(int64_t step) const override {
+    std::vector<LrGroup> g;
+    const float old_scale = step < o_.freeze_decoder_steps && pretrained_ ? 0.0f : o_.decoder_lr_scale;
+    if (old_scale != 1.0f)
+      for (const auto& r : old_ranges_) g.push_back({r, old_scale});
+    if (o_.new_lr_scale != 1.0f)
+      for (const auto& r : new_ranges_) g.push_back({r, o_.new_lr_scale});
+    return g;
+  }
+
+  std::vector<SpeechItem> val_items(size_t begin, size_t end) {
+    std::vector<SpeechItem> items(end - begin);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t i = begin; i < end; ++i) {
+      std::vector<float> pcm;
+      val_.read_pcm(i, pcm);
+      items[i - begin] = make_item(mel_, pcm, cfg_.encoder.max_frames);
+      items[i - begin].lang = val_.lang(i);
+      const auto t = val_.tokens(i);
+      items[i - begin].text.assign(t.begin(), t.end());
+    }
+    return items;
+  }
+
+  nlohmann::json evaluate() override {
+    // Loss: the first eval_batches x (batch x dp) val clips, each DP rank its slice.
+    const size_t G = static_cast<size_t>(o_.batch) * grid_.dp_size();
+    double att = 0.0, ctc = 0.0;
+    int n = 0;
+    for (int k = 0; k < o_.eval_batches && (k + 1) * G <= val_.size(); ++k, ++n) {
+      const size_t begin = k * G + static_cast<size_t>(grid_.dp_rank()) * o_.batch;
+      build_batch(val_items(begin, begin + o_.batch), tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
+      const models::SpeechLosses l = model_.forward(batch_, o_.ctc_weight);
+      att += l.att;
+      ctc += l.ctc;
+    }
+    if (n == 0) {  // fewer val clips than one global batch: every rank evaluates what there is
+      const size_t m = std::min<size_t>(val_.size(), o_.batch);
+      build_batch(val_items(0, m), tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
+      const models::SpeechLosses l = model_.forward(batch_, o_.ctc_weight);
+      att = l.att;
+      ctc = l.ctc;
+      n = 1;
+    }
+    att = grid_.dp().all_reduce_scalar(att / n, dist::ReduceOp::avg);
+    ctc = grid_.dp().all_reduce_scalar(ctc / n, dist::ReduceOp::avg);
+    nlohmann::json m = {{"val_loss", att + o_.ctc_weight * ctc}, {"val_att_loss", att}, {"val_ctc_loss", ctc}};
+    if (o_.eval_clips > 0 && grid_.tp_size() == 1) {
+      // CER / WER of greedy decoding: clips i with i % dp == dp rank, counts summed over DP.
+      eval::ErrorRates rates;
+      const size_t n_clips = std::min<size_t>(val_.size(), o_.eval_clips);
+      std::vector<size_t> mine;
+      for (size_t i = grid_.dp_rank(); i < n_clips; i += grid_.dp_size()) mine.push_back(i);
+      DecodeOptions dopt;
+      for (size_t at = 0; at < mine.size(); at += o_.batch) {
+        const size_t end = std::min(mine.size(), at + o_.batch);
+        std::vector<SpeechItem> items;
+        for (size_t j = at; j < end; ++j) items.push_back(val_items(mine[j], mine[j] + 1)[0]);
+        build_batch(items, tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
+        const auto hyp = transcribe_batch(model_, tok_, batch_, dopt);
+        for (size_t j = at; j < end; ++j)
+          rates.add(val_.lang(mine[j]), std::string(val_.text(mine[j])), hyp[j - at].text);
+      }
+      const eval::Totals t = rates.overall();
+      double c[4] = {static_cast<double>(t.chars.errors()), static_cast<double>(t.chars.ref_length),
+                     static_cast<double>(t.words.errors()), static_cast<double>(t.words.ref_length)};
+      for (double& v : c) v = grid_.dp().all_reduce_scalar(v, dist::ReduceOp::sum);
+      m["val_cer"] = c[0] / std::max(1.0, c[1]);
+      m["val_wer"] = c[2] / std::max(1.0, c[3]);
+    }
+    return m;
+  }
+  std::string describe_eval(const nlohmann::json& m) const override {
+    std::string s = strfmt("loss %.4f (attention %.4f, ctc %.4f)", m.at("val_loss").get<double>(),
+                           m.at("val_att_loss").get<double>(), m.at("val_ctc_loss").get<double>());
+    if (m.contains("val_cer"))
+      s += strfmt(" | CER %.1f%% WER %.1f%%", 100 * m.at("val_cer").get<double>(),
+                  100 * m.at("val_wer").get<double>());
+    return s;
+  }
+
+  double tokens_per_step() const override {
+    // frames of audio (10 ms) per step, at the batch's typical length: counted as
+    // 100 items per second of audio of the train split on average
+    const double avg_frames = 100.0 * train_.total_seconds() / std::max<size_t>(1, train_.size());
+    return avg_frames * o_.batch * o_.train.grad_accum * grid_.dp_size();
+  }
+  double flops_per_step() const override {
+    const double avg_frames = 100.0 * train_.total_seconds() / std::max<size_t>(1, train_.size());
+    const double enc = model_.encoder().flops(1, static_cast<int>(avg_frames));
+    const double dec = model_.decoder().flops_per_token(o_.max_tokens) * o_.max_tokens / 2;
+    return (enc + dec) * o_.batch * o_.train.grad_accum * grid_.dp_size();
+  }
+  models::GptMemory memory() const override { return model_.memory(); }
+  uint64_t consumed() const override { return consumed_; }
+  void set_consumed(uint64_t n) override { consumed_ = n; }
+
+  void describe(checkpoint::Manifest& m) const override {
+    m.model_type = "speech";
+    m.model = cfg_.decoder;
+    m.model_extra = cfg_.extra_json();
+    m.tokenizer_hash = tok_.hash();
+    m.eot_token = tok_.eot();
+    m.sampler.seq_len = o_.max_tokens;
+    m.sampler.samples_per_step = static_cast<uint64_t>(o_.batch) * grid_.dp_size() * o_.train.grad_accum;
+    m.run = {{"batch", o_.batch}, {"data", fs::absolute(o_.data_dir).string()},
+             {"tokenizer", fs::absolute(o_.tokenizer_path).string()}, {"init_decoder", o_.init_decoder},
+             {"ctc_weight", o_.ctc_weight}, {"temperature", o_.temperature}};
+  }
+
+  void log_setup() const override {
+    const auto& e = cfg_.encoder;
+    const auto& d = cfg_.decoder;
+    log_info("model: speech encoder L%d d%d h%d (%d mels, up to %d frames) + GPT decoder L%d d%d h%d vocab %d with "
+             "cross-attention (%s): %.2fM parameters (%.2fM encoder)",
+             e.n_layer, e.n_embd, e.n_head, e.n_mels, e.max_frames, d.n_layer, d.n_embd, d.n_head, d.vocab_size,
+             pretrained_ ? ("from " + o_.init_decoder).c_str() : "random init", model_.param_table().size() ? 
+             (model_.encoder_params() + model_.decoder().n_params()) / 1e6 : 0.0, model_.encoder_params() / 1e6);
+    std::string langs;
+    for (const auto& l : train_.languages()) langs += (langs.empty() ? "" : " ") + l;
+    log_info("data: %zu train clips (%.2f h; %s), %zu val clips; batch %d clips x accum %d x dp %d; language "
+             "temperature %g; CTC weight %g",
+             train_.size(), train_.total_seconds() / 3600, langs.c_str(), val_.size(), o_.batch,
+             o_.train.grad_accum, grid_.dp_size(), o_.temperature, o_.ctc_weight);
+  }
+
+  nlohmann::json config_json() const override {
+    return {{"model_type", "speech"}, {"encoder", cfg_.encoder.to_json()},
+            {"decoder", {{"n_layer", cfg_.decoder.n_layer}, {"n_embd", cfg_.decoder.n_embd},
+                         {"n_head", cfg_.decoder.n_head}, {"vocab_size", cfg_.decoder.vocab_size},
+                         {"context", cfg_.decoder.context}}},
+            {"tokenizer", fs::absolute(o_.tokenizer_path).string()}, {"tokenizer_hash", tok_.hash()},
+            {"data", fs::absolute(o_.data_dir).string()}, {"init_decoder", o_.init_decoder},
+            {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", o_.ctc_weight},
+            {"temperature", o_.temperature}, {"freeze_decoder_steps", o_.freeze_decoder_steps},
+            {"decoder_lr_scale", o_.decoder_lr_scale}, {"new_lr_scale", o_.new_lr_scale},
+            {"spec_augment", o_.spec_augment}};
+  }
+
+ private:
+  const FinetuneSpeechOptions& o_;
+  const data::Tokenizer& tok_;
+  models::SpeechSeq2SeqConfig cfg_;
+  dist::ParallelGrid& grid_;
+  bool pretrained_;
+  data::SpeechDataset train_, val_;
+  data::SpeechSampler sampler_;
+  audio::LogMel mel_;
+  models::SpeechSeq2Seq model_;
+  models::SpeechBatch batch_;
+  std::vector<size_t> idx_;
+  uint64_t consumed_ = 0;
+  std::vector<optim::Range> new_ranges_, old_ranges_;
+  float last_att_ = 0, last_ctc_ = 0;
+};
+
+}  // namespace
+
+FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
+  FinetuneSpeechOptions opt = opt_in;
+  const auto tok = data::Tokenizer::load(opt.tokenizer_path);
+  CHORUS_CHECK(opt.batch >= 1, "batch: must be >= 1, got %d", opt.batch);
+  CHORUS_CHECK(opt.max_tokens >= 6, "max-tokens: must be >= 6, got %d", opt.max_tokens);
+  CHORUS_CHECK(opt.ctc_weight >= 0, "ctc-weight: must be >= 0, got %g", opt.ctc_weight);
+  CHORUS_CHECK(opt.temperature > 0, "temperature: must be > 0, got %g", opt.temperature);
+  CHORUS_CHECK(opt.freeze_decoder_steps >= 0, "freeze-decoder-steps: must be >= 0");
+  opt.encoder.validate();
+  opt.train.validate();
+  dist::ParallelGrid single = dist::ParallelGrid::single();
+  dist::ParallelGrid& grid = opt.train.grid ? *opt.train.grid : single;
+  opt.train.grid = &grid;
+
+  models::SpeechSeq2SeqConfig cfg;
+  cfg.encoder = opt.encoder;
+  cfg.blank = static_cast<int>(tok.eot());
+  const bool pretrained = opt.init_decoder != "none";
+  std::string weights;
+  if (pretrained) {
+    CHORUS_CHECK(!opt.init_decoder.empty(), "init-decoder: give a GPT weights file, run directory or checkpoint, or "
+                                            "'none' for a decoder from random weights");
+    weights = decoder_weights(opt.init_decoder, opt.train.run_dir, grid);
+    const auto h = checkpoint::read_weights_header(weights);
+    CHORUS_CHECK(h.tokenizer_hash == tok.hash(),
+                 "init-decoder: '%s' was trained with tokenizer %s but --tokenizer '%s' has hash %s (the decoder "
+                 "must use the tokenizer it was pretrained with)",
+                 weights.c_str(), h.tokenizer_hash.c_str(), opt.tokenizer_path.c_str(), tok.hash().c_str());
+    cfg.decoder = h.config;
+  } else {
+    cfg.decoder = opt.decoder_if_random;
+    cfg.decoder.vocab_size = tok.vocab_size();
+  }
+  cfg.decoder.validate();
+  CHORUS_CHECK(opt.max_tokens <= cfg.decoder.context, "max-tokens: %d exceeds the decoder context %d",
+               opt.max_tokens, cfg.decoder.context);
+  grid.check_divides(cfg.decoder.n_head, 4 * cfg.decoder.n_embd, cfg.decoder.padded_vocab());
+  SpeechTask task(opt, tok, cfg, grid, pretrained);
+  task.model().init_weights(opt.train.seed);
+  if (pretrained)
+    checkpoint::load_weights(weights, task.model().decoder(), tok.hash(), grid.tp_rank(), grid.tp_size(),
+                             /*allow_new_cross_attention=*/true);
+  FinetuneSpeechResult r;
+  static_cast<TrainResult&>(r) = run_training(task, opt.train);
+  r.weights_path = r.checkpoint;
+  return r;
+}
+
+}  // namespace chorus::train

@@ -1,0 +1,49 @@
+// Speech fine-tuning (DESIGN.md "Speech model"): a TrainTask (train/loop.h)
+// of the joint encoder-decoder on HDF5 speech shards. Each clip becomes
+// log-mel features (SpecAugment in training, drawn from (seed, global sample
+// index) so resume is exact) and the decoder sequence
+//   <|startoftranscript|> <|xx|> <|transcribe|> <|notimestamps|> text... <|endoftext|>
+// with loss on the language token, the transcript and <|endoftext|> (not on
+// the two task tokens), plus ctc_weight x the encoder's CTC loss on the
+// transcript. The decoder starts from a pretrained GPT (--init-decoder) or
+// from random weights ("none"). The encoder and cross-attention train at
+// lr x new_lr_scale, the pretrained decoder at lr x decoder_lr_scale and not
+// at all for the first freeze_decoder_steps steps. Validation: loss and, with
+// TP = 1, greedy-decoding CER/WER on the first val clips.
+#pragma once
+
+#include <string>
+
+#include "audio/spec_augment.h"
+#include "models/speech/seq2seq.h"
+#include "train/loop.h"
+
+namespace chorus::train {
+
+struct FinetuneSpeechOptions {
+  models::SpeechEncoderConfig encoder;
+  std::string tokenizer_path;
+  std::string data_dir;             // train_*.h5 / val_*.h5 speech shards (prepare-speech)
+  std::string init_decoder;         // GPT weights file, run directory or checkpoint; "none" = random
+  models::GptConfig decoder_if_random;  // the decoder's config with init_decoder "none" (vocab: the tokenizer's)
+  int batch = 8;                    // clips per micro-batch per DP rank
+  int max_tokens = 128;             // decoder positions per clip (prompt + transcript + end)
+  float ctc_weight = 0.3f;          // joint CTC/attention weight
+  double temperature = 1.0;         // language balancing (data/speech_sampler.h)
+  int64_t freeze_decoder_steps = 0;
+  float decoder_lr_scale = 1.0f;    // pretrained decoder tensors
+  float new_lr_scale = 1.0f;        // encoder + cross-attention
+  bool spec_augment = true;
+  audio::SpecAugmentConfig augment;
+  int eval_batches = 4;             // validation loss micro-batches
+  int eval_clips = 64;              // clips decoded for val CER (0 = none)
+  TrainOptions train;
+};
+
+struct FinetuneSpeechResult : TrainResult {
+  std::string weights_path;  // the last checkpoint holds the weights (speech models have no model.h5 yet)
+};
+
+FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt);
+
+}  // namespace chorus::train
