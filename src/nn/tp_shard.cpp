@@ -12,12 +12,15 @@ namespace {
 template <class F>
 void for_each_run(const ShardSpec& s, int r, int tp, F&& f) {
   const auto& g = s.global_shape;
-  CHORUS_CHECK(g.size() == 1 || g.size() == 2, "tp shard: tensors must be 1-D or 2-D, got %zu dims", g.size());
-  const size_t rows = static_cast<size_t>(g[0]), cols = g.size() == 2 ? static_cast<size_t>(g[1]) : 1;
-  if (s.axis < 0 || tp == 1) {
-    f(size_t(0), size_t(0), rows * cols);
+  CHORUS_CHECK(!g.empty() && g.size() <= 3, "tp shard: tensors must be 1-D to 3-D, got %zu dims", g.size());
+  if (s.axis < 0 || tp == 1) {  // replicated (any rank <= 3, e.g. a Conv1d weight): one run
+    size_t n = 1;
+    for (int64_t d : g) n *= static_cast<size_t>(d);
+    f(size_t(0), size_t(0), n);
     return;
   }
+  CHORUS_CHECK(g.size() <= 2, "tp shard: a sharded tensor must be 1-D or 2-D, got %zu dims", g.size());
+  const size_t rows = static_cast<size_t>(g[0]), cols = g.size() == 2 ? static_cast<size_t>(g[1]) : 1;
   const size_t L = s.axis == 0 ? rows : cols;
   const size_t block = L / static_cast<size_t>(s.parts), sub = block / static_cast<size_t>(tp);
   if (s.axis == 0) {

@@ -378,11 +378,18 @@ std::string unavailable_reason(GemmPath path, Precision p) {
 #endif
 }
 
+constexpr bool kDnnlAutomatic = false;
+
 GemmPath automatic_path(Precision p) {
   if (p == Precision::fp32) return GemmPath::convert;
   static const auto choose = [](Precision dtype) {
 #if CHORUS_DNNL
-    if (has_units(GemmPath::dnnl, dtype)) {
+    // Not chosen automatically (only with --gemm onednn) until it is fixed:
+    // on an AMX-BF16 / AVX512-FP16 Xeon (2026-12-02) oneDNN 2.6.3's bf16
+    // matmuls made a 200-step gpt-mini run end 3% above fp32 (convert+sgemm
+    // stays within 1%, tests/e2e/mixed_precision_e2e_test.cpp), and its fp16
+    // matmul is refused for shapes its probe accepted.
+    if (kDnnlAutomatic && has_units(GemmPath::dnnl, dtype)) {
       const DnnlProbe& probe = dnnl_probe(dtype);
       if (probe.ok && probe.impl.rfind("ref", 0) != 0) return GemmPath::dnnl;
     }

@@ -221,6 +221,8 @@ struct Gpt::State {
   std::vector<int32_t> ce_targets;  // (B, T) targets with ignored ones as 0
   std::vector<uint8_t> valid;       // (B, T) target not ignored
   int n_valid = 0;
+  bool per_sequence = false;
+  std::vector<float> row_scale;  // (B, T) per-position loss weight (per_sequence)
   int B = 0;
   int T = 0;
   bool backward_ready = false;  // a forward with targets whose logits are intact
@@ -571,6 +573,7 @@ std::span<float> Gpt::params() {
 }
 std::span<const float> Gpt::master_params() const { return {s_->pbase, s_->n_params}; }
 const CrossAttentionConfig& Gpt::cross_config() const { return s_->cross; }
+void Gpt::set_per_sequence_mean(bool on) { s_->per_sequence = on; }
 
 void Gpt::adopt_storage(float* params, float* grads) {
   State& s = *s_;
@@ -737,6 +740,22 @@ float Gpt::forward_typed(bool with_targets) {
   for (int i = 0; i < N; ++i)
     if (!s.valid[i]) A.losses[i] = 0.0f;
   s.backward_ready = true;
+  if (s.per_sequence) {
+    s.row_scale.assign(N, 0.0f);
+    double total = 0.0;
+    for (int b = 0; b < B; ++b) {
+      int n = 0;
+      for (int t = 0; t < Tn; ++t) n += s.valid[b * Tn + t];
+      if (n == 0) continue;
+      double seq = 0.0;
+      for (int t = 0; t < Tn; ++t) {
+        seq += A.losses[b * Tn + t];
+        if (s.valid[b * Tn + t]) s.row_scale[b * Tn + t] = 1.0f / (static_cast<float>(B) * n);
+      }
+      total += seq / n;
+    }
+    return static_cast<float>(total / B);
+  }
   return s.n_valid == 0 ? 0.0f : static_cast<float>(cpu::sum_double(A.losses, N) / s.n_valid);
 }
 
@@ -779,7 +798,16 @@ void Gpt::backward_typed(float loss_scale) {
   // Mean over N positions, times the caller's scale. dlogits overwrite logits.
   T* dlogits = A.logits;
   nn::vocab_parallel_cross_entropy_backward(dlogits, A.logits, A.lse, s.ce_targets.data(),
-                                            loss_scale / std::max(1, s.n_valid), N, s.vocab);
+                                            s.per_sequence ? loss_scale : loss_scale / std::max(1, s.n_valid), N,
+                                            s.vocab);
+  if (s.per_sequence) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; ++i) {
+      T* row = dlogits + static_cast<size_t>(i) * Vl;
+      const float w = s.row_scale[i];
+      for (int v = 0; v < Vl; ++v) row[v] = from_f32<T>(to_f32(row[v]) * w);
+    }
+  }
   if (s.n_valid < N)
     for (int i = 0; i < N; ++i)
       if (!s.valid[i]) std::memset(static_cast<void*>(dlogits + static_cast<size_t>(i) * Vl), 0, Vl * sizeof(T));

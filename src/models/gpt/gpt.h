@@ -161,6 +161,11 @@ class Gpt {
   // none) and keeps activations for backward. targets == nullptr: computes
   // logits only (returns 0).
   float forward(const int32_t* tokens, const int32_t* targets, int B, int T);
+  // Loss normalisation: false (default) = mean over every position not
+  // ignored in the batch; true = mean over sequences of each sequence's mean
+  // (speech transcripts of unequal length: then DP ranks' averages of equal
+  // batch sizes equal the single-rank loss exactly).
+  void set_per_sequence_mean(bool on);
   // Cross-attention models: the memory the next forward attends to, (B, S,
   // n_state) in the compute dtype (float / bf16 / fp16 as precision()), with
   // mem_len[b] valid rows of sequence b (nullptr: all S). Held by pointer until

@@ -35,6 +35,7 @@ SpeechSeq2Seq::SpeechSeq2Seq(const SpeechSeq2SeqConfig& cfg, int max_batch, int 
   grads_ = backend::cpu::AlignedBuffer(n);
   encoder_->adopt_storage(params_.data(), grads_.data());
   decoder_->adopt_storage(params_.data() + n_encoder_, grads_.data() + n_encoder_);
+  decoder_->set_per_sequence_mean(true);  // as the CTC loss: DP-exact for transcripts of unequal length
   for (ParamSpec p : encoder_->param_table()) {
     p.name = "encoder." + p.name;
     table_.push_back(std::move(p));

@@ -1,0 +1,138 @@
+// The whole speech path on tiny data: a synthesised corpus (espeak-ng) ->
+// prepare-speech -> a tiny GPT pretrained -> finetune-speech from it -> resume
+// exactness -> DP 2 and TP 2 equal one rank -> transcribe -> evaluate.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include <unistd.h>
+
+#include "common/process.h"
+
+namespace fs = std::filesystem;
+using chorus::testing::losses;
+using chorus::testing::metric;
+using chorus::testing::mpirun;
+using chorus::testing::Result;
+using chorus::testing::sh;
+
+namespace {
+
+class SpeechE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (sh("command -v espeak-ng && command -v sox && command -v python3").code != 0) return;
+    dir_ = fs::temp_directory_path() / ("chorus_speech_e2e_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    const std::string d = dir_.string();
+    error_ = chorus::testing::make_corpus(dir_, {"en", "de"}, 512);
+    if (!error_.empty()) return;
+    const std::string src = CHORUS_SOURCE_DIR;
+    auto step = [&](const std::string& cmd) {
+      if (!error_.empty()) return;
+      Result r = sh(cmd);
+      if (r.code != 0) error_ = cmd + "\n" + r.out;
+    };
+    step("python3 " + src + "/datasets/speech/make_corpus.py --out " + d +
+         "/corpus --langs en,de --train 24 --val 8 --test 8 --seed 3 --jobs 2");
+    for (const char* split : {"train", "val", "test"})
+      step(std::string(CHORUS_BINARY) + " prepare-speech --quiet --manifest " + d + "/corpus/" + split +
+           ".tsv --tokenizer " + d + "/tok.json --out " + d + "/speech --split " + split);
+    step(std::string(CHORUS_BINARY) + " pretrain --config " + src + "/configs/gpt-tiny.ini --tokenizer " + d +
+         "/tok.json --data " + d + "/shards --run-dir " + d + "/gpt --steps 20 --quiet --threads 2");
+    ready_ = error_.empty();
+  }
+  static void TearDownTestSuite() {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+  void SetUp() override {
+    if (dir_.empty()) GTEST_SKIP() << "espeak-ng, sox or python3 missing";
+    ASSERT_TRUE(ready_) << error_;
+  }
+  // A small fine-tune into run `name` (extra flags appended).
+  static Result finetune(const std::string& name, const std::string& extra, int np = 1) {
+    const std::string d = dir_.string();
+    const std::string cmd = (np > 1 ? mpirun(np) : std::string()) + CHORUS_BINARY +
+                            " finetune-speech --tokenizer " + d + "/tok.json --data " + d + "/speech --run-dir " + d +
+                            "/" + name + " --n-layer 2 --n-embd 64 --n-head 4 --max-frames 800 --max-tokens 64 " +
+                            "--warmup 2 --lr 2e-3 --quiet " +
+                            "--threads 1 " + extra;
+    return sh(cmd);
+  }
+  static inline fs::path dir_;
+  static inline std::string error_;
+  static inline bool ready_ = false;
+};
+
+TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
+  const std::string d = dir_.string();
+  Result r = finetune("ft", "--init-decoder " + d + "/gpt --batch 4 --eval-clips 4 --steps 30 --eval-every 30");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto l = losses(d + "/ft");
+  ASSERT_EQ(l.size(), 30u);
+  double first = 0, last = 0;
+  for (int i = 0; i < 5; ++i) first += l[i] / 5, last += l[l.size() - 1 - i] / 5;
+  EXPECT_LT(last, 0.8 * first) << "the joint loss did not fall: " << first << " -> " << last;
+  const auto cer = metric(d + "/ft", "val_cer");
+  EXPECT_TRUE(std::isfinite(cer.back()));
+  Result t = chorus::testing::chorus("transcribe --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --beam 2 --json");
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_NE(t.out.find("\"lang\""), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("real-time factor"), std::string::npos) << t.out;
+  Result e = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json");
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_NE(e.out.find("\"rtf\""), std::string::npos) << e.out;
+}
+
+TEST_F(SpeechE2E, RefusesADecoderWithAnotherTokenizer) {
+  const std::string d = dir_.string();
+  ASSERT_EQ(sh(std::string(CHORUS_BINARY) + " train-tokenizer --input " + d + "/text --vocab 400 --out " + d +
+               "/tok2.json").code, 0);
+  Result r = sh(std::string(CHORUS_BINARY) + " finetune-speech --tokenizer " + d + "/tok2.json --data " + d +
+                "/speech --init-decoder " + d + "/gpt --run-dir " + d + "/bad --steps 1 --quiet");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("tokenizer"), std::string::npos) << r.out;
+}
+
+TEST_F(SpeechE2E, ResumeIsExact) {
+  const std::string d = dir_.string();
+  const std::string init = "--init-decoder " + d + "/gpt --batch 4 --eval-clips 4 --steps 8 --eval-every 8 ";
+  ASSERT_EQ(finetune("full", init).code, 0);
+  ASSERT_EQ(finetune("split", init + "--stop-at 3").code, 0);
+  Result r = finetune("split", init + "--resume auto");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const Result a = chorus::testing::chorus("checkpoint hash " + d + "/full");
+  const Result b = chorus::testing::chorus("checkpoint hash " + d + "/split");
+  ASSERT_EQ(a.code, 0) << a.out;
+  EXPECT_EQ(a.out.substr(0, 64), b.out.substr(0, 64)) << a.out << b.out;
+  EXPECT_EQ(losses(d + "/full"), losses(d + "/split"));
+}
+
+TEST_F(SpeechE2E, DataAndTensorParallelEqualOneRank) {
+  const std::string d = dir_.string();
+  const std::string common = "--init-decoder none --dec-n-layer 2 --dec-n-embd 64 --dec-n-head 4 --dec-context 64 "
+                             "--no-spec-augment --eval-clips 0 --steps 4 --eval-every 4 ";
+  Result one = finetune("one", common + "--batch 4");
+  ASSERT_EQ(one.code, 0) << one.out;
+  Result dp = finetune("dp2", common + "--batch 2", 2);
+  ASSERT_EQ(dp.code, 0) << dp.out;
+  Result tp = finetune("tp2", common + "--batch 4 --tp 2", 2);
+  ASSERT_EQ(tp.code, 0) << tp.out;
+  const auto g1 = metric(d + "/one", "grad_norm"), g2 = metric(d + "/dp2", "grad_norm"),
+             g3 = metric(d + "/tp2", "grad_norm");
+  const auto l1 = losses(d + "/one"), l2 = losses(d + "/dp2"), l3 = losses(d + "/tp2");
+  ASSERT_EQ(l1.size(), 4u);
+  ASSERT_EQ(l2.size(), 4u);
+  ASSERT_EQ(l3.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_NEAR(l2[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "DP 2 step " << i;
+    EXPECT_NEAR(l3[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "TP 2 step " << i;
+    EXPECT_NEAR(g2[i], g1[i], 1e-3 * g1[i]) << "DP 2 grad norm step " << i;
+    EXPECT_NEAR(g3[i], g1[i], 1e-3 * g1[i]) << "TP 2 grad norm step " << i;
+  }
+}
+
+}  // namespace
