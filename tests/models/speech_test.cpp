@@ -1,0 +1,131 @@
+// The speech model: a decoder with fresh (zero-projection) cross-attention
+// computes exactly the GPT it was loaded from; finite-difference gradients of
+// the whole joint model (encoder conv stem, blocks, CTC head, cross-attention,
+// decoder) through the joint loss; padding does not change a clip's outputs.
+#include "models/speech/seq2seq.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../nn/grad_check.h"
+#include "core/rng.h"
+
+namespace {
+
+using chorus::models::Gpt;
+using chorus::models::GptConfig;
+using chorus::models::SpeechBatch;
+using chorus::models::SpeechSeq2Seq;
+using chorus::models::SpeechSeq2SeqConfig;
+
+SpeechSeq2SeqConfig tiny_config() {
+  SpeechSeq2SeqConfig c;
+  c.encoder.n_mels = 8;
+  c.encoder.n_layer = 1;
+  c.encoder.n_embd = 16;
+  c.encoder.n_head = 2;
+  c.encoder.max_frames = 12;
+  c.decoder.n_layer = 2;
+  c.decoder.n_embd = 16;
+  c.decoder.n_head = 2;
+  c.decoder.vocab_size = 40;
+  c.decoder.context = 8;
+  c.blank = 0;
+  return c;
+}
+
+SpeechBatch tiny_batch() {
+  SpeechBatch b;
+  b.B = 2;
+  b.F = 12;
+  b.T = 6;
+  b.feats = chorus::testing::random_vector(static_cast<size_t>(b.B) * b.F * 8, 5);
+  b.n_frames = {12, 9};
+  for (int t = 9; t < 12; ++t)
+    for (int m = 0; m < 8; ++m) b.feats[(12 + t) * 8 + m] = 0.0f;  // clip 1 padded
+  b.tokens = {1, 2, 3, 4, 5, 6, 1, 7, 8, 9, 0, 0};
+  b.targets = {2, -1, -1, 5, 6, 0, 7, -1, -1, 9, 0, -1};
+  b.ctc_targets = {5, 6, 9};
+  b.ctc_off = {0, 2};
+  b.ctc_len = {2, 1};
+  return b;
+}
+
+TEST(SpeechModel, FreshCrossAttentionGivesThePretrainedGptsLogits) {
+  const SpeechSeq2SeqConfig c = tiny_config();
+  Gpt gpt(c.decoder, 2, 6);
+  gpt.init_weights(9);
+  SpeechSeq2Seq m(c, 2, 12, 6, nullptr, chorus::Precision::fp32);
+  m.init_weights(3);
+  // Copy the GPT's tensors by name into the decoder (the cross tensors keep their init).
+  const auto& dt = m.decoder().param_table();
+  for (const auto& p : gpt.param_table())
+    for (const auto& q : dt)
+      if (q.name == p.name) std::copy_n(gpt.params().data() + p.offset, p.numel, m.decoder().params().data() + q.offset);
+  const SpeechBatch b = tiny_batch();
+  std::vector<int32_t> tokens = b.tokens;
+  gpt.forward(tokens.data(), nullptr, 2, 6);
+  m.encoder().forward(b.feats.data(), b.n_frames.data(), 2, 12);
+  m.decoder().set_memory(m.encoder().memory(), m.encoder().memory_len(), m.encoder().memory_rows());
+  m.decoder().forward(tokens.data(), nullptr, 2, 6);
+  const int Vp = c.decoder.padded_vocab();
+  for (int i = 0; i < 2 * 6; ++i)
+    for (int v = 0; v < c.decoder.vocab_size; ++v)
+      ASSERT_EQ(m.decoder().logits()[i * Vp + v], gpt.logits()[i * Vp + v]) << "row " << i << " token " << v;
+}
+
+TEST(SpeechModel, JointLossGradientMatchesFiniteDifferences) {
+  SpeechSeq2SeqConfig c = tiny_config();
+  SpeechSeq2Seq m(c, 2, 12, 6, nullptr, chorus::Precision::fp32);
+  m.init_weights(4);
+  // Non-zero cross-attention output projections, so every path carries gradient.
+  chorus::Rng rng(1, 2);
+  for (const auto& p : m.param_table())
+    if (p.name.find("crossattn.c_proj.weight") != std::string::npos)
+      for (size_t i = 0; i < p.numel; ++i) m.params()[p.offset + i] = 0.1f * rng.normal();
+  const SpeechBatch b = tiny_batch();
+  const float w = 0.5f;
+  auto loss = [&]() {
+    const auto l = m.forward(b, w);
+    return static_cast<double>(l.att) + w * l.ctc;
+  };
+  m.zero_grad();
+  loss();
+  m.backward(1.0f, w);
+  const std::vector<float> g(m.grads().begin(), m.grads().end());
+  chorus::testing::GradCheckOptions opt;
+  opt.eps = 3e-3;
+  opt.atol = 2e-3;
+  opt.rtol = 3e-2;
+  for (const auto& p : m.param_table()) {
+    opt.max_checks = 6;
+    chorus::testing::expect_grad_close(p.name, m.params().data() + p.offset, g.data() + p.offset, p.numel, loss,
+                                       opt);
+  }
+}
+
+TEST(SpeechModel, PaddingDoesNotChangeAClipsMemory) {
+  SpeechSeq2SeqConfig c = tiny_config();
+  SpeechSeq2Seq m(c, 2, 12, 6, nullptr, chorus::Precision::fp32);
+  m.init_weights(5);
+  SpeechBatch b = tiny_batch();
+  m.encoder().forward(b.feats.data(), b.n_frames.data(), 2, 12);
+  const int S = m.encoder().memory_rows(), d = c.encoder.n_embd;
+  std::vector<float> both(static_cast<size_t>(2) * S * d);
+  m.encoder().memory_f32(both.data());
+  // Clip 1 alone, unpadded (9 frames).
+  std::vector<float> alone_feats(b.feats.begin() + 12 * 8, b.feats.begin() + 12 * 8 + 9 * 8);
+  const int n9 = 9;
+  m.encoder().forward(alone_feats.data(), &n9, 1, 9);
+  const int S1 = m.encoder().memory_rows();
+  std::vector<float> alone(static_cast<size_t>(S1) * d);
+  m.encoder().memory_f32(alone.data());
+  for (int s = 0; s < S1; ++s)
+    for (int j = 0; j < d; ++j)
+      EXPECT_NEAR(both[(static_cast<size_t>(S) + s) * d + j], alone[static_cast<size_t>(s) * d + j], 2e-5)
+          << "memory row " << s;
+}
+
+}  // namespace
