@@ -196,7 +196,7 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
       const double n = static_cast<double>(bm.tokens.size() + 1);
       double score = bm.logp / n;
       if (!ctc_lp.empty()) {
-        std::vector<int32_t> lab(bm.tokens.begin(), bm.tokens.end());
+        const std::vector<int32_t> lab = ctc_labels(tok, bm.tokens);
         const double c = nn::ctc_log_likelihood(ctc_lp[i].data(), enc.memory_len()[i], enc.ctc_vocab(), lab.data(),
                                                 static_cast<int>(lab.size()), enc.ctc_blank());
         score = (1.0 - opt.ctc_weight) * bm.logp / n + opt.ctc_weight * (std::isfinite(c) ? c / n : -1e9);

@@ -280,7 +280,6 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
 
   models::SpeechSeq2SeqConfig cfg;
   cfg.encoder = opt.encoder;
-  cfg.blank = static_cast<int>(tok.eot());
   const bool pretrained = opt.init_decoder != "none";
   std::string weights;
   if (pretrained) {

@@ -12,6 +12,13 @@ std::vector<int32_t> speech_prompt(const data::Tokenizer& tok, const std::string
           static_cast<int32_t>(tok.special("<|notimestamps|>"))};
 }
 
+std::vector<int32_t> ctc_labels(const data::Tokenizer& tok, std::span<const uint32_t> text) {
+  const std::string bytes = tok.decode(text);
+  std::vector<int32_t> out(bytes.size());
+  for (size_t i = 0; i < bytes.size(); ++i) out[i] = static_cast<int32_t>(static_cast<unsigned char>(bytes[i])) + 1;
+  return out;
+}
+
 SpeechItem make_item(const audio::LogMel& mel, const std::vector<float>& pcm, int max_frames) {
   SpeechItem it;
   const size_t max_samples = static_cast<size_t>(max_frames) * mel.config().hop;
@@ -55,8 +62,8 @@ void build_batch(const std::vector<SpeechItem>& items, const data::Tokenizer& to
       if (t != 1 && t != 2) b.targets[static_cast<size_t>(i) * b.T + t] = seq[t + 1];
     }
     b.ctc_off[i] = static_cast<int>(b.ctc_targets.size());
-    b.ctc_len[i] = static_cast<int>(it.text.size());
-    for (uint32_t t : it.text) b.ctc_targets.push_back(static_cast<int32_t>(t));
+    for (int32_t c : ctc_labels(tok, it.text)) b.ctc_targets.push_back(c);
+    b.ctc_len[i] = static_cast<int>(b.ctc_targets.size()) - b.ctc_off[i];
   }
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,9 @@ struct SpeechItem {
   std::string lang;
   std::vector<uint32_t> text;  // transcript tokens
 };
+
+// CTC labels of a transcript: its UTF-8 bytes, byte b as label b + 1 (0 = blank).
+std::vector<int32_t> ctc_labels(const data::Tokenizer& tok, std::span<const uint32_t> text);
 
 // Log-mel of 16 kHz samples, at most max_frames frames (longer audio is cut).
 SpeechItem make_item(const audio::LogMel& mel, const std::vector<float>& pcm, int max_frames);

@@ -32,7 +32,6 @@ SpeechSeq2SeqConfig tiny_config() {
   c.decoder.n_head = 2;
   c.decoder.vocab_size = 40;
   c.decoder.context = 8;
-  c.blank = 0;
   return c;
 }
 

@@ -5,8 +5,8 @@
 //   pad 1) + GELU -> + sinusoidal positions -> n_layer pre-LN Transformer
 //   blocks (bidirectional self-attention over the valid frames, GELU MLP 4d)
 //   -> LayerNorm ln_post = the memory (B, S, d) the decoder cross-attends to,
-//   S = ceil(F / 2); CTC head: Linear(d -> padded vocab) on the memory, blank =
-//   <|endoftext|>.
+//   S = ceil(F / 2); CTC head: Linear(d -> ctc_vocab) on the memory (the joint
+//   model uses UTF-8 bytes + blank, models/speech/seq2seq.h).
 // Padding is exact: frames past a clip's length are masked out of every
 // attention and of the CTC loss, and the convolutions pad with zeros as the
 // padded features are, so a clip's outputs do not depend on its batch.
@@ -52,7 +52,7 @@ inline int encoder_out_len(int n_frames) { return (n_frames + 1) / 2; }
 
 class SpeechEncoder {
  public:
-  // ctc_vocab: CTC head rows (the decoder's padded vocabulary); ctc_blank the
+  // ctc_vocab: CTC head rows (classes incl. the blank); ctc_blank the
   // blank label; max_batch x max_frames the largest batch.
   SpeechEncoder(const SpeechEncoderConfig& cfg, int ctc_vocab, int ctc_blank, int max_batch, int max_frames,
                 dist::Communicator* tp, Precision precision);

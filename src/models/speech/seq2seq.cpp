@@ -7,25 +7,24 @@
 namespace chorus::models {
 
 nlohmann::json SpeechSeq2SeqConfig::extra_json() const {
-  return {{"encoder", encoder.to_json()}, {"ctc_blank", blank}};
+  return {{"encoder", encoder.to_json()}, {"ctc", "bytes"}};
 }
 
 SpeechSeq2SeqConfig SpeechSeq2SeqConfig::from_manifest(const GptConfig& decoder, const nlohmann::json& extra,
                                                        const std::string& where) {
   SpeechSeq2SeqConfig c;
   c.decoder = decoder;
-  CHORUS_CHECK(extra.is_object() && extra.contains("encoder") && extra.contains("ctc_blank"),
-               "%s: field 'model_extra': expected {\"encoder\": ..., \"ctc_blank\": ...} (not a speech checkpoint?)",
+  CHORUS_CHECK(extra.is_object() && extra.contains("encoder") && extra.value("ctc", "") == "bytes",
+               "%s: field 'model_extra': expected {\"encoder\": ..., \"ctc\": \"bytes\"} (not a speech checkpoint?)",
                where.c_str());
   c.encoder = SpeechEncoderConfig::from_json(extra.at("encoder"), where);
-  c.blank = extra.at("ctc_blank").get<int>();
   return c;
 }
 
 SpeechSeq2Seq::SpeechSeq2Seq(const SpeechSeq2SeqConfig& cfg, int max_batch, int max_frames, int max_tokens,
                              dist::Communicator* tp, Precision precision)
     : cfg_(cfg) {
-  encoder_ = std::make_unique<SpeechEncoder>(cfg.encoder, cfg.decoder.vocab_size, cfg.blank, max_batch, max_frames,
+  encoder_ = std::make_unique<SpeechEncoder>(cfg.encoder, SpeechSeq2SeqConfig::kCtcVocab, SpeechSeq2SeqConfig::kCtcBlank, max_batch, max_frames,
                                              tp, precision);
   decoder_ = std::make_unique<Gpt>(cfg.decoder, max_batch, max_tokens, tp, precision,
                                    CrossAttentionConfig{cfg.encoder.n_embd, encoder_out_len(max_frames)});

@@ -21,8 +21,11 @@ namespace chorus::models {
 struct SpeechSeq2SeqConfig {
   SpeechEncoderConfig encoder;
   GptConfig decoder;
-  int blank = 0;  // CTC blank: <|endoftext|>
-  // model_extra of a checkpoint manifest: {"encoder": {...}, "ctc_blank": id}
+  // The CTC head predicts UTF-8 bytes (kCtcVocab classes: blank 0, byte b as
+  // b + 1): language-independent, and 32x cheaper than the BPE vocabulary.
+  static constexpr int kCtcVocab = 257;
+  static constexpr int kCtcBlank = 0;
+  // model_extra of a checkpoint manifest: {"encoder": {...}, "ctc": "bytes"}
   nlohmann::json extra_json() const;
   static SpeechSeq2SeqConfig from_manifest(const GptConfig& decoder, const nlohmann::json& extra,
                                            const std::string& where);
@@ -35,7 +38,7 @@ struct SpeechBatch {
   std::vector<int> n_frames;       // (B)
   std::vector<int32_t> tokens;     // (B, T) decoder input
   std::vector<int32_t> targets;    // (B, T) next token, -1 = no loss
-  std::vector<int32_t> ctc_targets;  // transcript tokens of every clip, concatenated
+  std::vector<int32_t> ctc_targets;  // transcript bytes + 1 of every clip, concatenated
   std::vector<int> ctc_off, ctc_len;  // (B)
 };
 
