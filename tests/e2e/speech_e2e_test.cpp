@@ -1,6 +1,7 @@
 // The whole speech path on tiny data: a synthesised corpus (espeak-ng) ->
 // prepare-speech -> a tiny GPT pretrained -> finetune-speech from it -> resume
-// exactness -> DP 2 and TP 2 equal one rank -> transcribe -> evaluate.
+// exactness -> DP 2 and TP 2 equal one rank -> bf16 / fp16 track fp32 ->
+// transcribe -> evaluate.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -132,6 +133,22 @@ TEST_F(SpeechE2E, DataAndTensorParallelEqualOneRank) {
     EXPECT_NEAR(l3[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "TP 2 step " << i;
     EXPECT_NEAR(g2[i], g1[i], 1e-3 * g1[i]) << "DP 2 grad norm step " << i;
     EXPECT_NEAR(g3[i], g1[i], 1e-3 * g1[i]) << "TP 2 grad norm step " << i;
+  }
+}
+
+TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
+  const std::string d = dir_.string();
+  const std::string common = "--init-decoder " + d + "/gpt --batch 4 --no-spec-augment --eval-clips 0 --steps 6 "
+                             "--eval-every 6 ";
+  ASSERT_EQ(finetune("p32", common).code, 0);
+  for (const char* p : {"bf16", "fp16"}) {
+    Result r = finetune(std::string("p") + p, common + "--precision " + p);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const auto a = losses(d + "/p32"), b = losses(d + "/p" + p);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 0.03 * a[i]) << p << " step " << i;
+    const auto va = metric(d + "/p32", "val_loss"), vb = metric(d + "/p" + p, "val_loss");
+    EXPECT_NEAR(vb.back(), va.back(), 0.03 * va.back()) << p;
   }
 }
 
