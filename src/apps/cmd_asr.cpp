@@ -203,6 +203,8 @@ void add_decode_flags(OptionSet& o) {
   o.add<int>("decode", "beam", 1, "beam width (1 = greedy); beams are rescored jointly with the CTC head");
   o.add<float>("decode", "ctc-weight", 0.3f, "0.3", "weight of the CTC log-likelihood in beam rescoring (0 = off)");
   o.add<int>("decode", "max-new-tokens", 120, "longest transcript in tokens");
+  o.add<int>("decode", "min-new-tokens", 0, "no <|endoftext|> (and no repetition stop) before this many tokens: "
+                                            "a fixed output length for speed benchmarks");
   o.add<int>("decode", "batch", 8, "clips decoded together");
   o.add<int>("system", "threads", 0, "OpenMP threads (0 = all cores)");
 }
@@ -214,6 +216,9 @@ train::DecodeOptions read_decode_flags(const po::variables_map& vm) {
   d.beam = vm["beam"].as<int>();
   d.ctc_weight = vm["ctc-weight"].as<float>();
   d.max_new_tokens = vm["max-new-tokens"].as<int>();
+  d.min_new_tokens = vm["min-new-tokens"].as<int>();
+  CHORUS_CHECK(d.min_new_tokens >= 0 && d.min_new_tokens <= d.max_new_tokens,
+               "min-new-tokens: must be in [0, max-new-tokens], got %d", d.min_new_tokens);
   CHORUS_CHECK(d.beam >= 1, "beam: must be >= 1, got %d", d.beam);
   CHORUS_CHECK(d.max_new_tokens >= 1, "max-new-tokens: must be >= 1");
   CHORUS_CHECK(vm["batch"].as<int>() >= 1, "batch: must be >= 1");

@@ -135,8 +135,10 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
         log_softmax(logits + static_cast<size_t>(i * K + k) * Vp, V, lp);
         // top K tokens of this beam
         std::vector<uint32_t> idx;
+        const bool eot_ok = step >= opt.min_new_tokens;
         for (int v = 0; v < V; ++v)
-          if (allowed(static_cast<uint32_t>(v))) idx.push_back(static_cast<uint32_t>(v));
+          if (allowed(static_cast<uint32_t>(v)) && (eot_ok || static_cast<uint32_t>(v) != eot))
+            idx.push_back(static_cast<uint32_t>(v));
         const int top = std::min<int>(K + 1, static_cast<int>(idx.size()));
         std::partial_sort(idx.begin(), idx.begin() + top, idx.end(),
                           [&](uint32_t a, uint32_t c) { return lp[a] > lp[c]; });
@@ -156,7 +158,7 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
           continue;
         }
         nb.tokens.push_back(c.tok);
-        if (looping(nb.tokens, opt.max_repeat_ngram + 1)) {
+        if (step >= opt.min_new_tokens && looping(nb.tokens, opt.max_repeat_ngram + 1)) {
           nb.looped = true;
           nb.done = true;
           finished[i].push_back(nb);

@@ -18,6 +18,7 @@ struct DecodeOptions {
   std::string lang;         // "" = detect
   int beam = 1;             // 1 = greedy
   int max_new_tokens = 120;
+  int min_new_tokens = 0;   // <|endoftext|> suppressed before this many tokens (benchmarks: a fixed length)
   float ctc_weight = 0.3f;  // rescoring weight of the CTC log-likelihood (beam > 1; 0 = off)
   int max_repeat_ngram = 3; // stop when the last n-gram (n = 1..4) has repeated this many times in a row
 };

@@ -187,6 +187,10 @@ class SpeechTask final : public TrainTask {
     return s;
   }
 
+  nlohmann::json step_metrics() const override {
+    return {{"att_loss", last_att_}, {"ctc_loss", last_ctc_}};  // the last micro-batch of this rank
+  }
+  const char* throughput_unit() const override { return "frames/s"; }  // 10 ms of audio each
   double tokens_per_step() const override {
     // frames of audio (10 ms) per step, at the batch's typical length: counted as
     // 100 items per second of audio of the train split on average

@@ -371,9 +371,10 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
       const std::string scale_part =
           scaler.enabled() ? strfmt(" | scale %g (%lld skipped)", loss_scale, static_cast<long long>(scaler.skipped_steps()))
                            : std::string();
-      log_info("step %6lld/%lld | loss %.4f | lr %.2e | grad-norm %.3f | %8.0f tok/s | MFU %5.1f%%%s | mem MiB "
+      log_info("step %6lld/%lld | loss %.4f | lr %.2e | grad-norm %.3f | %8.0f %s | MFU %5.1f%%%s | mem MiB "
                "params %.0f grads %.0f optim %.0f acts %.0f peak %.0f | %.0f ms",
                static_cast<long long>(step + 1), static_cast<long long>(opt.steps), loss, lr, norm, tok_s,
+               task.throughput_unit(),
                100.0 * mfu, scale_part.c_str(), mem_params, mem_grads, mem_optim, mem_acts,
                peak_mem / double(1 << 20), secs * 1e3);
     }
@@ -385,6 +386,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
                           {"loss_scale", loss_scale}, {"skipped_steps", scaler.skipped_steps()},
                           {"step_skipped", st.skipped}, {"tokens", tokens_seen}};
     if (!std::isfinite(loss)) row["loss"] = nullptr;
+    row.update(task.step_metrics());
     const bool last = step + 1 == opt.steps;
     if (last || (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)) {
       const nlohmann::json ev = task.evaluate();

@@ -115,7 +115,10 @@ class TrainTask {
   virtual std::string describe_eval(const nlohmann::json& metrics) const = 0;
 
   // Work of one optimizer step over all ranks, for the step line.
-  virtual double tokens_per_step() const = 0;  // items counted in tok/s
+  virtual double tokens_per_step() const = 0;  // items counted in the throughput
+  virtual const char* throughput_unit() const { return "tok/s"; }
+  // Extra columns of this step's metrics.jsonl row (e.g. loss parts; rank 0's view).
+  virtual nlohmann::json step_metrics() const { return nlohmann::json::object(); }
   virtual double flops_per_step() const = 0;   // training FLOPs (MFU)
   virtual models::GptMemory memory() const = 0;
 

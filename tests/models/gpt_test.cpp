@@ -141,6 +141,7 @@ TEST(Gpt, ConstructorAndForwardRejectBadSizes) {
   tok[3] = 0;
   tok[5] = -1;
   expect_error_mentions([&] { m.forward(tok.data() + 4, tok.data(), 1, 4); }, "tokens[1]");
+  tok[5] = -2;  // a target of -1 means "ignored"; other negatives are refused
   expect_error_mentions([&] { m.forward(tok.data(), tok.data() + 2, 1, 4); }, "targets[3]");
   expect_error_mentions([&] { m.backward(); }, "forward");
 }
