@@ -6,6 +6,7 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "backend/cpu/blas_kernels.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "dist/runtime.h"
@@ -46,6 +47,7 @@ void usage(std::FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  chorus::backend::cpu::ensure_blas_kernels(argv);  // before MPI and threads: may re-execute
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     usage(stdout);
     return argc < 2 ? 2 : 0;

@@ -1,5 +1,7 @@
 #include "backend/cpu/gemm.h"
 
+#include "backend/cpu/blas_kernels.h"
+
 #include <cblas.h>
 #include <dlfcn.h>
 #include <omp.h>
@@ -425,7 +427,7 @@ GemmPath gemm_path_for(Precision p) {
 }
 
 std::string gemm_describe() {
-  std::string s = "cpu: " + cpu_features_string();
+  std::string s = "cpu: " + cpu_features_string() + "; openblas " + blas_core_name() + " kernels";
 #if CHORUS_DNNL
   s += "; onednn " + dnnl_version_string();
 #else
