@@ -200,8 +200,10 @@ void add_decode_flags(OptionSet& o) {
   o.add<std::string>("model", "tokenizer", "", "tokenizer JSON (default: the one the checkpoint records)");
   o.add<std::string>("decode", "lang", "", "language code of the audio (default: detect it per clip from the "
                                             "language-token distribution)");
-  o.add<int>("decode", "beam", 1, "beam width (1 = greedy); beams are rescored jointly with the CTC head");
-  o.add<float>("decode", "ctc-weight", 0.3f, "0.3", "weight of the CTC log-likelihood in beam rescoring (0 = off)");
+  o.add<int>("decode", "beam", 1, "beam width (1 = greedy)");
+  o.add<float>("decode", "ctc-weight", 0.3f, "0.3",
+               "joint CTC/attention decoding: the attention decoder proposes tokens, ranked by (1 - w) x attention + "
+               "w x CTC prefix log-probability (0 = attention alone)");
   o.add<int>("decode", "max-new-tokens", 120, "longest transcript in tokens");
   o.add<int>("decode", "min-new-tokens", 0, "no <|endoftext|> (and no repetition stop) before this many tokens: "
                                             "a fixed output length for speed benchmarks");

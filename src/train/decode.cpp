@@ -40,9 +40,59 @@ bool looping(const std::vector<uint32_t>& seq, int times) {
   return false;
 }
 
+double log_add(double a, double b) {
+  if (a == -INFINITY) return b;
+  if (b == -INFINITY) return a;
+  return std::max(a, b) + std::log1p(std::exp(-std::abs(a - b)));
+}
+
+// CTC prefix scoring (Graves 2012; Watanabe et al. 2017, "Hybrid CTC/attention",
+// section III-B): for a hypothesis prefix h, rn[t] / rb[t] are log P(h, frames
+// 0..t, ending in a non-blank / blank); score is log P(h as a prefix of the
+// labelling). Labels are UTF-8 bytes + 1 (models/speech/seq2seq.h).
+struct CtcPrefix {
+  std::vector<double> rn, rb;
+  double score = 0.0;
+  int last = -1;      // last label
+  bool root = true;   // the empty prefix
+};
+
+CtcPrefix ctc_root(const float* lp, int T, int V, int blank) {
+  CtcPrefix r;
+  r.rn.assign(T, -INFINITY);
+  r.rb.resize(T);
+  double acc = 0.0;
+  for (int t = 0; t < T; ++t) r.rb[t] = acc += lp[static_cast<size_t>(t) * V + blank];
+  return r;
+}
+
+CtcPrefix ctc_extend(const CtcPrefix& h, int c, const float* lp, int T, int V, int blank) {
+  CtcPrefix g;
+  g.rn.resize(T);
+  g.rb.resize(T);
+  g.root = false;
+  g.last = c;
+  g.rn[0] = h.root ? lp[c] : -INFINITY;
+  g.rb[0] = -INFINITY;
+  double psi = g.rn[0];
+  for (int t = 1; t < T; ++t) {
+    const double phi = c == h.last ? h.rb[t - 1] : log_add(h.rb[t - 1], h.rn[t - 1]);
+    const double y = lp[static_cast<size_t>(t) * V + c];
+    g.rn[t] = log_add(g.rn[t - 1], phi) + y;
+    g.rb[t] = log_add(g.rb[t - 1], g.rn[t - 1]) + lp[static_cast<size_t>(t) * V + blank];
+    psi = log_add(psi, phi + y);
+  }
+  g.score = psi;
+  return g;
+}
+
+double ctc_final(const CtcPrefix& h) { return log_add(h.rn.back(), h.rb.back()); }
+
 struct Beam {
   std::vector<uint32_t> tokens;
-  double logp = 0.0;
+  double logp = 0.0;   // the ranking score: attention, or joint with CTC
+  double att = 0.0;    // attention log-probability
+  CtcPrefix ctc;       // joint decoding only
   bool done = false;
   bool looped = false;
 };
@@ -69,9 +119,11 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
                   mem_k.begin() + (static_cast<size_t>(i) * K + k) * S * d);
       len_k[i * K + k] = enc.memory_len()[i];
     }
-  // CTC log-probabilities per clip, for rescoring.
+  // CTC log-probabilities per clip, for joint scoring.
   std::vector<std::vector<float>> ctc_lp;
-  if (K > 1 && opt.ctc_weight > 0.0f) {
+  const bool joint = opt.ctc_weight > 0.0f;
+  const double lam = opt.ctc_weight;
+  if (joint) {
     ctc_lp.resize(B);
     for (int i = 0; i < B; ++i) {
       ctc_lp[i].resize(static_cast<size_t>(S) * enc.ctc_vocab());
@@ -111,8 +163,11 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
   const int ctx = model.config().decoder.context;
   const int max_new = std::min(opt.max_new_tokens, ctx - pos);
   std::vector<std::vector<Beam>> beams(B, std::vector<Beam>(K));
-  for (int i = 0; i < B; ++i)
+  const int CV = enc.ctc_vocab(), blank = enc.ctc_blank();
+  for (int i = 0; i < B; ++i) {
+    if (joint) beams[i][0].ctc = ctc_root(ctc_lp[i].data(), enc.memory_len()[i], CV, blank);
     for (int k = 1; k < K; ++k) beams[i][k].logp = -std::numeric_limits<double>::infinity();  // one live start
+  }
   std::vector<std::vector<Beam>> finished(B);
   // Text tokens and <|endoftext|> only: no other special token inside a transcript.
   std::vector<char> is_allowed(V, 1);
@@ -124,9 +179,11 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
     bool any_live = false;
     for (int i = 0; i < B; ++i) {
       struct Cand {
-        double logp;
+        double logp;  // ranking score
+        double att;
         int k;
         uint32_t tok;
+        CtcPrefix ctc;
       };
       std::vector<Cand> cands;
       for (int k = 0; k < K; ++k) {
@@ -139,10 +196,29 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
         for (int v = 0; v < V; ++v)
           if (allowed(static_cast<uint32_t>(v)) && (eot_ok || static_cast<uint32_t>(v) != eot))
             idx.push_back(static_cast<uint32_t>(v));
-        const int top = std::min<int>(K + 1, static_cast<int>(idx.size()));
+        // Joint decoding looks at more attention candidates: CTC may reorder them.
+        const int top = std::min<int>(joint ? std::max(K + 1, 8) : K + 1, static_cast<int>(idx.size()));
         std::partial_sort(idx.begin(), idx.begin() + top, idx.end(),
                           [&](uint32_t a, uint32_t c) { return lp[a] > lp[c]; });
-        for (int t = 0; t < top; ++t) cands.push_back({bm.logp + lp[idx[t]], k, idx[t]});
+        for (int t = 0; t < top; ++t) {
+          const uint32_t id = idx[t];
+          Cand c{bm.att + lp[id], bm.att + lp[id], k, id, {}};
+          if (joint) {
+            const float* L = ctc_lp[i].data();
+            const int Ti = enc.memory_len()[i];
+            double ctc_score;
+            if (id == eot) {
+              ctc_score = ctc_final(bm.ctc);
+            } else {
+              c.ctc = bm.ctc;
+              const std::string& bytes = tok.token_bytes(id);
+              for (unsigned char ch : bytes) c.ctc = ctc_extend(c.ctc, static_cast<int>(ch) + 1, L, Ti, CV, blank);
+              ctc_score = bytes.empty() ? bm.ctc.score : c.ctc.score;
+            }
+            c.logp = (1.0 - lam) * c.att + lam * ctc_score;
+          }
+          cands.push_back(std::move(c));
+        }
       }
       std::sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& c) { return a.logp > c.logp; });
       std::vector<Beam> next;
@@ -151,6 +227,8 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
         if (static_cast<int>(next.size()) == K) break;
         Beam nb = beams[i][c.k];
         nb.logp = c.logp;
+        nb.att = c.att;
+        if (joint && c.tok != eot) nb.ctc = c.ctc;
         if (c.tok == eot) {
           nb.done = true;
           finished[i].push_back(nb);
@@ -196,17 +274,17 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
     double best = -std::numeric_limits<double>::infinity();
     for (const Beam& bm : finished[i]) {
       const double n = static_cast<double>(bm.tokens.size() + 1);
-      double score = bm.logp / n;
-      if (!ctc_lp.empty()) {
+      double score = bm.att / n;
+      if (joint) {  // the full CTC likelihood of the finished hypothesis
         const std::vector<int32_t> lab = ctc_labels(tok, bm.tokens);
         const double c = nn::ctc_log_likelihood(ctc_lp[i].data(), enc.memory_len()[i], enc.ctc_vocab(), lab.data(),
                                                 static_cast<int>(lab.size()), enc.ctc_blank());
-        score = (1.0 - opt.ctc_weight) * bm.logp / n + opt.ctc_weight * (std::isfinite(c) ? c / n : -1e9);
+        score = ((1.0 - lam) * bm.att + lam * (std::isfinite(c) ? c : -1e9)) / n;
       }
       if (score > best) {
         best = score;
         t.tokens = bm.tokens;
-        t.avg_logprob = bm.logp / n;
+        t.avg_logprob = bm.att / n;
         t.loop_stopped = bm.looped;
       }
     }

@@ -2,7 +2,7 @@
 // whisper.cpp keeps it): batched greedy or beam search over the decoder's KV
 // cache (cost linear in output length), the language given or detected from
 // the distribution over language tokens after <|startoftranscript|>, joint
-// CTC/attention rescoring of the finished beams, and a guard against
+// CTC/attention scoring (CTC prefix scores during the search), and a guard against
 // repetition loops. One rank (TP = 1).
 #pragma once
 
@@ -19,7 +19,11 @@ struct DecodeOptions {
   int beam = 1;             // 1 = greedy
   int max_new_tokens = 120;
   int min_new_tokens = 0;   // <|endoftext|> suppressed before this many tokens (benchmarks: a fixed length)
-  float ctc_weight = 0.3f;  // rescoring weight of the CTC log-likelihood (beam > 1; 0 = off)
+  // Joint CTC/attention decoding (Watanabe et al. 2017): hypotheses grow from
+  // the attention decoder's candidates and are ranked by (1 - w) x attention +
+  // w x CTC prefix log-probability; finished ones by the full CTC likelihood.
+  // 0 = attention only.
+  float ctc_weight = 0.3f;
   int max_repeat_ngram = 3; // stop when the last n-gram (n = 1..4) has repeated this many times in a row
 };
 
