@@ -217,4 +217,43 @@ std::vector<int32_t> ctc_greedy(const float* logits, int Tn, int V, int blank) {
   return out;
 }
 
+static double prefix_log_add(double a, double b) {
+  if (a == -INFINITY) return b;
+  if (b == -INFINITY) return a;
+  return std::max(a, b) + std::log1p(std::exp(-std::abs(a - b)));
+}
+
+
+CtcPrefix ctc_prefix_root(const float* lp, int T, int V, int blank) {
+  CtcPrefix r;
+  r.rn.assign(T, -INFINITY);
+  r.rb.resize(T);
+  double acc = 0.0;
+  for (int t = 0; t < T; ++t) r.rb[t] = acc += lp[static_cast<size_t>(t) * V + blank];
+  return r;
+}
+
+CtcPrefix ctc_prefix_extend(const CtcPrefix& h, int c, const float* lp, int T, int V, int blank) {
+  CtcPrefix g;
+  g.rn.resize(T);
+  g.rb.resize(T);
+  g.root = false;
+  g.last = c;
+  g.rn[0] = h.root ? lp[c] : -INFINITY;
+  g.rb[0] = -INFINITY;
+  double psi = g.rn[0];
+  for (int t = 1; t < T; ++t) {
+    const double phi = c == h.last ? h.rb[t - 1] : prefix_log_add(h.rb[t - 1], h.rn[t - 1]);
+    const double y = lp[static_cast<size_t>(t) * V + c];
+    g.rn[t] = prefix_log_add(g.rn[t - 1], phi) + y;
+    g.rb[t] = prefix_log_add(g.rb[t - 1], g.rn[t - 1]) + lp[static_cast<size_t>(t) * V + blank];
+    psi = prefix_log_add(psi, phi + y);
+  }
+  g.score = psi;
+  return g;
+}
+
+double ctc_prefix_final(const CtcPrefix& h) { return prefix_log_add(h.rn.back(), h.rb.back()); }
+
+
 }  // namespace chorus::nn

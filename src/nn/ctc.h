@@ -54,6 +54,23 @@ int ctc_loss(float* losses, T* dlogits, const T* logits, const int* in_len, cons
 // O(Tn * (2n + 1)) time, O(n) memory.
 double ctc_log_likelihood(const float* log_probs, int Tn, int V, const int32_t* target, int n, int blank);
 
+// CTC prefix scoring for joint CTC/attention beam search (Graves 2012;
+// Watanabe et al. 2017, "Hybrid CTC/attention", section III-B), on
+// log-probabilities (Tn, V) fp32: for a prefix h, rn[t] / rb[t] = log P(h
+// over frames 0..t, ending in a non-blank / a blank), score = log P(h is a
+// prefix of the labelling).
+struct CtcPrefix {
+  std::vector<double> rn, rb;
+  double score = 0.0;
+  int last = -1;     // last label (-1: none)
+  bool root = true;  // the empty prefix
+};
+CtcPrefix ctc_prefix_root(const float* log_probs, int Tn, int V, int blank);
+// h followed by label c (!= blank). O(Tn).
+CtcPrefix ctc_prefix_extend(const CtcPrefix& h, int c, const float* log_probs, int Tn, int V, int blank);
+// log P(labelling == h): equals ctc_log_likelihood of h's labels.
+double ctc_prefix_final(const CtcPrefix& h);
+
 // Greedy (best path) decoding: argmax per frame of logits (Tn, V) (or
 // log-probabilities: the argmax is the same; the first maximum on ties),
 // repeats collapsed, blanks dropped.

@@ -40,59 +40,11 @@ bool looping(const std::vector<uint32_t>& seq, int times) {
   return false;
 }
 
-double log_add(double a, double b) {
-  if (a == -INFINITY) return b;
-  if (b == -INFINITY) return a;
-  return std::max(a, b) + std::log1p(std::exp(-std::abs(a - b)));
-}
-
-// CTC prefix scoring (Graves 2012; Watanabe et al. 2017, "Hybrid CTC/attention",
-// section III-B): for a hypothesis prefix h, rn[t] / rb[t] are log P(h, frames
-// 0..t, ending in a non-blank / blank); score is log P(h as a prefix of the
-// labelling). Labels are UTF-8 bytes + 1 (models/speech/seq2seq.h).
-struct CtcPrefix {
-  std::vector<double> rn, rb;
-  double score = 0.0;
-  int last = -1;      // last label
-  bool root = true;   // the empty prefix
-};
-
-CtcPrefix ctc_root(const float* lp, int T, int V, int blank) {
-  CtcPrefix r;
-  r.rn.assign(T, -INFINITY);
-  r.rb.resize(T);
-  double acc = 0.0;
-  for (int t = 0; t < T; ++t) r.rb[t] = acc += lp[static_cast<size_t>(t) * V + blank];
-  return r;
-}
-
-CtcPrefix ctc_extend(const CtcPrefix& h, int c, const float* lp, int T, int V, int blank) {
-  CtcPrefix g;
-  g.rn.resize(T);
-  g.rb.resize(T);
-  g.root = false;
-  g.last = c;
-  g.rn[0] = h.root ? lp[c] : -INFINITY;
-  g.rb[0] = -INFINITY;
-  double psi = g.rn[0];
-  for (int t = 1; t < T; ++t) {
-    const double phi = c == h.last ? h.rb[t - 1] : log_add(h.rb[t - 1], h.rn[t - 1]);
-    const double y = lp[static_cast<size_t>(t) * V + c];
-    g.rn[t] = log_add(g.rn[t - 1], phi) + y;
-    g.rb[t] = log_add(g.rb[t - 1], g.rn[t - 1]) + lp[static_cast<size_t>(t) * V + blank];
-    psi = log_add(psi, phi + y);
-  }
-  g.score = psi;
-  return g;
-}
-
-double ctc_final(const CtcPrefix& h) { return log_add(h.rn.back(), h.rb.back()); }
-
 struct Beam {
   std::vector<uint32_t> tokens;
   double logp = 0.0;   // the ranking score: attention, or joint with CTC
   double att = 0.0;    // attention log-probability
-  CtcPrefix ctc;       // joint decoding only
+  nn::CtcPrefix ctc;       // joint decoding only
   bool done = false;
   bool looped = false;
 };
@@ -165,7 +117,7 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
   std::vector<std::vector<Beam>> beams(B, std::vector<Beam>(K));
   const int CV = enc.ctc_vocab(), blank = enc.ctc_blank();
   for (int i = 0; i < B; ++i) {
-    if (joint) beams[i][0].ctc = ctc_root(ctc_lp[i].data(), enc.memory_len()[i], CV, blank);
+    if (joint) beams[i][0].ctc = nn::ctc_prefix_root(ctc_lp[i].data(), enc.memory_len()[i], CV, blank);
     for (int k = 1; k < K; ++k) beams[i][k].logp = -std::numeric_limits<double>::infinity();  // one live start
   }
   std::vector<std::vector<Beam>> finished(B);
@@ -183,7 +135,7 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
         double att;
         int k;
         uint32_t tok;
-        CtcPrefix ctc;
+        nn::CtcPrefix ctc;
       };
       std::vector<Cand> cands;
       for (int k = 0; k < K; ++k) {
@@ -208,11 +160,11 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
             const int Ti = enc.memory_len()[i];
             double ctc_score;
             if (id == eot) {
-              ctc_score = ctc_final(bm.ctc);
+              ctc_score = nn::ctc_prefix_final(bm.ctc);
             } else {
               c.ctc = bm.ctc;
               const std::string& bytes = tok.token_bytes(id);
-              for (unsigned char ch : bytes) c.ctc = ctc_extend(c.ctc, static_cast<int>(ch) + 1, L, Ti, CV, blank);
+              for (unsigned char ch : bytes) c.ctc = nn::ctc_prefix_extend(c.ctc, static_cast<int>(ch) + 1, L, Ti, CV, blank);
               ctc_score = bytes.empty() ? bm.ctc.score : c.ctc.score;
             }
             c.logp = (1.0 - lam) * c.att + lam * ctc_score;

@@ -101,6 +101,37 @@ TEST(Ctc, LossMatchesBruteForceEnumeration) {
 
 // A repeated label needs a blank in between: with exactly L + repeats frames
 // there is one alignment.
+// Prefix scoring (joint decoding): extending label by label and closing gives
+// the full likelihood; a prefix's score is the sum over its continuations
+// (brute force: every labelling of at most Tn labels that starts with it).
+TEST(Ctc, PrefixScoresMatchTheLikelihoodAndSumOverContinuations) {
+  const int Tn = 4, V = 3, blank = 0;
+  const auto logits = random_vector(Tn * V, 21, 2.0f);
+  const auto lpd = log_softmax(logits, Tn, V);
+  const std::vector<float> lp(lpd.begin(), lpd.end());
+  for (const std::vector<int32_t>& lab : {std::vector<int32_t>{1}, {1, 2}, {2, 2}, {1, 2, 1}}) {
+    CtcPrefix h = ctc_prefix_root(lp.data(), Tn, V, blank);
+    for (int32_t c : lab) h = ctc_prefix_extend(h, c, lp.data(), Tn, V, blank);
+    const double want = ctc_log_likelihood(lp.data(), Tn, V, lab.data(), static_cast<int>(lab.size()), blank);
+    EXPECT_NEAR(ctc_prefix_final(h), want, 1e-9) << lab.size() << " labels";
+  }
+  // P(prefix [1]) = sum of P(y) over labellings y starting with 1.
+  double sum = 0.0;
+  std::vector<std::vector<int32_t>> all = {{1}};
+  for (size_t k = 0; k < all.size(); ++k) {
+    const auto y = all[k];
+    sum += std::exp(ctc_log_likelihood(lp.data(), Tn, V, y.data(), static_cast<int>(y.size()), blank));
+    if (static_cast<int>(y.size()) < Tn)
+      for (int32_t c : {1, 2}) {
+        auto z = y;
+        z.push_back(c);
+        all.push_back(z);
+      }
+  }
+  CtcPrefix h = ctc_prefix_extend(ctc_prefix_root(lp.data(), Tn, V, blank), 1, lp.data(), Tn, V, blank);
+  EXPECT_NEAR(std::exp(h.score), sum, 1e-6);
+}
+
 TEST(Ctc, RepeatedLabelsAtMinimumLengthHaveOneAlignment) {
   const int Tn = 3, V = 4;
   const auto logits = random_vector(Tn * V, 5, 2.0f);
