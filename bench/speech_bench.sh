@@ -5,7 +5,9 @@
 # on one 10 s clip, random weights. Prints both real-time factors (compute
 # seconds / audio seconds; lower is faster) and their ratio.
 #   THREADS (2), TOKENS (64), ROUNDS (3), D (384), HEADS (6), ENC_LAYERS (4),
-#   DEC_LAYERS (4), VOCAB (8192: the tokenizer Chorus trains; the peer is given the same)
+#   DEC_LAYERS (4), VOCAB (8192: the tokenizer Chorus trains), PEER_VOCAB (51865: the
+#   peer's prompt uses Whisper's token ids, so it cannot run a smaller vocabulary;
+#   its LM head is then 6.3x larger than ours: say so next to any figure)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -13,6 +15,7 @@ launch/setup >/dev/null
 chorus=${CHORUS_BUILD_DIR:-$root/build}/bin/chorus
 threads=${THREADS:-2}; tokens=${TOKENS:-64}; rounds=${ROUNDS:-3}
 d=${D:-384}; heads=${HEADS:-6}; enc=${ENC_LAYERS:-4}; dec=${DEC_LAYERS:-4}; vocab=${VOCAB:-8192}
+peer_vocab=${PEER_VOCAB:-51865}
 peer=${PEER:-$root/../shared/bench/peers/torch_whisper_bench.py}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
@@ -28,14 +31,14 @@ done
   --n-layer "$enc" --n-embd "$d" --n-head "$heads" --max-frames 1000 --dec-n-layer "$dec" --dec-n-embd "$d" \
   --dec-n-head "$heads" --dec-context 448 --batch 1 --steps 1 --eval-clips 0 --quiet --threads "$threads" >/dev/null
 echo "== $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(grep -o -w -E 'amx_bf16|avx512_bf16|avx512_vnni' /proc/cpuinfo | sort -u | xargs)"
-echo "== shapes: d $d, $heads heads, encoder $enc x, decoder $dec x, vocab $vocab; 10 s clip; greedy, $tokens tokens; $threads threads"
+echo "== shapes: d $d, $heads heads, encoder $enc x, decoder $dec x, vocab $vocab (peer $peer_vocab); 10 s clip; greedy, $tokens tokens; $threads threads"
 ours=(); theirs=()
 for r in $(seq "$rounds"); do
   o=$("$chorus" transcribe --checkpoint "$work/run" --threads "$threads" --batch 1 --lang en \
         --min-new-tokens "$tokens" --max-new-tokens "$tokens" "$work/clip.wav" 2>&1 | sed -n 's/.*real-time factor \([0-9.]*\).*/\1/p')
   ours+=("$o")
   t=$(OMP_WAIT_POLICY=passive /usr/bin/python3 "$peer" --what infer --seconds 10 --gen_tokens "$tokens" \
-        --threads "$threads" --d "$d" --heads "$heads" --enc_layers "$enc" --dec_layers "$dec" --vocab "$vocab" --json \
+        --threads "$threads" --d "$d" --heads "$heads" --enc_layers "$enc" --dec_layers "$dec" --vocab "$peer_vocab" --json \
         2>/dev/null | sed -n 's/^JSON //p' | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["rtf"])')
   theirs+=("$t")
   echo "round $r: chorus RTF $o   pytorch RTF $t"
