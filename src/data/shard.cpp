@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "core/progress.h"
 #include "core/rng.h"
 #include "core/hdf5.h"
@@ -55,24 +56,6 @@ std::vector<std::string> dir_file_names(const std::string& dir) {
   }
   CHORUS_CHECK(!ec, "shard directory %s: cannot list it: %s", dir.c_str(), ec.message().c_str());
   return names;
-}
-
-void fsync_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  CHORUS_CHECK(fd >= 0, "%s: cannot open for fsync: %s", path.c_str(), std::strerror(errno));
-  int r = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  CHORUS_CHECK(r == 0, "%s: fsync failed: %s", path.c_str(), std::strerror(err));
-}
-
-// Best effort: makes a rename durable. Some file systems refuse fsync on a
-// directory; that is not an error worth failing a job for.
-void fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;
-  (void)::fsync(fd);
-  ::close(fd);
 }
 
 std::string read_whole_file(const std::string& path) {

@@ -15,6 +15,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/fsync.h"
 #include "core/hdf5.h"
 
 namespace chorus::data {
@@ -59,23 +60,6 @@ std::vector<std::string> dir_file_names(const std::string& dir) {
     names.push_back(it->path().filename().string());
   }
   return names;
-}
-
-void fsync_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  CHORUS_CHECK(fd >= 0, "%s: cannot open for fsync: %s", path.c_str(), std::strerror(errno));
-  int r = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  CHORUS_CHECK(r == 0, "%s: fsync failed: %s", path.c_str(), std::strerror(err));
-}
-
-// Best effort, as in shard.cpp: some file systems refuse fsync on a directory.
-void fsync_dir(const std::string& dir) {
-  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;
-  (void)::fsync(fd);
-  ::close(fd);
 }
 
 std::string join(const std::vector<std::string>& v, char sep) {

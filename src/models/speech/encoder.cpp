@@ -62,7 +62,11 @@ namespace {
 
 enum BlockParam { kLn1W, kLn1B, kAttnW, kAttnB, kProjW, kProjB, kLn2W, kLn2B, kFcW, kFcB, kFcProjW, kFcProjB,
                   kPerBlock };
-enum class Init { kNormal, kResidualNormal, kZero, kOne };
+// kFanIn: N(0, 1/fan_in) for the conv stem, as PyTorch's default Conv1d init
+// scales (Whisper trains from it): with GPT-2's N(0, 0.02) the stem's output
+// is ~10x smaller than the sinusoidal positions added to it, and the audio
+// signal starts drowned.
+enum class Init { kNormal, kResidualNormal, kZero, kOne, kFanIn };
 
 template <typename P>
 struct BlockView {
@@ -306,9 +310,9 @@ SpeechEncoder::SpeechEncoder(const SpeechEncoderConfig& cfg, int ctc_vocab, int 
     s.table.push_back(std::move(spec));
     s.init.push_back(init);
   };
-  add("conv1.weight", {d, M, 3}, true, Init::kNormal);
+  add("conv1.weight", {d, M, 3}, true, Init::kFanIn);
   add("conv1.bias", {d}, false, Init::kZero);
-  add("conv2.weight", {d, d, 3}, true, Init::kNormal);
+  add("conv2.weight", {d, d, 3}, true, Init::kFanIn);
   add("conv2.bias", {d}, false, Init::kZero);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const std::string h = "blocks." + std::to_string(l) + ".";
@@ -379,8 +383,12 @@ void SpeechEncoder::init_weights(uint64_t seed) {
     if (sharded) global.resize(n);
     float* w = sharded ? global.data() : s.pbase + spec.offset;
     Rng rng(seed, 1 + i);
+    const size_t fan_in = spec.global_shape.size() == 3 ? static_cast<size_t>(spec.global_shape[1] * spec.global_shape[2])
+                                                        : 1;
+    const float std_fan_in = 1.0f / std::sqrt(static_cast<float>(fan_in));
     for (size_t j = 0; j < n; ++j) {
       switch (s.init[i]) {
+        case Init::kFanIn: w[j] = std_fan_in * rng.normal(); break;
         case Init::kNormal: w[j] = std_normal * rng.normal(); break;
         case Init::kResidualNormal: w[j] = std_residual * rng.normal(); break;
         case Init::kZero: w[j] = 0.0f; break;

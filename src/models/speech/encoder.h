@@ -61,8 +61,9 @@ class SpeechEncoder {
   SpeechEncoder& operator=(const SpeechEncoder&) = delete;
 
   const SpeechEncoderConfig& config() const { return cfg_; }
-  // Conv / Linear weights N(0, 0.02) (residual projections 0.02/sqrt(2L)),
-  // biases 0, LayerNorm gains 1. The same global model for any TP degree.
+  // Conv weights N(0, 1/fan_in), Linear weights N(0, 0.02) (residual
+  // projections 0.02/sqrt(2L)), biases 0, LayerNorm gains 1. The same global
+  // model for any TP degree.
   void init_weights(uint64_t seed);
   std::span<float> params();
   std::span<float> grads();
