@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fixtures.h"
 #include "core/error.h"
 #include "core/hdf5.h"
 #include "data/loader.h"
@@ -27,42 +28,8 @@ namespace h5 = chorus::h5;
 
 namespace {
 
-// A fresh directory under the system temp directory, removed at the end.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("chorus_shard_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
-
-// The message of the chorus::Error that f throws ("" plus a test failure if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected chorus::Error";
-  return "";
-}
-
-#define EXPECT_CONTAINS(haystack, needle)                          \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) \
-      << "'" << (haystack) << "' lacks '" << (needle) << "'"
+using chorus::testing::error_of;
+using TempDir = chorus::testing::TempDir;
 
 struct Sample {
   std::vector<uint32_t> tokens;

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/fixtures.h"
 #include "core/error.h"
 #include "core/hdf5.h"
 #include "data/shard.h"
@@ -25,40 +26,8 @@ using namespace chorus::data;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("chorus_speech_shard_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected chorus::Error";
-  return "";
-}
-
-#define EXPECT_CONTAINS(haystack, needle)                          \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) \
-      << "'" << (haystack) << "' lacks '" << (needle) << "'"
+using chorus::testing::error_of;
+using TempDir = chorus::testing::TempDir;
 
 const std::string kHash = "0123abcd";
 

@@ -13,6 +13,7 @@
 // comments below: Cl = C/tp attention width (NH/tp heads), Fl = 4C/tp MLP
 // width, Vl = Vp/tp vocabulary rows; all equal the global ones when TP = 1.
 #include "models/gpt/gpt.h"
+#include "models/param_storage.h"
 
 #include <climits>
 #include <cmath>
@@ -479,22 +480,7 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
   add("ln_f.weight", {C}, false, Init::kOne);
   add("ln_f.bias", {C}, false, Init::kZero);
 
-  s.params = cpu::AlignedBuffer(offset);
-  s.grads = cpu::AlignedBuffer(offset);
-  s.pbase = s.params.data();
-  s.gbase = s.grads.data();
-  s.n_params = offset;
-  s.p = make_view(s.pbase, s.table, cfg_.n_layer);
-  s.g = make_view(s.gbase, s.table, cfg_.n_layer);
-
-  if (precision != Precision::fp32) {
-    // The compute copy: 2 bytes per parameter, views at the same offsets.
-    s.compute_params = cpu::AlignedBuffer((offset + 1) / 2);
-    if (precision == Precision::bf16)
-      s.p_bf16 = make_view(reinterpret_cast<bf16*>(s.compute_params.data()), s.table, cfg_.n_layer);
-    else
-      s.p_fp16 = make_view(reinterpret_cast<fp16*>(s.compute_params.data()), s.table, cfg_.n_layer);
-  }
+  allocate_param_storage(s, offset, precision, [&](auto* base) { return make_view(base, s.table, cfg_.n_layer); });
 
   // Activation table: every saved tensor and backward scratch, for (max_batch,
   // max_seq), in the compute dtype; the TP-split ones at their local width.
@@ -576,17 +562,7 @@ const CrossAttentionConfig& Gpt::cross_config() const { return s_->cross; }
 void Gpt::set_per_sequence_mean(bool on) { s_->per_sequence = on; }
 
 void Gpt::adopt_storage(float* params, float* grads) {
-  State& s = *s_;
-  CHORUS_CHECK(params != nullptr && grads != nullptr, "Gpt::adopt_storage: null storage");
-  std::memcpy(params, s.pbase, s.n_params * sizeof(float));
-  std::memcpy(grads, s.gbase, s.n_params * sizeof(float));
-  s.pbase = params;
-  s.gbase = grads;
-  s.params = cpu::AlignedBuffer();
-  s.grads = cpu::AlignedBuffer();
-  s.p = make_view(s.pbase, s.table, cfg_.n_layer);
-  s.g = make_view(s.gbase, s.table, cfg_.n_layer);
-  s.compute_stale = true;
+  adopt_param_storage(*s_, params, grads, [&](auto* base) { return make_view(base, s_->table, cfg_.n_layer); });
 }
 
 void Gpt::set_memory(const void* memory, const int* mem_len, int S) {

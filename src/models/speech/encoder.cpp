@@ -4,6 +4,7 @@
 // gradients are overwritten. Local (per TP rank) widths: Cl = d/tp attention,
 // Fl = 4d/tp MLP, NHl = NH/tp heads.
 #include "models/speech/encoder.h"
+#include "models/param_storage.h"
 
 #include <cmath>
 #include <cstring>
@@ -334,20 +335,7 @@ SpeechEncoder::SpeechEncoder(const SpeechEncoderConfig& cfg, int ctc_vocab, int 
   add("ctc_head.weight", {V, d}, true, Init::kNormal);
   add("ctc_head.bias", {V}, false, Init::kZero);
 
-  s.params = cpu::AlignedBuffer(offset);
-  s.grads = cpu::AlignedBuffer(offset);
-  s.pbase = s.params.data();
-  s.gbase = s.grads.data();
-  s.n_params = offset;
-  s.p = make_view(s.pbase, s.table, cfg_.n_layer);
-  s.g = make_view(s.gbase, s.table, cfg_.n_layer);
-  if (precision != Precision::fp32) {
-    s.compute_params = cpu::AlignedBuffer((offset + 1) / 2);
-    if (precision == Precision::bf16)
-      s.p_bf16 = make_view(reinterpret_cast<bf16*>(s.compute_params.data()), s.table, cfg_.n_layer);
-    else
-      s.p_fp16 = make_view(reinterpret_cast<fp16*>(s.compute_params.data()), s.table, cfg_.n_layer);
-  }
+  allocate_param_storage(s, offset, precision, [&](auto* base) { return make_view(base, s.table, cfg_.n_layer); });
   const int max_S = encoder_out_len(max_frames);
   const size_t BF = static_cast<size_t>(max_batch) * max_frames, BS = static_cast<size_t>(max_batch) * max_S;
   const size_t att = static_cast<size_t>(max_batch) * s.NHl * max_S * max_S;
@@ -416,16 +404,7 @@ const int* SpeechEncoder::memory_len() const { return s_->mem_len.data(); }
 int SpeechEncoder::memory_rows() const { return s_->S; }
 
 void SpeechEncoder::adopt_storage(float* params, float* grads) {
-  State& s = *s_;
-  std::memcpy(params, s.pbase, s.n_params * sizeof(float));
-  std::memcpy(grads, s.gbase, s.n_params * sizeof(float));
-  s.pbase = params;
-  s.gbase = grads;
-  s.params = cpu::AlignedBuffer();
-  s.grads = cpu::AlignedBuffer();
-  s.p = make_view(s.pbase, s.table, cfg_.n_layer);
-  s.g = make_view(s.gbase, s.table, cfg_.n_layer);
-  s.compute_stale = true;
+  adopt_param_storage(*s_, params, grads, [&](auto* base) { return make_view(base, s_->table, cfg_.n_layer); });
 }
 
 GptMemory SpeechEncoder::memory_use() const {
