@@ -394,6 +394,13 @@ LoadResult load_checkpoint(dist::ParallelGrid& grid, const std::string& dir, int
       my_bytes = static_cast<double>(m.total_bytes());
       cut_rank(st.tensors, g, target.tp, t, st.opt_range, st.params, st.exp_avg, st.exp_avg_sq);
     }
+    // Saved by a build that committed diverged state: as damaged (resume auto
+    // falls back to an older checkpoint), never trained on silently.
+    const std::string bad = st.first_nonfinite();
+    if (!bad.empty())
+      throw CorruptCheckpoint(strfmt("checkpoint '%s': %s (NaN and Inf are never valid: the run that saved it had "
+                                     "diverged)",
+                                     dir.c_str(), bad.c_str()));
   } catch (const CorruptCheckpoint& e) {
     err = e.what();
     corrupt = true;

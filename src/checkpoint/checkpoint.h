@@ -84,8 +84,8 @@ struct LoadResult {
 // Collective. Loads the checkpoint directory `dir` into state (whose views
 // define the target layout: grid's TP/DP and `zero`). Refuses a config or
 // tokenizer other than the run's (tokenizer_hash "" skips that check).
-// Throws CorruptCheckpoint for damaged files, chorus::Error otherwise, with
-// the same message on every rank.
+// Throws CorruptCheckpoint for damaged files or a NaN / Inf in the state
+// read, chorus::Error otherwise, with the same message on every rank.
 LoadResult load_checkpoint(dist::ParallelGrid& grid, const std::string& dir, int zero,
                            const models::GptConfig& config, const std::string& tokenizer_hash,
                            RankState& state);

@@ -52,6 +52,13 @@ void rewrite_file(const std::string& dir, const std::string& name, const std::fu
   ASSERT_TRUE(chorus::checkpoint::check_all_files(dir, m).empty()) << "the digests match again";
 }
 
+// Rewrites the model file of checkpoint `dir` from s's (poisoned) parameters.
+void rewrite_model_file(const std::string& dir, const TinyState& s) {
+  rewrite_file(dir, "model-tp00.h5", [&](const std::string& p) {
+    chorus::checkpoint::write_model_file(p, s.st.tensors, s.st.offsets, s.st.params.data(), 0, 1, 3);
+  });
+}
+
 }  // namespace
 
 TEST(NonFinite, SaveRefusesANaNParameterNamingTheTensorAndPrunesNothing) {
@@ -88,9 +95,7 @@ TEST(NonFinite, VerifyNamesTheTensorAndFileOfANaNParameter) {
   ASSERT_TRUE(chorus::checkpoint::verify(dir).empty());
   const size_t k = 2;
   s.model.params()[s.st.offsets[k] + 7] = kNaN;
-  rewrite_file(dir, "model-tp00.h5", [&](const std::string& p) {
-    chorus::checkpoint::write_model_file(p, s.st.tensors, s.st.offsets, s.st.params.data(), 0, 1, 3);
-  });
+  rewrite_model_file(dir, s);
   const auto problems = chorus::checkpoint::verify(dir);
   ASSERT_EQ(problems.size(), 1u);
   EXPECT_NE(problems[0].find("checkpoint file '" + dir + "/model-tp00.h5': the parameters of tensor '" +
@@ -114,4 +119,24 @@ TEST(NonFinite, VerifyNamesTheTensorAndFileOfAnInfMoment) {
                              "' holds -inf at element 3"),
             std::string::npos)
       << problems[0];
+}
+
+TEST(NonFinite, ResumeAutoSkipsACheckpointHoldingANaNAndLoadingItIsRefused) {
+  // As a build without the guard left them: step 2 (`latest`) holds a NaN.
+  TempDir tmp("nonfinite");
+  TinyState s;
+  s.save(tmp.path.string(), 1);
+  const std::string dir = s.save(tmp.path.string(), 2).path;
+  s.model.params()[s.st.offsets[0]] = kNaN;
+  rewrite_model_file(dir, s);
+  LoadTarget t(s);
+  expect_throw_with<chorus::checkpoint::CorruptCheckpoint>(
+      [&] { t.load(dir, s.tok_hash); },
+      {dir, "tensor '" + s.st.tensors[0].name + "' holds nan in its parameters at element 0", "diverged"});
+  dist::ParallelGrid grid = dist::ParallelGrid::single();
+  const auto r = chorus::checkpoint::resume_checkpoint(grid, "auto", tmp.path.string(), 0, tiny_config(), s.tok_hash,
+                                                       t.st);
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->manifest.step, 1);
+  for (float x : t.p) ASSERT_TRUE(std::isfinite(x));
 }
