@@ -175,3 +175,12 @@ TEST_F(Divergence, NegativeBoundsAreRefused) {
   r = pretrain(1, "neg", "", 1);
   EXPECT_NE(r.out.find("CHORUS_INJECT_INF: expected RANK:STEP or RANK:STEP:COUNT"), std::string::npos) << r.out;
 }
+
+TEST_F(Divergence, TheStopUnderMpirunExits3) {
+  // Every rank throws after the same step and exits normally with code 3
+  // (no MPI_Abort): mpirun passes the code on.
+  const Result r = pretrain(2, "stop_dp2", "--batch 4 --bad-grad-norm 1e-6 --max-bad-steps 1", kExitDiverged);
+  EXPECT_NE(r.out.find("training diverged: 2 bad steps in a row, more than --max-bad-steps 1"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(metric(path("stop_dp2"), "bad_step").size(), 2u);
+}
