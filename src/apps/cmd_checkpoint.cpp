@@ -28,7 +28,8 @@ void usage(std::FILE* out) {
       "stands for the checkpoint its `latest` names). See docs/CHECKPOINTS.md.\n\n"
       "actions:\n"
       "  inspect DIR                 layout, step, files, tensors and sizes\n"
-      "  verify DIR                  every file's size and SHA-256, every tensor's shape and slice;\n"
+      "  verify DIR                  every file's size and SHA-256, every tensor's shape and slice\n"
+      "                              and that every value is finite;\n"
       "                              exit 1 naming each bad file\n"
       "  hash DIR|FILE               one digest of the global parameters, the same under any layout\n"
       "                              (also of a weights file exported from it)\n"
@@ -70,8 +71,9 @@ int inspect_cmd(int argc, char** argv) {
 int verify_cmd(int argc, char** argv) {
   OptionSet o(
       "checkpoint verify",
-      "Checks the manifest, every file's size and SHA-256 and every tensor's shape and slice. Exits 1,\n"
-      "naming each bad file, on any mismatch.");
+      "Checks the manifest, every file's size and SHA-256, every tensor's shape and slice, and that\n"
+      "every parameter and Adam moment is finite. Exits 1, naming each bad file (and tensor), on any\n"
+      "problem.");
   o.add<std::string>("input", "dir", "", "checkpoint directory or save directory (positional)");
   threads_option(o);
   o.positional("dir", 1);
@@ -89,7 +91,7 @@ int verify_cmd(int argc, char** argv) {
   }
   const auto m = checkpoint::read_manifest(dir + "/manifest.json");
   std::printf(
-      "OK %s: step %lld, %zu files, %.1f MB: sizes, SHA-256 digests, shapes and slices all match (%.1f s)\n",
+      "OK %s: step %lld, %zu files, %.1f MB: sizes, SHA-256 digests, shapes and slices all match, every value finite (%.1f s)\n",
       dir.c_str(), static_cast<long long>(m.step), m.files.size(), m.total_bytes() / 1e6, t.seconds());
   return 0;
 }

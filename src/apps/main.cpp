@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "dist/runtime.h"
+#include "train/loop.h"
 
 namespace {
 
@@ -66,6 +67,11 @@ int main(int argc, char** argv) {
     std::string failure;
     try {
       return c.run(argc - 1, argv + 1, *rt);
+    } catch (const chorus::train::TrainingDiverged& e) {
+      // Every rank decided this together (after the same step): no rank is left
+      // waiting in a collective, so each exits normally with the distinct code.
+      if (rank == 0) std::fprintf(stderr, "chorus %s: error: %s\n", c.name, e.what());
+      return chorus::train::kExitDiverged;
     } catch (const chorus::Error& e) {
       failure = std::string("error: ") + e.what();
     } catch (const std::exception& e) {

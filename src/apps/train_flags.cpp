@@ -11,6 +11,26 @@
 
 namespace chorus::apps {
 
+namespace {
+
+// A test's fault injection from environment variable `name`: "RANK:STEP" or
+// "RANK:STEP:COUNT" (docs/RELIABILITY.md); unset: none.
+train::InjectedFault injected_fault(const char* name) {
+  train::InjectedFault f;
+  const char* v = std::getenv(name);
+  if (v == nullptr) return f;
+  long long step = -1, count = 1;
+  char end = 0;
+  const int n = std::sscanf(v, "%d:%lld:%lld%c", &f.rank, &step, &count, &end);
+  CHORUS_CHECK((n == 2 || n == 3) && f.rank >= 0 && step >= 0 && count >= 1,
+               "%s: expected RANK:STEP or RANK:STEP:COUNT (RANK, STEP >= 0, COUNT >= 1), got '%s'", name, v);
+  f.step = step;
+  f.count = count;
+  return f;
+}
+
+}  // namespace
+
 void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
   o.add<int64_t>("train", "steps", d.steps, "optimizer steps; the LR schedule is built for this many");
   o.add<int>("train", "grad-accum", 1, "micro-batches accumulated per optimizer step");
@@ -35,7 +55,16 @@ void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
   o.add<int64_t>("train", "loss-scale-interval", 2000, "finite steps in a row before the scale grows");
   o.add<double>("train", "loss-scale-backoff", 0.5, "0.5", "multiply the scale by this when a step had Inf/NaN "
                 "gradients on any rank (that step is skipped on every rank); in (0, 1)");
-  o.add<int>("train", "max-skipped-steps", 20, "stop with an error after this many skipped (non-finite) steps in a row");
+  o.add<int>("train", "max-skipped-steps", 20,
+             "stop with an error after this many loss-scaling overflow steps (non-finite gradients) in a row");
+  o.add<int>("train", "max-bad-steps", 5,
+             "divergence guard: a step whose loss or global gradient norm is not finite (or whose norm is above "
+             "--bad-grad-norm) is skipped on every rank, its update not applied; after more than this many bad "
+             "steps in a row the run stops with exit code 3, leaving the last good checkpoint as `latest` (0 = "
+             "stop at the first bad step; >= 0)");
+  o.add<double>("train", "bad-grad-norm", 0.0, "0",
+                "a step whose global gradient norm (before clipping, after loss-scale unscaling) is above this is "
+                "a bad step (see --max-bad-steps; 0 = only non-finite norms are)");
   o.add<float>("optim", "lr", d.lr, strfmt("%g", d.lr), "peak learning rate");
   o.add<float>("optim", "min-lr", d.min_lr, strfmt("%g", d.min_lr), "final learning rate of the cosine decay");
   o.add<int64_t>("optim", "warmup", d.warmup, "linear warmup steps");
@@ -111,16 +140,16 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   p.loss_scaler.growth_interval = vm["loss-scale-interval"].as<int64_t>();
   p.loss_scaler.backoff = vm["loss-scale-backoff"].as<double>();
   p.max_skipped_in_a_row = vm["max-skipped-steps"].as<int>();
+  p.max_bad_steps = vm["max-bad-steps"].as<int>();
+  p.bad_grad_norm = vm["bad-grad-norm"].as<double>();
   if (p.precision == Precision::fp16 && !p.loss_scaler.enabled)
     log_warn("precision fp16 without loss scaling: small gradients underflow to zero (use --loss-scaling auto)");
   const std::string reduce = vm["grad-reduce-dtype"].as<std::string>();
   CHORUS_CHECK(reduce == "fp32" || reduce == "bf16", "grad-reduce-dtype: expected fp32 or bf16, got '%s'",
                reduce.c_str());
   p.grad_reduce_dtype = reduce == "bf16" ? dist::DType::bf16 : dist::DType::f32;
-  if (const char* f = std::getenv("CHORUS_INJECT_INF")) {
-    CHORUS_CHECK(std::sscanf(f, "%d:%ld", &p.nonfinite_rank, &p.nonfinite_step) == 2,
-                 "CHORUS_INJECT_INF: expected RANK:STEP, got '%s'", f);
-  }
+  p.inject_inf_grad = injected_fault("CHORUS_INJECT_INF");
+  p.inject_nan_loss = injected_fault("CHORUS_INJECT_NAN_LOSS");
   if (const char* f = std::getenv("CHORUS_FAIL_AT")) {
     CHORUS_CHECK(std::sscanf(f, "%d:%ld", &p.fail_rank, &p.fail_step) == 2,
                  "CHORUS_FAIL_AT: expected RANK:STEP, got '%s'", f);

@@ -152,6 +152,30 @@ void RankState::validate(int tp) const {
                exp_avg.size(), exp_avg_sq.size(), opt_range.begin, opt_range.end, off);
 }
 
+std::string RankState::first_nonfinite() const {
+  // Each buffer with the part [begin, end) of the flat parameter range it holds.
+  const struct {
+    const char* what;
+    const float* data;
+    size_t begin, end;
+  } bufs[] = {{"parameters", params.data(), 0, params.size()},
+              {"exp_avg", exp_avg.data(), opt_range.begin, opt_range.end},
+              {"exp_avg_sq", exp_avg_sq.data(), opt_range.begin, opt_range.end}};
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const size_t b = offsets[i], e = i + 1 < tensors.size() ? offsets[i + 1] : params.size();
+    for (const auto& buf : bufs) {
+      const size_t lo = std::max(b, buf.begin), hi = std::min(e, buf.end);
+      if (lo >= hi) continue;
+      const float* p = buf.data + (lo - buf.begin);
+      const size_t at = checkpoint::first_nonfinite(p, hi - lo);
+      if (at < hi - lo)
+        return strfmt("tensor '%s' holds %g in its %s at element %zu of this rank's shard", tensors[i].name.c_str(),
+                      static_cast<double>(p[at]), buf.what, lo - b + at);
+    }
+  }
+  return "";
+}
+
 void agree_on_failure(dist::Communicator& world, const std::string& error, bool corrupt) {
   const int n = world.size(), r = world.rank();
   if (n == 1) {
@@ -190,6 +214,18 @@ SaveResult save_checkpoint(dist::ParallelGrid& grid, const std::string& save_dir
   try {
     layout.validate("checkpoint");
     st.validate(layout.tp);
+    // Never commit a diverged state: it would become `latest` and keep_last
+    // would then delete the good checkpoints.
+    const std::string bad = st.first_nonfinite();
+    if (!bad.empty())
+      err = strfmt("checkpoint: refusing to save step %lld: %s on world rank %d (TP rank %d, DP rank %d); nothing "
+                   "was written and the existing checkpoints in '%s' are kept",
+                   static_cast<long long>(meta.step), bad.c_str(), world.rank(), t, d, dir.c_str());
+  } catch (const std::exception& e) {
+    err = strfmt("checkpoint: cannot start saving '%s': %s", tmp_dir.c_str(), e.what());
+  }
+  agree_on_failure(world, err, false);
+  try {
     if (root) {
       fs::create_directories(dir);
       remove_leftovers(dir);
@@ -358,6 +394,13 @@ LoadResult load_checkpoint(dist::ParallelGrid& grid, const std::string& dir, int
       my_bytes = static_cast<double>(m.total_bytes());
       cut_rank(st.tensors, g, target.tp, t, st.opt_range, st.params, st.exp_avg, st.exp_avg_sq);
     }
+    // Saved by a build that committed diverged state: as damaged (resume auto
+    // falls back to an older checkpoint), never trained on silently.
+    const std::string bad = st.first_nonfinite();
+    if (!bad.empty())
+      throw CorruptCheckpoint(strfmt("checkpoint '%s': %s (NaN and Inf are never valid: the run that saved it had "
+                                     "diverged)",
+                                     dir.c_str(), bad.c_str()));
   } catch (const CorruptCheckpoint& e) {
     err = e.what();
     corrupt = true;

@@ -48,6 +48,10 @@ struct RankState {
   // Checks, for TP degree tp, that offsets are the packed table order and the
   // spans are sized to match.
   void validate(int tp) const;
+  // "" when every parameter and Adam moment is finite, else the first tensor
+  // that holds a NaN or Inf, what (parameters, exp_avg, exp_avg_sq) and where.
+  // After validate().
+  std::string first_nonfinite() const;
 };
 
 struct SaveResult {
@@ -61,7 +65,10 @@ struct SaveResult {
 // seen, sampler, schedule, optimizer, loss scaler, model, tokenizer, run);
 // its layout's tp/dp are taken from the grid, its zero stage kept; tensors,
 // files, rng and created are filled here. keep_last > 0: afterwards delete all
-// but the newest keep_last checkpoints older than this one.
+// but the newest keep_last checkpoints older than this one. Refuses (on every
+// rank, before writing anything or pruning) a state with a NaN or Inf in any
+// rank's parameters or optimizer state, naming the tensor: a diverged run
+// never replaces good checkpoints.
 SaveResult save_checkpoint(dist::ParallelGrid& grid, const std::string& save_dir, Manifest meta,
                            const RankState& state, int keep_last);
 
@@ -77,8 +84,8 @@ struct LoadResult {
 // Collective. Loads the checkpoint directory `dir` into state (whose views
 // define the target layout: grid's TP/DP and `zero`). Refuses a config or
 // tokenizer other than the run's (tokenizer_hash "" skips that check).
-// Throws CorruptCheckpoint for damaged files, chorus::Error otherwise, with
-// the same message on every rank.
+// Throws CorruptCheckpoint for damaged files or a NaN / Inf in the state
+// read, chorus::Error otherwise, with the same message on every rank.
 LoadResult load_checkpoint(dist::ParallelGrid& grid, const std::string& dir, int zero,
                            const models::GptConfig& config, const std::string& tokenizer_hash,
                            RankState& state);

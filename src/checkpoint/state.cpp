@@ -1,6 +1,7 @@
 #include "checkpoint/state.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -63,6 +64,44 @@ std::vector<std::string> check_all_files(const std::string& dir, const Manifest&
   std::vector<const FileRecord*> all;
   for (const auto& f : m.files) all.push_back(&f);
   return check_files(dir, all);
+}
+
+size_t first_nonfinite(const float* p, size_t n) {
+  size_t first = n;
+#pragma omp parallel for reduction(min : first) schedule(static)
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]) && i < first) first = i;
+  return first;
+}
+
+std::vector<std::string> check_finite(const std::string& dir, const Manifest& m) {
+  const int T = m.layout.tp;
+  size_t n_local = 0;
+  const auto loff = local_offsets(m.tensors, T, &n_local);
+  std::vector<std::string> out;
+  // p[0, n) is elements [base, base + n) of tensor i's TP shard.
+  auto check = [&](const std::string& path, const char* what, size_t i, const float* p, size_t n, size_t base) {
+    const size_t at = first_nonfinite(p, n);
+    if (at < n)
+      out.push_back(strfmt("checkpoint file '%s': %s of tensor '%s' holds %g at element %zu of its TP shard (NaN "
+                           "and Inf are never valid: the run that saved it had diverged)",
+                           path.c_str(), what, m.tensors[i].name.c_str(), static_cast<double>(p[at]), base + at));
+  };
+  std::vector<float> shard(n_local);
+  for (const auto& f : m.files) {
+    const std::string path = (fs::path(dir) / f.path).string();
+    if (f.kind == "model") {
+      read_model_file(path, m.tensors, f.tp_rank, T, [&](size_t i) { return shard.data() + loff[i]; });
+      for (size_t i = 0; i < m.tensors.size(); ++i)
+        check(path, "the parameters", i, shard.data() + loff[i], m.tensors[i].local_numel(T), 0);
+      continue;
+    }
+    read_optimizer_file(path, m.tensors, f, T, [&](const OptimizerPiece& p) {
+      check(path, "exp_avg", p.tensor, p.exp_avg, p.end - p.begin, p.begin);
+      check(path, "exp_avg_sq", p.tensor, p.exp_avg_sq, p.end - p.begin, p.begin);
+    });
+  }
+  return out;
 }
 
 GlobalState read_global(const std::string& dir, const Manifest& m, bool with_optimizer) {

@@ -19,6 +19,13 @@ void verify_files(const std::string& dir, const std::vector<const FileRecord*>& 
 // The same for every file; returns one message per bad file (empty: all good).
 std::vector<std::string> check_all_files(const std::string& dir, const Manifest& m);
 
+// The index of the first NaN or Inf of p[0, n) (n: all are finite).
+size_t first_nonfinite(const float* p, size_t n);
+// Reads every file of the checkpoint in `dir` (manifest m) and returns one
+// message per tensor (parameters, or a moment in an optimizer file) holding a
+// NaN or Inf, naming the file and the tensor (empty: all finite).
+std::vector<std::string> check_finite(const std::string& dir, const Manifest& m);
+
 // The global (unsharded) tensors of a checkpoint, flat in manifest tensor
 // order at `offsets`.
 struct GlobalState {

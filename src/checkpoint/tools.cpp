@@ -151,10 +151,10 @@ std::vector<std::string> verify(const std::string& path, std::string* dir_out) {
   if (!problems.empty()) return problems;
   try {
     read_global(l.dir, l.manifest, true);  // every shape, attribute and slice
+    return check_finite(l.dir, l.manifest);
   } catch (const std::exception& e) {
     return {e.what()};
   }
-  return {};
 }
 
 std::string hash(const std::string& path, bool with_optimizer) {

@@ -90,8 +90,13 @@ void DistributedOptimizer::all_reduce_grads(std::span<float> grads) {
 
 StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> grads, float lr, int64_t t,
                                      const StepOptions& so) {
-  CHORUS_CHECK(params.size() == n_ && grads.size() == n_, "optimizer: buffers of %zu / %zu floats, expected %zu",
-               params.size(), grads.size(), n_);
+  const StepStats st = reduce(grads, so);
+  if (!st.skipped) apply(params, grads, lr, t, st, so);
+  return st;
+}
+
+StepStats DistributedOptimizer::reduce(std::span<float> grads, const StepOptions& so) {
+  CHORUS_CHECK(grads.size() == n_, "optimizer: a gradient buffer of %zu floats, expected %zu", grads.size(), n_);
   CHORUS_CHECK(so.grad_scale > 0.0 && std::isfinite(so.grad_scale), "optimizer: gradient scale %g is not > 0",
                so.grad_scale);
   StepStats st;
@@ -118,8 +123,6 @@ StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> g
   if (cfg_.zero_stage == 0) {
     all_reduce_grads(grads);
     st.grad_norm = std::sqrt(sum_squares(grads.data(), {0, n_}));
-    clip_by_global_norm(grads, st.grad_norm, cfg_.grad_clip);
-    adamw_->step(params, grads, lr, t, so.lr_scales);
     return st;
   }
   // ZeRO-1
@@ -133,6 +136,19 @@ StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> g
   double ss = sum_squares(grad_shard_.data(), owned_);
   ss = dp_.all_reduce_scalar(ss, dist::ReduceOp::sum);
   st.grad_norm = std::sqrt(ss);
+  return st;
+}
+
+void DistributedOptimizer::apply(std::span<float> params, std::span<float> grads, float lr, int64_t t,
+                                 const StepStats& st, const StepOptions& so) {
+  CHORUS_CHECK(params.size() == n_ && grads.size() == n_, "optimizer: buffers of %zu / %zu floats, expected %zu",
+               params.size(), grads.size(), n_);
+  CHORUS_CHECK(!st.skipped, "optimizer: apply() after a reduce() that skipped the step");
+  if (cfg_.zero_stage == 0) {
+    clip_by_global_norm(grads, st.grad_norm, cfg_.grad_clip);
+    adamw_->step(params, grads, lr, t, so.lr_scales);
+    return;
+  }
   clip_by_global_norm(grad_shard_, st.grad_norm, cfg_.grad_clip);
   std::span<float> mine = params.subspan(owned_.begin, owned_.end - owned_.begin);
   std::vector<LrScaleRange> local;  // the lr ranges within this rank's chunk, shifted to start at 0
@@ -140,7 +156,6 @@ StepStats DistributedOptimizer::step(std::span<float> params, std::span<float> g
     for (const Range& r : clip_ranges({s.range}, owned_)) local.push_back({r, s.lr_scale});
   adamw_->step(mine, grad_shard_, lr, t, local);
   dp_.all_gather(params.data() + owned_.begin, params.data(), n_, dist::DType::f32);
-  return st;
 }
 
 }  // namespace chorus::optim

@@ -62,9 +62,21 @@ class DistributedOptimizer {
 
   // Synchronises grads over DP, clips by the global norm, applies AdamW with
   // learning rate lr (t = 1-based update count) and leaves identical
-  // parameters on every DP rank. grads is used as scratch.
+  // parameters on every DP rank. grads is used as scratch. The same as
+  // reduce() followed, unless it skipped, by apply().
   StepStats step(std::span<float> params, std::span<float> grads, float lr, int64_t t,
                  const StepOptions& so = {});
+  // The first half of step(), collective: unscales and checks (skip_nonfinite)
+  // the gradients, averages them over TP (replicated tensors) and DP, and
+  // computes the global norm, the same on every rank. Changes no parameter or
+  // moment, so a caller may still decide to skip the update (train/loop.cpp
+  // does for a non-finite loss or gradient norm).
+  StepStats reduce(std::span<float> grads, const StepOptions& so = {});
+  // The second half: clips the reduced gradients by st.grad_norm, applies
+  // AdamW and (ZeRO-1) all-gathers the parameters. Only after a reduce() of
+  // the same grads that did not skip; collective over DP with ZeRO-1.
+  void apply(std::span<float> params, std::span<float> grads, float lr, int64_t t, const StepStats& st,
+             const StepOptions& so = {});
 
   // The chunk of the buffer this rank updates ([0, n) without ZeRO).
   Range owned() const { return owned_; }

@@ -37,6 +37,11 @@ void TrainOptions::validate() const {
   CHORUS_CHECK(keep_last >= 0, "keep-last: must be >= 0, got %d", keep_last);
   CHORUS_CHECK(stop_at >= 0, "stop-at: must be >= 0, got %lld", ll(stop_at));
   CHORUS_CHECK(max_skipped_in_a_row >= 1, "max-skipped-steps: must be >= 1, got %d", max_skipped_in_a_row);
+  CHORUS_CHECK(max_bad_steps >= 0, "max-bad-steps: must be >= 0 (0 = stop at the first bad step), got %d",
+               max_bad_steps);
+  CHORUS_CHECK(bad_grad_norm >= 0 && std::isfinite(bad_grad_norm),
+               "bad-grad-norm: must be a finite number >= 0 (0 = only non-finite norms are bad), got %g",
+               bad_grad_norm);
   CHORUS_CHECK(zero_stage == 0 || zero_stage == 1, "zero: must be 0 or 1, got %d", zero_stage);
   CHORUS_CHECK(bucket_mb > 0, "bucket-mb: must be > 0, got %g", bucket_mb);
   loss_scaler.validate();
@@ -49,7 +54,7 @@ nlohmann::json TrainOptions::to_json() const {
           {"beta1", adamw.beta1}, {"beta2", adamw.beta2}, {"precision", precision_name(precision)},
           {"loss_scaling", loss_scaler.enabled},
           {"grad_reduce_dtype", grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32"},
-          {"zero", zero_stage}};
+          {"zero", zero_stage}, {"max_bad_steps", max_bad_steps}, {"bad_grad_norm", bad_grad_norm}};
 }
 
 namespace {
@@ -146,6 +151,35 @@ void warn_differences(const checkpoint::Manifest& m, const checkpoint::Manifest&
          strfmt("(%g, %g, %g, %g)", m.optimizer.beta1, m.optimizer.beta2, m.optimizer.eps, m.optimizer.weight_decay),
          strfmt("(%g, %g, %g, %g)", o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay));
   if (m.optimizer.grad_clip != o.grad_clip) warn("grad-clip", num(m.optimizer.grad_clip), num(o.grad_clip));
+}
+
+// Why a step is bad (the divergence guard), in rising order of severity.
+enum class BadStep { none = 0, norm_above_bound, nonfinite_norm, nonfinite_loss };
+
+const char* bad_step_reason(BadStep b) {
+  switch (b) {
+    case BadStep::norm_above_bound: return "gradient norm above --bad-grad-norm";
+    case BadStep::nonfinite_norm: return "non-finite gradient norm";
+    case BadStep::nonfinite_loss: return "non-finite loss";
+    default: return "good";
+  }
+}
+
+// Judges a step before its update from the DP-averaged loss and the global
+// gradient norm (reduced over DP and TP); a loss-scaling overflow (st.skipped)
+// is the scaler's to handle, not a bad step. Ranks see the same values, but a
+// rank's own fault (a NaN loss on one TP rank) must stop every rank's update:
+// the worst reason over the world is the verdict of all.
+BadStep judge_step(float loss, const optim::StepStats& st, double bound, dist::Communicator& world) {
+  BadStep b = BadStep::none;
+  if (!std::isfinite(loss))
+    b = BadStep::nonfinite_loss;
+  else if (!st.skipped && !std::isfinite(st.grad_norm))
+    b = BadStep::nonfinite_norm;
+  else if (!st.skipped && bound > 0 && st.grad_norm > bound)
+    b = BadStep::norm_above_bound;
+  return static_cast<BadStep>(
+      static_cast<int>(world.all_reduce_scalar(static_cast<double>(b), dist::ReduceOp::max)));
 }
 
 std::vector<checkpoint::TensorInfo> tensor_infos(const std::vector<models::ParamSpec>& table) {
@@ -304,6 +338,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
              static_cast<long long>(start_step), static_cast<long long>(end_step));
   const double tokens_per_step = task.tokens_per_step();
   const double flops_per_step = task.flops_per_step();
+  int bad_in_a_row = 0;  // consecutive bad steps (divergence guard)
 
   for (int64_t step = start_step; step < end_step; ++step) {
     Timer timer;
@@ -314,35 +349,39 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
       loss_sum += task.train_micro_batch(static_cast<float>(loss_scale / opt.grad_accum));
     CHORUS_CHECK(!(grid.world_rank() == opt.fail_rank && step == opt.fail_step),
                  "injected failure at step %lld (CHORUS_FAIL_AT)", static_cast<long long>(step));
-    if (grid.world_rank() == opt.nonfinite_rank && step == opt.nonfinite_step)
-      task.grads()[0] = std::numeric_limits<float>::infinity();  // CHORUS_INJECT_INF
+    if (opt.inject_inf_grad.at(grid.world_rank(), step)) task.grads()[0] = std::numeric_limits<float>::infinity();
+    if (opt.inject_nan_loss.at(grid.world_rank(), step)) loss_sum = std::numeric_limits<double>::quiet_NaN();
     // Gradients are synchronised once per optimizer step, after the last micro-batch.
     const float loss =
         static_cast<float>(grid.dp().all_reduce_scalar(loss_sum / opt.grad_accum, dist::ReduceOp::avg));
-    CHORUS_CHECK(std::isfinite(loss) || scaler.enabled(),
-                 "training diverged: loss is %g at step %lld (lower lr, check data)", static_cast<double>(loss),
-                 static_cast<long long>(step));
     const float lr = schedule.lr_at(step);
-    optim::StepStats st;
-    if (std::isfinite(loss)) {  // the same on every rank: the loss is averaged over DP, identical over TP
-      optim::StepOptions so{loss_scale, scaler.enabled(), {}};
-      for (const LrGroup& g : task.lr_groups(step)) so.lr_scales.push_back({g.range, g.lr_scale});
-      st = optimizer.step(task.params(), task.grads(), lr, step + 1, so);
-    } else {
-      st.grad_norm = std::numeric_limits<double>::infinity();
-      st.skipped = true;
-    }
-    if (scaler.enabled()) {
+    optim::StepOptions so{loss_scale, scaler.enabled(), {}};
+    for (const LrGroup& g : task.lr_groups(step)) so.lr_scales.push_back({g.range, g.lr_scale});
+    const optim::StepStats st = optimizer.reduce(task.grads(), so);
+    // The divergence guard: a bad step changes no parameter or moment on any
+    // rank; its data stays consumed (a retry would diverge the same way) and
+    // the step counts, as a loss-scaling overflow does, so resume stays exact.
+    const BadStep bad = judge_step(loss, st, opt.bad_grad_norm, grid.world());
+    if (bad == BadStep::none && !st.skipped) optimizer.apply(task.params(), task.grads(), lr, step + 1, st, so);
+    bad_in_a_row = bad == BadStep::none ? 0 : bad_in_a_row + 1;
+    if (bad != BadStep::none) {
+      ++result.bad_steps;
+      if (writer)
+        log_warn("step %lld: bad step (%s): loss %g, grad-norm %g; update skipped on every rank (%d in a row, "
+                 "--max-bad-steps %d)",
+                 static_cast<long long>(step + 1), bad_step_reason(bad), static_cast<double>(loss), st.grad_norm,
+                 bad_in_a_row, opt.max_bad_steps);
+    } else if (scaler.enabled()) {
       scaler.update(st.skipped);
-      if (st.skipped && grid.world_rank() == 0)
-        log_warn("step %lld: non-finite %s with loss scale %g; step skipped on every rank, scale now %g",
-                 static_cast<long long>(step + 1), std::isfinite(loss) ? "gradients" : "loss", loss_scale,
-                 scaler.scale());
-      CHORUS_CHECK(scaler.consecutive_skips() < opt.max_skipped_in_a_row,
-                   "training diverged: %lld steps in a row had non-finite gradients (loss scale now %g) at step "
-                   "%lld (lower lr, check data)",
-                   static_cast<long long>(scaler.consecutive_skips()), scaler.scale(),
-                   static_cast<long long>(step + 1));
+      if (st.skipped && writer)
+        log_warn("step %lld: non-finite gradients with loss scale %g; step skipped on every rank, scale now %g",
+                 static_cast<long long>(step + 1), loss_scale, scaler.scale());
+      if (scaler.consecutive_skips() >= opt.max_skipped_in_a_row)
+        throw TrainingDiverged(strfmt(
+            "training diverged: %lld steps in a row had non-finite gradients (loss scale now %g) at step %lld, "
+            "--max-skipped-steps %d (lower lr, check data)",
+            static_cast<long long>(scaler.consecutive_skips()), scaler.scale(), static_cast<long long>(step + 1),
+            opt.max_skipped_in_a_row));
     }
     const double norm = st.grad_norm;
     const double secs = timer.seconds();
@@ -384,7 +423,9 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
                           {"mem_params_mib", mem_params}, {"mem_grads_mib", mem_grads},
                           {"mem_optimizer_mib", mem_optim}, {"mem_activations_mib", mem_acts},
                           {"loss_scale", loss_scale}, {"skipped_steps", scaler.skipped_steps()},
-                          {"step_skipped", st.skipped}, {"tokens", tokens_seen}};
+                          {"step_skipped", st.skipped || bad != BadStep::none},
+                          {"bad_step", bad != BadStep::none}, {"bad_steps", result.bad_steps},
+                          {"tokens", tokens_seen}};
     if (!std::isfinite(loss)) row["loss"] = nullptr;
     row.update(task.step_metrics());
     const bool last = step + 1 == opt.steps;
@@ -397,6 +438,13 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
                  task.describe_eval(ev).c_str());
     }
     metrics.write(row);
+    if (bad_in_a_row > opt.max_bad_steps)
+      throw TrainingDiverged(strfmt(
+          "training diverged: %d bad steps in a row, more than --max-bad-steps %d (the last, step %lld: %s, loss "
+          "%g, grad-norm %g); no bad update was applied or saved: resume from the newest checkpoint in '%s' with "
+          "a lower --lr, or check the data of these steps",
+          bad_in_a_row, opt.max_bad_steps, static_cast<long long>(step + 1), bad_step_reason(bad),
+          static_cast<double>(loss), st.grad_norm, save_dir.c_str()));
 
     // Every rank stops after the same step: a signal on any rank is agreed on here.
     const int64_t done = step + 1;

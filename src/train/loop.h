@@ -18,6 +18,7 @@
 
 #include "checkpoint/manifest.h"
 #include "core/dtype.h"
+#include "core/error.h"
 #include "dist/grid.h"
 #include "models/gpt/gpt.h"
 #include "optim/adamw.h"
@@ -29,6 +30,28 @@ namespace chorus::train {
 // checkpoint (EX_TEMPFAIL: "try again"); launch/slurm/*.sbatch requeue the
 // job on it and the next run continues with --resume auto.
 inline constexpr int kExitPreempted = 75;
+// Exit code of a training job that stopped because training diverged: more
+// than --max-bad-steps bad steps in a row (non-finite loss or gradient norm,
+// or a norm above --bad-grad-norm), or more than --max-skipped-steps loss-
+// scaling overflows in a row. Nothing was saved after the last good state;
+// `latest` is the last good checkpoint.
+inline constexpr int kExitDiverged = 3;
+
+// Thrown by run_training on every rank together (the decision is collective)
+// when training diverged; the apps exit with kExitDiverged.
+class TrainingDiverged : public Error {
+ public:
+  using Error::Error;
+};
+
+// A fault injected by a test (environment variables, docs/RELIABILITY.md):
+// world rank `rank` at the `count` optimizer steps from `step` (0-based).
+struct InjectedFault {
+  int rank = -1;  // -1: never
+  int64_t step = -1;
+  int64_t count = 1;
+  bool at(int world_rank, int64_t s) const { return world_rank == rank && s >= step && s < step + count; }
+};
 
 // What every training job shares (flags of `pretrain` and `finetune-speech`).
 struct TrainOptions {
@@ -48,6 +71,14 @@ struct TrainOptions {
   optim::LossScalerConfig loss_scaler;
   // Consecutive skipped (non-finite) steps after which the run stops with an error.
   int max_skipped_in_a_row = 20;
+  // Divergence guard, checked on all-reduced values before the optimizer
+  // step: a non-finite loss, a non-finite global gradient norm (not a loss-
+  // scaling overflow, which the scaler handles above) or a norm above
+  // bad_grad_norm (> 0) makes a bad step, skipped on every rank. More than
+  // max_bad_steps bad steps in a row (0: the first) stop the run with
+  // TrainingDiverged.
+  int max_bad_steps = 5;
+  double bad_grad_norm = 0.0;  // 0: only non-finite norms are bad
   int64_t eval_every = 100;       // validate every N steps and at the end (0: only at the end)
   int log_every = 1;              // print a step line every N steps
   double peak_gflops = 0.0;       // MFU denominator; 0 = measure sgemm at start
@@ -69,10 +100,11 @@ struct TrainOptions {
   // (from the CHORUS_FAIL_AT="rank:step" environment variable; -1 = never).
   int fail_rank = -1;
   int64_t fail_step = -1;
-  // Overflow injection for tests: world rank nonfinite_rank writes Inf into its
-  // gradients at step nonfinite_step (CHORUS_INJECT_INF="rank:step"; -1 = never).
-  int nonfinite_rank = -1;
-  int64_t nonfinite_step = -1;
+  // Divergence injection for tests: the rank writes Inf into its gradients
+  // (CHORUS_INJECT_INF="rank:step[:count]") or makes its loss NaN
+  // (CHORUS_INJECT_NAN_LOSS="rank:step[:count]") at those steps.
+  InjectedFault inject_inf_grad;
+  InjectedFault inject_nan_loss;
 
   void validate() const;  // throws chorus::Error naming the flag
   // The shared part of <run_dir>/config.json.
@@ -149,6 +181,7 @@ struct TrainResult {
   int stop_signal = 0;            // the signal that stopped it (0: none)
   std::string checkpoint;         // the last checkpoint written ("" = none)
   int64_t skipped_steps = 0;      // steps skipped for non-finite gradients (loss scaling)
+  int64_t bad_steps = 0;          // steps skipped as bad (divergence guard) by this invocation
   double loss_scale = 1.0;        // the loss scale at the end
 };
 
