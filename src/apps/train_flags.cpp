@@ -81,6 +81,11 @@ void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
                      "the bytes on the wire, for bandwidth-bound clusters; each gradient is rounded to 8 mantissa "
                      "bits, ~0.4% relative error per element, which AdamW mostly tolerates but which changes "
                      "results and the gradient norm slightly)");
+  o.add<double>("parallel", "watchdog-timeout", 600.0, "600",
+                "seconds a rank may wait in one collective before the job is ended (exit code 79) when another "
+                "rank is frozen or every rank is stuck in a collective; the error names the collective and the "
+                "stuck rank(s). Time between collectives (checkpoint writes, evaluation) never counts. 0 = off; "
+                "the CHORUS_WATCHDOG_TIMEOUT environment variable sets it when the flag is not given");
   o.add<std::string>("checkpoint", "save-dir", "", "where checkpoints and `latest` go (default: the run directory)");
   o.add<int64_t>("checkpoint", "save-every", 0, "checkpoint every N steps (0 = only at the end and on a stop)");
   o.add<int>("checkpoint", "keep-last", 0, "keep only the newest K checkpoints, deleting older ones after a newer one "
@@ -127,6 +132,12 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   p.resume = vm["resume"].as<std::string>();
   p.zero_stage = vm["zero"].as<int>();
   p.bucket_mb = vm["bucket-mb"].as<double>();
+  p.watchdog_timeout_s = vm["watchdog-timeout"].as<double>();
+  if (const char* w = std::getenv("CHORUS_WATCHDOG_TIMEOUT"); w && vm["watchdog-timeout"].defaulted()) {
+    char* end = nullptr;
+    p.watchdog_timeout_s = std::strtod(w, &end);
+    CHORUS_CHECK(end != w && *end == '\0', "CHORUS_WATCHDOG_TIMEOUT: expected seconds (0 = off), got '%s'", w);
+  }
   p.precision = parse_precision(vm["precision"].as<std::string>());
   if (vm["gemm"].as<std::string>() != "auto" || std::getenv("CHORUS_GEMM") == nullptr)
     backend::cpu::set_gemm_path(backend::cpu::parse_gemm_path(vm["gemm"].as<std::string>()));

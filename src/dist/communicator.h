@@ -7,7 +7,9 @@
 // Counts need not divide the group size: chunk r of n elements is
 // [chunk_begin(n, size, r), chunk_begin(n, size, r + 1)).
 // Failures throw chorus::Error naming the rank and the call; the app turns an
-// error on any rank into MPI_Abort of the whole job (never a silent hang).
+// error on any rank into MPI_Abort of the whole job (never a silent hang). A
+// CollectiveObserver (dist/watchdog.h) attached to a group is told when each
+// call starts and ends, so that a rank that waits too long in one can say so.
 #pragma once
 
 #include <cstddef>
@@ -34,6 +36,7 @@ enum class DType { f32, f64, i32, i64, u64, bf16, f16 };
 enum class ReduceOp { sum, avg, max, min };
 
 size_t dtype_size(DType t);
+const char* dtype_name(DType t);
 const char* reduce_op_name(ReduceOp op);
 
 // Start of chunk r when n elements are split over `size` ranks as evenly as
@@ -46,6 +49,20 @@ inline size_t chunk_begin(size_t n, int size, int r) {
 inline size_t chunk_size(size_t n, int size, int r) {
   return chunk_begin(n, size, r + 1) - chunk_begin(n, size, r);
 }
+
+class Communicator;
+
+// Told about every collective of the groups it observes, by the thread that
+// makes the call: collective_begin on entry, collective_end on return (or on
+// an exception). Calls nest when a backend builds one collective from others.
+class CollectiveObserver {
+ public:
+  virtual ~CollectiveObserver() = default;
+  // op: "all_reduce", "reduce_scatter", ...; reduce: "sum", ... or nullptr.
+  virtual void collective_begin(const Communicator& group, const char* op, size_t n, DType t,
+                                const char* reduce) = 0;
+  virtual void collective_end() = 0;
+};
 
 class Communicator {
  public:
@@ -75,6 +92,32 @@ class Communicator {
     all_reduce(&x, 1, DType::f64, op);
     return x;
   }
+
+  // Attaches an observer to this group's collectives (nullptr detaches; not
+  // owned). Set by the thread that makes the collectives, between calls.
+  void set_observer(CollectiveObserver* o) { observer_ = o; }
+
+ protected:
+  // Brackets one collective for the observer: backends that can block open one
+  // at the top of each call.
+  class Watch {
+   public:
+    Watch(const Communicator& c, const char* op, size_t n, DType t, const char* reduce = nullptr)
+        : o_(c.observer_) {
+      if (o_) o_->collective_begin(c, op, n, t, reduce);
+    }
+    ~Watch() {
+      if (o_) o_->collective_end();
+    }
+    Watch(const Watch&) = delete;
+    Watch& operator=(const Watch&) = delete;
+
+   private:
+    CollectiveObserver* o_;
+  };
+
+ private:
+  CollectiveObserver* observer_ = nullptr;
 };
 
 // A group of one: every collective is a copy (or nothing).

@@ -150,6 +150,7 @@ void MpiCommunicator::check(int rc, const char* call) const {
 }
 
 void MpiCommunicator::all_reduce(void* buf, size_t n, DType t, ReduceOp op) {
+  const Watch w(*this, "all_reduce", n, t, reduce_op_name(op));
   char* p = static_cast<char*>(buf);
   const size_t es = dtype_size(t);
   if (is_half(t)) {
@@ -183,6 +184,7 @@ void MpiCommunicator::all_reduce(void* buf, size_t n, DType t, ReduceOp op) {
 }
 
 void MpiCommunicator::reduce_scatter(const void* send, void* recv, size_t n, DType t, ReduceOp op) {
+  const Watch w(*this, "reduce_scatter", n, t, reduce_op_name(op));
   CHORUS_CHECK(n / static_cast<size_t>(size_) < kMaxCount, "reduce_scatter: %zu elements is too many per rank", n);
   std::vector<int> counts(static_cast<size_t>(size_));
   for (int r = 0; r < size_; ++r) counts[static_cast<size_t>(r)] = static_cast<int>(chunk_size(n, size_, r));
@@ -191,6 +193,7 @@ void MpiCommunicator::reduce_scatter(const void* send, void* recv, size_t n, DTy
 }
 
 void MpiCommunicator::all_gather(const void* send, void* recv, size_t n, DType t) {
+  const Watch w(*this, "all_gather", n, t);
   CHORUS_CHECK(n / static_cast<size_t>(size_) < kMaxCount, "all_gather: %zu elements is too many per rank", n);
   std::vector<int> counts(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
   for (int r = 0; r < size_; ++r) {
@@ -205,6 +208,7 @@ void MpiCommunicator::all_gather(const void* send, void* recv, size_t n, DType t
 }
 
 void MpiCommunicator::broadcast(void* buf, size_t n, DType t, int root) {
+  const Watch w(*this, "broadcast", n, t);
   char* p = static_cast<char*>(buf);
   const size_t es = dtype_size(t);
   for (size_t done = 0; done < n;) {
@@ -214,7 +218,10 @@ void MpiCommunicator::broadcast(void* buf, size_t n, DType t, int root) {
   }
 }
 
-void MpiCommunicator::barrier() { check(MPI_Barrier(comm_), "MPI_Barrier"); }
+void MpiCommunicator::barrier() {
+  const Watch w(*this, "barrier", 0, DType::f32);
+  check(MPI_Barrier(comm_), "MPI_Barrier");
+}
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::split(int color, int key, std::string name) const {
   MPI_Comm out = MPI_COMM_NULL;

@@ -98,11 +98,13 @@ void NcclCommunicator::wait(const char* call) {
 }
 
 void NcclCommunicator::all_reduce(void* buf, size_t n, DType t, ReduceOp op) {
+  const Watch w(*this, "all_reduce", n, t, reduce_op_name(op));
   check(ncclAllReduce(buf, buf, n, nccl_type(t), nccl_op(op), comm_, stream_), "ncclAllReduce");
   wait("ncclAllReduce");
 }
 
 void NcclCommunicator::reduce_scatter(const void* send, void* recv, size_t n, DType t, ReduceOp op) {
+  const Watch w(*this, "reduce_scatter", n, t, reduce_op_name(op));
   // NCCL's reduce-scatter needs equal chunks; uneven counts go as one
   // reduce per rank-chunk (ncclReduce to the chunk owner) inside a group call.
   const size_t es = dtype_size(t);
@@ -122,6 +124,7 @@ void NcclCommunicator::reduce_scatter(const void* send, void* recv, size_t n, DT
 }
 
 void NcclCommunicator::all_gather(const void* send, void* recv, size_t n, DType t) {
+  const Watch w(*this, "all_gather", n, t);
   const size_t es = dtype_size(t);
   if (n % static_cast<size_t>(size_) == 0) {
     check(ncclAllGather(send, recv, n / size_, nccl_type(t), comm_, stream_), "ncclAllGather");
@@ -140,11 +143,13 @@ void NcclCommunicator::all_gather(const void* send, void* recv, size_t n, DType 
 }
 
 void NcclCommunicator::broadcast(void* buf, size_t n, DType t, int root) {
+  const Watch w(*this, "broadcast", n, t);
   check(ncclBroadcast(buf, buf, n, nccl_type(t), root, comm_, stream_), "ncclBroadcast");
   wait("ncclBroadcast");
 }
 
 void NcclCommunicator::barrier() {
+  const Watch w(*this, "barrier", 0, DType::f32);
   // A one-element all-reduce on a scratch device word is NCCL's barrier.
   float* scratch = nullptr;
   cuda_check(cudaMallocAsync(reinterpret_cast<void**>(&scratch), sizeof(float), stream_), "cudaMallocAsync",

@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/rng.h"
 #include "core/timer.h"
+#include "dist/watchdog.h"
 #include "optim/distributed.h"
 #include "optim/schedule.h"
 #include "train/metrics.h"
@@ -44,6 +45,8 @@ void TrainOptions::validate() const {
                bad_grad_norm);
   CHORUS_CHECK(zero_stage == 0 || zero_stage == 1, "zero: must be 0 or 1, got %d", zero_stage);
   CHORUS_CHECK(bucket_mb > 0, "bucket-mb: must be > 0, got %g", bucket_mb);
+  CHORUS_CHECK(watchdog_timeout_s == 0 || watchdog_timeout_s >= 1,
+               "watchdog-timeout: must be 0 (off) or at least 1 second, got %g", watchdog_timeout_s);
   loss_scaler.validate();
   optim::CosineSchedule{lr, min_lr, warmup, steps}.validate();
 }
@@ -202,6 +205,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   dist::ParallelGrid& grid = opt.grid ? *opt.grid : single;
   const bool writer = grid.world_rank() == 0;
   if (writer) fs::create_directories(opt.run_dir);
+  dist::Watchdog watchdog(grid, opt.watchdog_timeout_s, opt.run_dir);  // a hung collective ends the job
 
   std::vector<optim::Range> decay, replicated;
   for (const auto& p : task.param_table()) {
@@ -341,6 +345,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   int bad_in_a_row = 0;  // consecutive bad steps (divergence guard)
 
   for (int64_t step = start_step; step < end_step; ++step) {
+    watchdog.set_step(step + 1);
     Timer timer;
     task.zero_grad();
     double loss_sum = 0.0;
@@ -430,6 +435,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     row.update(task.step_metrics());
     const bool last = step + 1 == opt.steps;
     if (last || (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)) {
+      watchdog.set_phase("evaluation");
       const nlohmann::json ev = task.evaluate();
       row.update(ev);
       result.last_eval = ev;
@@ -451,6 +457,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     int sig = signals.agreed(grid.world());
     const bool end = sig != 0 || done == end_step;
     if (end || (opt.save_every > 0 && done % opt.save_every == 0)) {
+      watchdog.set_phase("checkpoint");
       result.checkpoint = save(done);
       if (!end) sig = signals.agreed(grid.world());  // a signal during the save: stop now, it is saved
     }

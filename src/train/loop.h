@@ -87,6 +87,9 @@ struct TrainOptions {
   dist::ParallelGrid* grid = nullptr;
   int zero_stage = 0;             // 1: shard optimizer state over DP (ZeRO-1)
   double bucket_mb = 16.0;        // DP all-reduce bucket size
+  // A rank that waits this long in one collective while another rank is frozen
+  // (or every rank is stuck in one) ends the job, naming both (dist/watchdog.h; 0 = off).
+  double watchdog_timeout_s = 600.0;
   dist::DType grad_reduce_dtype = dist::DType::f32;  // f32 or bf16 (DP gradient all-reduce / reduce-scatter)
   // Checkpoints (docs/CHECKPOINTS.md). steps above is the length the LR
   // schedule is built for, not the steps of this invocation.
