@@ -189,14 +189,15 @@ void check_save_room(const TrainOptions& opt, const std::string& save_dir,
   if (world.rank() == 0) {
     const char* flag = opt.save_dir.empty() ? "run-dir" : "save-dir";
     const uint64_t one = checkpoint_bytes_estimate(table);
-    err = save_room_error(save_dir, flag, one);
-    // Checkpoints this invocation writes: every save_every steps and at its end.
+    // Checkpoints this invocation writes: every save_every steps and at its end
+    // (none when a resumed run is already complete).
     const int64_t end = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
     int64_t n_saves = 0;
     if (end > start_step) {
       n_saves = 1;
       if (opt.save_every > 0) n_saves = end / opt.save_every - start_step / opt.save_every + (end % opt.save_every != 0);
     }
+    if (n_saves > 0) err = save_room_error(save_dir, flag, one);
     const int64_t kept = opt.keep_last > 0 ? std::min<int64_t>(n_saves, opt.keep_last + 1) : n_saves;
     struct statvfs vfs {};
     if (err.empty() && kept > 1 && ::statvfs(existing_ancestor(save_dir).c_str(), &vfs) == 0) {

@@ -6,6 +6,8 @@
 //   - a refused run (another model size or tokenizer on resume, a run
 //     directory in use) leaves config.json and metrics.jsonl byte-identical,
 //     and a refused run into a new directory leaves no directory behind;
+//   - a save directory without room for a checkpoint (a 1 MiB tmpfs) is
+//     refused before anything is written;
 //   - a full disk under metrics.jsonl or stdout fails the run, naming it;
 //   - config.json records the build, the command line, the Slurm job, the
 //     layout and every option, floats as given (0.9, not 0.8999999761581421);
@@ -186,6 +188,26 @@ TEST_F(RunDir, RefusedResumeLeavesConfigByteIdentical) {
   const auto j = nlohmann::json::parse(slurp(run + "/config.json"));
   EXPECT_EQ(j["resumed_from"]["step"], 2);
   EXPECT_TRUE(has(j["resumed_from"]["checkpoint"].get<std::string>(), "step-00000002"));
+}
+
+TEST_F(RunDir, SaveDirWithoutRoomForACheckpointIsRefusedBeforeAnythingIsWritten) {
+  // A 1 MiB tmpfs (needs root and mount(2): skipped where not allowed).
+  const std::string tiny = path("tiny");
+  fs::create_directories(tiny);
+  if (sh("mount -t tmpfs -o size=1m tmpfs " + tiny).code != 0) GTEST_SKIP() << "cannot mount a tmpfs here";
+  struct Unmount {
+    std::string at;
+    ~Unmount() { sh("umount " + at); }
+  } unmount{tiny};
+  const std::string run = path("roomless"), saves = tiny + "/saves";
+  const Result r = pretrain(run, "--save-dir " + saves);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("save-dir: '" + saves + "' has 1\\.0 MB free, but one checkpoint "
+                                                  "of this model needs about [0-9.]+ MB \\(fp32 weights and AdamW "
+                                                  "moments\\); free space or give another --save-dir")))
+      << r.out;
+  EXPECT_FALSE(fs::exists(run)) << "nothing written: the run directory it created is gone";
+  EXPECT_FALSE(fs::exists(saves));
 }
 
 TEST_F(RunDir, FullDiskUnderMetricsOrStdoutFailsTheRun) {
