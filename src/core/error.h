@@ -15,6 +15,14 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
+// An error every rank of the job raised together, with the same message (a
+// refusal agreed on over the world, e.g. a run directory in use): the app
+// reports it once and every rank exits normally instead of aborting the job.
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace chorus
 
 #define CHORUS_STR2(x) #x

@@ -8,10 +8,12 @@
 
 #include "checkpoint/weights.h"
 #include "core/error.h"
+#include "core/json_number.h"
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "train/generate.h"
+#include "train/run_dir.h"
 
 namespace chorus::train {
 
@@ -116,7 +118,10 @@ class GptPretrainTask final : public TrainTask {
             {"tokenizer_hash", tok_.hash()},
             {"data", fs::absolute(o_.data_dir).string()},
             {"batch", B_},
-            {"seq_len", T_}};
+            {"seq_len", T_},
+            {"eval_batches", o_.eval_batches},
+            {"sample", {{"tokens", o_.sample_tokens}, {"temperature", json_float(o_.sample_temperature)},
+                        {"top_k", o_.sample_top_k}}}};
   }
 
  private:
@@ -152,6 +157,7 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
   dist::ParallelGrid& grid = opt.train.grid ? *opt.train.grid : single;
   opt.train.grid = &grid;
   grid.check_divides(opt.model.n_head, 4 * opt.model.n_embd, opt.model.padded_vocab());
+  const RunDirLock lock(opt.train);  // held until the final weights are written
   GptPretrainTask task(opt, tokenizer, grid);
 
   PretrainResult result;
