@@ -528,9 +528,6 @@ Tokenizer Tokenizer::train_texts(const std::vector<std::string>& texts, const To
     for (size_t i = 0; i < chunk.size(); ++i) w.ids[i] = static_cast<unsigned char>(chunk[i]);
     words.push_back(std::move(w));
   }
-  CHORUS_CHECK(!words.empty(),
-               "tokenizer training text: no word of two or more bytes in %zu text(s): nothing to learn merges from",
-               texts.size());
   const size_t wanted = size_t(opt.vocab_size - n_fixed);
   tok.merges_ = learn_merges(words, wanted, opt.progress);
   if (tok.merges_.size() < wanted)
