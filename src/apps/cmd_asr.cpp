@@ -134,10 +134,10 @@ int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
   p.new_lr_scale = vm["new-lr-scale"].as<float>();
   CHORUS_CHECK(p.decoder_lr_scale >= 0 && p.new_lr_scale >= 0, "decoder-lr-scale / new-lr-scale: must be >= 0");
   p.train = read_train_flags(vm);
-  check_input_file(p.tokenizer_path, "tokenizer", "a tokenizer JSON file");
-  check_finetune_memory(p, std::max(1, vm["tp"].as<int>()));
   dist::ParallelGrid grid(rt, vm["tp"].as<int>());
   p.train.grid = &grid;
+  check_input_file(p.tokenizer_path, "tokenizer", "a tokenizer JSON file");
+  check_finetune_memory(p, grid.tp_size());
   const auto r = train::finetune_speech(p);
   if (r.stopped) return r.stop_signal != 0 ? train::kExitPreempted : 0;
   log_info("done: %lld steps, train loss %.4f -> %.4f%s; checkpoint %s", static_cast<long long>(r.steps_done),

@@ -67,9 +67,11 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   CHORUS_CHECK(p.model.vocab_size >= 0, "vocab-size: must be >= 0 (0 = the tokenizer's), got %d", p.model.vocab_size);
   CHORUS_CHECK(p.sample_tokens >= 0, "sample-tokens: must be >= 0, got %d", p.sample_tokens);
   p.train = read_train_flags(vm);
+  dist::ParallelGrid grid(rt, vm["tp"].as<int>());
+  p.train.grid = &grid;
   check_input_file(p.tokenizer_path, "tokenizer", "a tokenizer JSON file");
   CHORUS_CHECK(p.batch >= 1 && p.seq_len >= 1, "batch / seq-len: must be >= 1, got %d / %d", p.batch, p.seq_len);
-  const int tp = std::max(1, vm["tp"].as<int>());
+  const int tp = grid.tp_size();
   check_memory_fits(
       "pretrain",
       gpt_bytes_lower_bound(p.model.n_layer, p.model.n_embd, p.model.vocab_size, p.model.context, p.batch,
@@ -77,8 +79,6 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
       strfmt("GPT --n-layer %d --n-embd %d --context %d, --batch %d x --seq-len %d, --tp %d", p.model.n_layer,
              p.model.n_embd, p.model.context, p.batch, p.seq_len, tp),
       "--batch, --seq-len, --n-embd or --n-layer, or split the model with --tp over more ranks");
-  dist::ParallelGrid grid(rt, vm["tp"].as<int>());
-  p.train.grid = &grid;
 
   auto r = train::pretrain(p);
   if (r.stopped) return r.stop_signal != 0 ? train::kExitPreempted : 0;
