@@ -2,7 +2,9 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <string>
 
 #include "apps/commands.h"
@@ -86,6 +88,15 @@ int main(int argc, char** argv) {
       return 1;
     } catch (const chorus::Error& e) {
       failure = std::string("error: ") + e.what();
+      // The source location only on request (core/error.h): no build-machine paths for users.
+      const char* debug = std::getenv("CHORUS_DEBUG");
+      if (debug && *debug && std::strcmp(debug, "0") != 0 && !e.where().empty()) failure += " [" + e.where() + "]";
+    } catch (const std::bad_alloc&) {
+      failure = chorus::strfmt(
+          "error: out of memory: an allocation failed (std::bad_alloc) in 'chorus %s'; the model, batch or "
+          "sequence length is too large for this machine (reduce --batch, --seq-len, --n-embd or --n-layer, or "
+          "use more ranks)",
+          c.name);
     } catch (const std::exception& e) {
       failure = std::string("unexpected error: ") + e.what();
     }
