@@ -11,7 +11,7 @@
 #   CHORUS_SRUN_ARGS     extra srun flags (word-split), e.g. "--cpu-bind=cores"
 #   CHORUS_MPIRUN_ARGS   extra mpirun flags (word-split), e.g. "--bind-to none"
 #   CHORUS_MPIRUN_GRACE  seconds OpenMPI waits between SIGCONT, SIGTERM and SIGKILL of the ranks
-#                        when mpirun itself is terminated (odls_base_sigkill_timeout; default 20)
+#                        when mpirun itself is terminated (odls_base_sigkill_timeout; default 15)
 #   CHORUS_MAX_REQUEUES  requeue at most this many times (default 50)
 #   TP                   tensor-parallel degree (passed as --tp; DP = tasks / TP)
 
@@ -47,9 +47,6 @@ chorus_drop_flag() {
     fi
   done
 }
-
-# The job's output file and its size now (to read only this run's part of it later).
-chorus_job_output() { scontrol show job "$SLURM_JOB_ID" -o 2>/dev/null | tr ' ' '\n' | sed -n 's/^StdOut=//p'; }
 
 chorus_slurm_job() {
   local sub=$1; shift
@@ -101,10 +98,6 @@ chorus_slurm_job() {
   chorus_slurm_log "job $SLURM_JOB_ID (restart $restarts): ${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NUM_NODES:-?} nodes," \
                    "launcher $launcher, $(date -u +%FT%TZ)"
   chorus_slurm_log "${launch[*]} $chorus $sub $* ${extra[*]}"
-  local out offset=0
-  out=$(chorus_job_output)
-  [ -f "$out" ] && offset=$(stat -c %s "$out")
-
   # The launcher runs in the background so that this shell can take a stop signal
   # (time limit with --signal=B:..., pre-emption, scancel): it is passed on as SIGUSR1,
   # which srun and mpirun both forward to every rank (mpirun would abort on SIGTERM).
@@ -119,30 +112,33 @@ chorus_slurm_job() {
   local rc=$?
   trap - USR1 TERM INT
 
-  # Pre-empted = chorus exited 75, or this shell got a stop signal, or chorus logged a
-  # stop after a checkpoint (mpirun returns 1 for ranks that exited 75 after it was
-  # signalled itself).
+  # Stopped = chorus exited 75, or this shell got a stop signal whatever the launcher
+  # returned (mpirun that got SIGTERM itself returns 1 although the ranks checkpointed
+  # and exited 75: launch/slurm/README.md).
   local why=""
   if [ "$rc" -eq "$CHORUS_EXIT_PREEMPTED" ]; then why="exit code $rc"
   elif [ -n "$chorus_stop_signal" ]; then why="SIG$chorus_stop_signal reached the batch script (launcher exit $rc)"
-  elif [ "$rc" -ne 0 ] && [ -f "$out" ] && tail -c +"$((offset + 1))" "$out" | grep -q "stopped by SIG.*(exit code $CHORUS_EXIT_PREEMPTED)"; then
-    why="chorus logged a stop after a checkpoint (launcher exit $rc)"
   fi
   if [ -z "$why" ]; then
     chorus_slurm_log "chorus $sub exited with $rc"
     return "$rc"
   fi
-  # A stop is a pre-emption while the job is still running (Slurm's USR1 warning, a
-  # signal sent with scancel --signal) or when Slurm ends it for its time limit or a
-  # pre-emption; a user's plain scancel signals the job too, after marking it
-  # completing with no reason: that stop is final.
-  local job state reason
+  # Requeue a stop while the job is still running (Slurm's USR1 warning, a signal sent
+  # with scancel --signal) or ending at its time limit. Slurm requeues a job that
+  # PreemptMode=REQUEUE pre-empts itself. A user's scancel (or PreemptMode=CANCEL)
+  # signals the job after marking it completing with no reason: that stop is final.
+  local job state reason now_restarts
   job=$(scontrol show job "$SLURM_JOB_ID" -o 2>/dev/null | tr ' ' '\n')
   state=$(sed -n 's/^JobState=//p' <<<"$job")
   reason=$(sed -n 's/^Reason=//p' <<<"$job")
+  now_restarts=$(sed -n 's/^Restarts=//p' <<<"$job")
+  if [ "${now_restarts:-0}" -gt "$restarts" ]; then
+    chorus_slurm_log "stopped ($why); Slurm has requeued job $SLURM_JOB_ID itself (pre-emption)"
+    return 0
+  fi
   case "$state/$reason" in
-    RUNNING/* | */TimeLimit | */Preempt*) ;;
-    *) chorus_slurm_log "stopped ($why); the job is $state (reason $reason), e.g. cancelled: not requeueing" \
+    RUNNING/* | */TimeLimit) ;;
+    *) chorus_slurm_log "stopped ($why); the job is $state (reason $reason): cancelled, not requeueing" \
                         "(resubmit to continue from the checkpoint)"
        return "$CHORUS_EXIT_PREEMPTED" ;;
   esac

@@ -10,8 +10,10 @@
 #   3. the same with CHORUS_LAUNCHER=mpirun and SIGTERM to every process of the
 #      job (what pre-emption and time limits send): mpirun exits 1, the script
 #      still requeues and the run ends identical to job 1;
-#   4. a user's plain scancel is final: the job checkpoints and is not requeued;
-#   5. finetune-speech.sbatch starts `chorus finetune-speech` under srun.
+#   4. the same when a job of a higher-priority partition pre-empts it
+#      (PreemptMode=REQUEUE: Slurm sends SIGTERM and requeues it itself);
+#   5. a user's plain scancel is final: the job checkpoints and is not requeued;
+#   6. finetune-speech.sbatch starts `chorus finetune-speech` under srun.
 # Usage: run_slurm_tests.sh CHORUS_BINARY. Exit 0: passed; 77: skipped (no
 # root, no packages, daemons cannot run here: the reason is printed); else failed.
 set -uo pipefail
@@ -111,14 +113,15 @@ check "the final checkpoint verifies" quiet "$chorus" checkpoint verify "$tmp/fu
 [ $failures -eq 0 ] || show_log full
 h_full=$(hash "$tmp/full/step-00000200")
 
-# 2. and 3. Pre-empted mid-run, requeued, resumed: the same result.
-roundtrip() {  # NAME LAUNCHER SCANCEL_FLAGS
-  local name=$1 launcher=$2 sc=$3 job h
+# 2. to 4. Pre-empted mid-run, requeued, resumed: the same result.
+roundtrip() {  # NAME LAUNCHER STOP_COMMAND ($job is the job's id in it)
+  local name=$1 launcher=$2 stop=$3 job h
   job=$(CHORUS_LAUNCHER=$launcher submit "$name" pretrain.sbatch -- $(pretrain_flags "$name"))
-  echo "job $job: $STEPS steps ($launcher), 'scancel $sc $job' once 40 steps are logged"
-  wait_rows "$tmp/$name" 40 "$(left)" && scancel $sc "$job"
+  local sc=${stop//\$job/$job}
+  echo "job $job: $STEPS steps ($launcher), '$sc' once 40 steps are logged"
+  wait_rows "$tmp/$name" 40 "$(left)" && eval "$stop"
   wait_requeued_then_done "$job" "$(left)"
-  check "job $job ($launcher, scancel $sc) was requeued once and completed with exit code 0" \
+  check "job $job ($launcher, $sc) was requeued once and completed with exit code 0" \
     test "$(restarts "$job")/$(exit_code "$job")" = 1/0:0
   check "job $job stopped after a checkpoint and resumed from it" \
     grep -q "resumed from $tmp/$name/step-" "$tmp/$name.out"
@@ -126,14 +129,15 @@ roundtrip() {  # NAME LAUNCHER SCANCEL_FLAGS
     cmp -s <(losses "$tmp/full") <(losses "$tmp/$name")
   h=$(hash "$tmp/$name/step-00000200")
   check "job $job ends with the checkpoint hash of job $full ($h_full)" test "$h" = "$h_full"
-  echo "evidence: job $job ($launcher, scancel $sc): checkpoint hash $h; uninterrupted job $full: $h_full"
+  echo "evidence: job $job ($launcher, $sc): checkpoint hash $h; uninterrupted job $full: $h_full"
   grep -E '^\[chorus-slurm\] (job|stopped)|stopped by|resumed from' "$tmp/$name.out" | sed 's/^/    /'
   [ $failures -eq 0 ] || show_log "$name"
 }
-roundtrip usr1 srun "--batch --signal=USR1"
-roundtrip term mpirun "--full --signal=TERM"
+roundtrip usr1 srun 'scancel --batch --signal=USR1 $job'
+roundtrip term mpirun 'scancel --full --signal=TERM $job'
+roundtrip preempt srun 'sbatch --parsable -p urgent -n 2 -o /dev/null --wrap "sleep 1"' 
 
-# 4. A user's scancel: the ranks checkpoint, the job is not requeued.
+# 5. A user's scancel: the ranks checkpoint, the job is not requeued.
 job=$(submit cancel pretrain.sbatch -- $(pretrain_flags cancel) --save-every 1000)
 wait_rows "$tmp/cancel" 40 "$(left)" && scancel "$job"
 slurm_wait_state "$job" CANCELLED COMPLETED FAILED PENDING "$(left)"
@@ -143,7 +147,7 @@ check "job $job cancelled by scancel stays cancelled (state $(slurm_job_state "$
 check "job $job checkpointed on the way out" test -L "$tmp/cancel/latest"
 [ $failures -eq 0 ] || show_log cancel
 
-# 5. The speech script starts its subcommand (its own data is not made here).
+# 6. The speech script starts its subcommand (its own data is not made here).
 job=$(submit speech finetune-speech.sbatch -- --help)
 slurm_wait_state "$job" COMPLETED FAILED "$(left)"
 check "finetune-speech.sbatch ran chorus finetune-speech under srun (job $job)" \
