@@ -32,7 +32,7 @@ slurm_install() {
   { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"; } \
     >"${TMPDIR:-/tmp}/chorus-slurm-apt.log" 2>&1 || rc=$?
   [ -n "$own_policy" ] && rm -f "$policy"
-  [ $rc -eq 0 ] || { slurm_log "apt-get install failed (log: ${TMPDIR:-/tmp}/chorus-slurm-apt.log)"; tail -5 "${TMPDIR:-/tmp}/chorus-slurm-apt.log" >&2; }
+  [ $rc -eq 0 ] || { slurm_log "apt-get install failed (log: ${TMPDIR:-/tmp}/chorus-slurm-apt.log)"; tail -n 5 "${TMPDIR:-/tmp}/chorus-slurm-apt.log" >&2; }
   return $rc
 }
 
@@ -43,12 +43,13 @@ slurm_free_port() {
   echo "$p"
 }
 
-# Waits until `cmd...` succeeds, at most $1 seconds.
+# Waits until `cmd...` succeeds, at most $1 seconds (less when a daemon we started died).
 slurm_wait_for() {
-  local secs=$1; shift
+  local secs=$1 pid; shift
   local end=$(( $(date +%s) + secs ))
   until "$@" >/dev/null 2>&1; do
     [ "$(date +%s)" -ge "$end" ] && return 1
+    for pid in "${slurm_pids[@]}"; do kill -0 "$pid" 2>/dev/null || { slurm_log "daemon $pid exited"; return 1; }; done
     sleep 0.5
   done
 }
@@ -109,7 +110,8 @@ EOF
     >>"$dir/log/munged.out" 2>&1 &
   slurm_pids+=($!)
   if ! slurm_wait_for 10 sh -c "munge --socket='$dir/munge.socket' -n | unmunge --socket='$dir/munge.socket'"; then
-    slurm_log "munged did not start:"; tail -5 "$dir/log/munged.log" "$dir/log/munged.out" >&2; return 1
+    slurm_log "munged did not start:"; tail -n 5 "$dir/log/munged.log" "$dir/log/munged.out" >&2
+    slurm_stop; return 1
   fi
   slurmctld -D -c -i -f "$SLURM_CONF" >>"$dir/log/slurmctld.out" 2>&1 &
   slurm_pids+=($!)
@@ -117,8 +119,8 @@ EOF
   slurm_pids+=($!)
   if ! slurm_wait_for 30 sh -c "sinfo -h -N -o '%t' | grep -Eq '^(idle|mix|alloc)'"; then
     slurm_log "the node did not come up (sinfo: $(sinfo -h -N -o '%N %t %E' 2>&1)):"
-    tail -5 "$dir/log/slurmctld.log" "$dir/log/slurmd.log" "$dir/log/slurmctld.out" "$dir/log/slurmd.out" >&2
-    return 1
+    tail -n 5 "$dir/log/slurmctld.log" "$dir/log/slurmd.log" "$dir/log/slurmctld.out" "$dir/log/slurmd.out" >&2
+    slurm_stop; return 1
   fi
   slurm_log "cluster up in $dir: node $host, $cpus CPUs, ${mem} MiB (daemons ${slurm_pids[*]})"
 }
