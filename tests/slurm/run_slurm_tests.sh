@@ -77,7 +77,7 @@ exit_code() { scontrol show job "$1" -o | tr ' ' '\n' | sed -n 's/^ExitCode=//p'
 restarts() { scontrol show job "$1" -o | tr ' ' '\n' | sed -n 's/^Restarts=//p'; }
 rows() { [ -f "$1/metrics.jsonl" ] && wc -l <"$1/metrics.jsonl" || echo 0; }
 losses() { grep -o '"loss":[^,}]*' "$1/metrics.jsonl"; }
-hash() { "$chorus" checkpoint hash "$1" | cut -c1-64; }
+hash() { "$chorus" checkpoint hash "$@" | cut -c1-64; }
 wait_rows() {  # wait_rows RUN_DIR N SECONDS: until N steps are logged
   slurm_wait_for "$3" sh -c "[ -f '$1/metrics.jsonl' ] && [ \$(wc -l <'$1/metrics.jsonl') -ge $2 ]"
 }
@@ -112,6 +112,7 @@ check "job $full wrote final weights and a last checkpoint" \
 check "the final checkpoint verifies" quiet "$chorus" checkpoint verify "$tmp/full"
 [ $failures -eq 0 ] || show_log full
 h_full=$(hash "$tmp/full/step-00000200")
+h_full_opt=$(hash "$tmp/full/step-00000200" --with-optimizer)
 
 # 2. to 4. Pre-empted mid-run, requeued, resumed: the same result.
 roundtrip() {  # NAME LAUNCHER STOP_COMMAND ($job is the job's id in it)
@@ -129,6 +130,8 @@ roundtrip() {  # NAME LAUNCHER STOP_COMMAND ($job is the job's id in it)
     cmp -s <(losses "$tmp/full") <(losses "$tmp/$name")
   h=$(hash "$tmp/$name/step-00000200")
   check "job $job ends with the checkpoint hash of job $full ($h_full)" test "$h" = "$h_full"
+  check "job $job ends with the same Adam moments too" \
+    test "$(hash "$tmp/$name/step-00000200" --with-optimizer)" = "$h_full_opt"
   echo "evidence: job $job ($launcher, $sc): checkpoint hash $h; uninterrupted job $full: $h_full"
   grep -E '^\[chorus-slurm\] (job|stopped)|stopped by|resumed from' "$tmp/$name.out" | sed 's/^/    /'
   [ $failures -eq 0 ] || show_log "$name"

@@ -7,7 +7,7 @@
 #   slurm_wait_state JOB STATE... SECONDS   waits until the job is in one of the states
 #
 # No systemd, no cgroups, no files outside DIR: it runs on a bare Debian 12
-# (a chroot too), as root. Each function prints what failed and returns
+# (a chroot without /sys too), as root. Each function prints what failed and returns
 # non-zero; the caller decides whether that is a failure or a skip.
 
 slurm_pids=()
@@ -16,7 +16,8 @@ slurm_log() { echo "[slurm] $*" >&2; }
 
 slurm_install() {
   local need=()
-  for p in slurmctld slurmd slurm-client munge; do
+  # libpmix-dev: srun --mpi=pmix dlopens the unversioned libpmix.so, which only it ships.
+  for p in slurmctld slurmd slurm-client munge libpmix-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
   done
   [ ${#need[@]} -eq 0 ] && return 0
@@ -103,6 +104,13 @@ PreemptMode=REQUEUE
 PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP PriorityTier=1
 PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP PriorityTier=10
 EOF
+  # slurmd 22.05 loads a cgroup plugin whatever ProctrackType and TaskPlugin say, and
+  # its autodetection fails where /sys/fs/cgroup is no cgroup file system (a chroot
+  # without /sys): name the v1 plugin there, which nothing here then uses.
+  case "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" in
+    cgroup2fs | tmpfs) ;;
+    *) echo "CgroupPlugin=cgroup/v1" >"$dir/cgroup.conf" ;;
+  esac
   # munge: its own key and socket in $dir (a key is 1 KiB of random bytes, owner-only).
   dd if=/dev/urandom of="$dir/munge.key" bs=1024 count=1 status=none && chmod 400 "$dir/munge.key" || return 1
   munged --foreground --force --socket="$dir/munge.socket" --key-file="$dir/munge.key" \
@@ -129,11 +137,11 @@ slurm_stop() {
   local pid
   [ ${#slurm_pids[@]} -eq 0 ] && return 0
   # slurmd first: it ends the job steps it runs (linuxproc tracks their processes).
-  for pid in $(printf '%s\n' "${slurm_pids[@]}" | tac); do kill -TERM "$pid" 2>/dev/null; done
+  for pid in $(printf '%s\n' "${slurm_pids[@]}" | tac); do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${slurm_pids[@]}"; do
     for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
   done
   slurm_log "stopped daemons ${slurm_pids[*]}"
   slurm_pids=()
