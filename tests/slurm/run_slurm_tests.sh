@@ -3,7 +3,8 @@
 # this machine (tests/slurm/slurm_cluster.sh: Debian's slurm-wlm and munge,
 # installed if missing, daemons started here and stopped by their pids) runs
 # the project's own launch/slurm/*.sbatch on gpt-tiny with 2 CPU ranks:
-#   1. a short pretrain job completes: exit 0, a final checkpoint that verifies;
+#   1. a short pretrain job completes: exit 0, a final checkpoint that verifies,
+#      the user's flag taken instead of the script's own (no flag given twice);
 #   2. a job pre-empted mid-run (SIGUSR1 to the batch script, as Slurm's
 #      --signal=B:USR1@120 sends it) checkpoints, requeues itself, resumes and
 #      ends with the same `checkpoint hash` and losses as job 1;
@@ -103,10 +104,13 @@ show_log() {
 }
 
 # 1. A short job completes.
-full=$(submit full pretrain.sbatch -- $(pretrain_flags full))
-echo "job $full: uninterrupted $STEPS steps (srun)"
+# --thread (an abbreviation chorus takes) set by the user: the script must not add its own.
+full=$(submit full pretrain.sbatch -- $(pretrain_flags full) --thread 1)
+echo "job $full: uninterrupted $STEPS steps (srun), the user's --thread 1"
 slurm_wait_state "$full" COMPLETED FAILED "$(left)"
 check "job $full completes with exit code 0" test "$(exit_code "$full")" = 0:0
+check "job $full passed the user's --thread and no --threads of its own" \
+  test "$(grep -m1 '^\[chorus-slurm\] srun' "$tmp/full.out" | grep -o -- '--thread[s]* ' | tr '\n' ' ')" = "--thread  "
 check "job $full wrote final weights and a last checkpoint" \
   test -f "$tmp/full/model.h5" -a "$(readlink "$tmp/full/latest")" = step-00000200
 check "the final checkpoint verifies" quiet "$chorus" checkpoint verify "$tmp/full"
