@@ -75,7 +75,9 @@ chorus_slurm_job() {
     chorus_drop_flag resume "$@"; set -- "${chorus_args[@]}"
     chorus_slurm_log "restart $restarts: replacing the given --resume with --resume auto"
   fi
-  chorus_has_flag resume "$@" || extra+=(--resume auto)
+  if ! chorus_has_flag resume "$@" && { [ "$restarts" -gt 0 ] || ! chorus_config_sets resume "$config"; }; then
+    extra+=(--resume auto)
+  fi
   if [ -n "${SLURM_CPUS_PER_TASK:-}" ] && ! chorus_has_flag threads "$@" && ! chorus_config_sets threads "$config"; then
     extra+=(--threads "$SLURM_CPUS_PER_TASK")
   fi
@@ -101,14 +103,16 @@ chorus_slurm_job() {
   # The launcher runs in the background so that this shell can take a stop signal
   # (time limit with --signal=B:..., pre-emption, scancel): it is passed on as SIGUSR1,
   # which srun and mpirun both forward to every rank (mpirun would abort on SIGTERM).
-  chorus_stop_signal=""
+  chorus_stop_signal="" chorus_launcher_pid=""
+  trap 'chorus_stop_signal=USR1; [ -n "$chorus_launcher_pid" ] && kill -USR1 "$chorus_launcher_pid" 2>/dev/null' USR1
+  trap 'chorus_stop_signal=TERM; [ -n "$chorus_launcher_pid" ] && kill -USR1 "$chorus_launcher_pid" 2>/dev/null' TERM
+  trap 'chorus_stop_signal=INT; [ -n "$chorus_launcher_pid" ] && kill -USR1 "$chorus_launcher_pid" 2>/dev/null' INT
   "${launch[@]}" "$chorus" "$sub" "$@" "${extra[@]}" &
-  local pid=$!
-  trap 'chorus_stop_signal=USR1; kill -USR1 '"$pid"' 2>/dev/null' USR1
-  trap 'chorus_stop_signal=TERM; kill -USR1 '"$pid"' 2>/dev/null' TERM
-  trap 'chorus_stop_signal=INT; kill -USR1 '"$pid"' 2>/dev/null' INT
-  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done
-  wait "$pid"
+  chorus_launcher_pid=$!
+  # A stop signal that came before the launcher had started is passed on now.
+  [ -n "$chorus_stop_signal" ] && kill -USR1 "$chorus_launcher_pid"
+  while kill -0 "$chorus_launcher_pid" 2>/dev/null; do wait "$chorus_launcher_pid"; done
+  wait "$chorus_launcher_pid"
   local rc=$?
   trap - USR1 TERM INT
 
