@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.h"
+#include "apps/job_flags.h"
 #include "apps/options.h"
 #include "apps/train_flags.h"
 #include "audio/mel.h"
@@ -27,13 +28,7 @@ namespace chorus::apps {
 
 namespace fs = std::filesystem;
 
-int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
-  OptionSet o("finetune-speech",
-              "Fine-tunes the joint speech encoder-decoder (docs/SPEECH.md) on speech shards from prepare-speech:\n"
-              "a new audio encoder with a CTC head, and a decoder that is a pretrained GPT (--init-decoder) with a\n"
-              "cross-attention block in every layer whose output projection starts at zero. Loss = attention\n"
-              "cross-entropy on the transcript + ctc-weight x CTC. DP / TP / ZeRO-1, gradient accumulation,\n"
-              "mixed precision, checkpoints and exact resume as for pretrain (the same loop and flags).");
+void add_finetune_speech_flags(OptionSet& o) {
   o.add<int>("encoder", "n-layer", 4, "encoder Transformer blocks");
   o.add<int>("encoder", "n-embd", 256, "encoder width (d)");
   o.add<int>("encoder", "n-head", 4, "encoder attention heads");
@@ -67,9 +62,9 @@ int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
   d.min_lr = 1e-4f;
   d.eval_every = 100;
   add_train_flags(o, d);
-  o.allow_config();
-  po::variables_map vm;
-  if (!o.parse(argc, argv, vm)) return 0;
+}
+
+train::FinetuneSpeechOptions read_finetune_speech_flags(const po::variables_map& vm) {
   train::FinetuneSpeechOptions p;
   p.encoder.n_layer = vm["n-layer"].as<int>();
   p.encoder.n_embd = vm["n-embd"].as<int>();
@@ -96,6 +91,21 @@ int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
   p.new_lr_scale = vm["new-lr-scale"].as<float>();
   CHORUS_CHECK(p.decoder_lr_scale >= 0 && p.new_lr_scale >= 0, "decoder-lr-scale / new-lr-scale: must be >= 0");
   p.train = read_train_flags(vm);
+  return p;
+}
+
+int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
+  OptionSet o("finetune-speech",
+              "Fine-tunes the joint speech encoder-decoder (docs/SPEECH.md) on speech shards from prepare-speech:\n"
+              "a new audio encoder with a CTC head, and a decoder that is a pretrained GPT (--init-decoder) with a\n"
+              "cross-attention block in every layer whose output projection starts at zero. Loss = attention\n"
+              "cross-entropy on the transcript + ctc-weight x CTC. DP / TP / ZeRO-1, gradient accumulation,\n"
+              "mixed precision, checkpoints and exact resume as for pretrain (the same loop and flags).");
+  add_finetune_speech_flags(o);
+  o.allow_config();
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  train::FinetuneSpeechOptions p = read_finetune_speech_flags(vm);
   dist::ParallelGrid grid(rt, vm["tp"].as<int>());
   p.train.grid = &grid;
   const auto r = train::finetune_speech(p);

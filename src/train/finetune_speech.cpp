@@ -17,6 +17,7 @@
 #include "eval/wer.h"
 #include "train/decode.h"
 #include "train/speech_batch.h"
+#include "train/plan.h"
 
 namespace chorus::train {
 
@@ -199,9 +200,8 @@ class SpeechTask final : public TrainTask {
   }
   double flops_per_step() const override {
     const double avg_frames = 100.0 * train_.total_seconds() / std::max<size_t>(1, train_.size());
-    const double enc = model_.encoder().flops(1, static_cast<int>(avg_frames));
-    const double dec = model_.decoder().flops_per_token(o_.max_tokens) * o_.max_tokens / 2;
-    return (enc + dec) * o_.batch * o_.train.grad_accum * grid_.dp_size();
+    return speech_flops_per_step(cfg_, avg_frames, o_.max_tokens,
+                                 static_cast<double>(o_.batch) * o_.train.grad_accum * grid_.dp_size());
   }
   models::GptMemory memory() const override { return model_.memory(); }
   uint64_t consumed() const override { return consumed_; }
@@ -304,6 +304,11 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   CHORUS_CHECK(opt.max_tokens <= cfg.decoder.context, "max-tokens: %d exceeds the decoder context %d",
                opt.max_tokens, cfg.decoder.context);
   grid.check_divides(cfg.decoder.n_head, 4 * cfg.decoder.n_embd, cfg.decoder.padded_vocab());
+  // Before any data is read: the longest clips (the mean length only changes the FLOPs).
+  check_plan_fits(plan_finetune_speech(opt, cfg, {grid.dp_size(), grid.tp_size(), opt.train.zero_stage,
+                                                  opt.train.precision}, cfg.encoder.max_frames),
+                  opt.train.max_memory_gib, grid.world(), "finetune-speech",
+                  "--batch, --max-frames, --max-tokens, --n-embd or --n-layer, or use --tp / --zero 1 over more ranks");
   SpeechTask task(opt, tok, cfg, grid, pretrained);
   task.model().init_weights(opt.train.seed);
   if (pretrained)
