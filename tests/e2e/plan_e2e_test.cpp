@@ -130,6 +130,22 @@ TEST_F(Plan, RefusesALayoutThatCannotFit) {
   EXPECT_NE(r.out.find("memory per rank:"), std::string::npos) << r.out;  // the report comes first
   EXPECT_NE(r.out.find("pretrain does not fit in memory"), std::string::npos) << r.out;
 
+  // finetune-speech refuses before it reads its (here missing) data.
+  const std::string speech = config("speech-mini.ini") + " --tokenizer " + (dir_ / "tok.json").string() +
+                             " --init-decoder none --dec-context 128 --data " + (dir_ / "no_speech").string() +
+                             " --steps 1 --quiet";
+  r = sh(std::string(CHORUS_BINARY) + " finetune-speech" + speech + " --max-memory 0.01 --run-dir " +
+         (dir_ / "speech_too_big").string());
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("finetune-speech does not fit in memory: each rank needs"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("reduce --batch, --max-frames"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "speech_too_big" / "config.json"));
+  // plan takes the same flags (finetune-speech first) and prints the same report.
+  r = sh(std::string(CHORUS_BINARY) + " plan finetune-speech" + speech + " --peak-gflops 10 --avg-seconds 3");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(memory_line(r.out).size(), 5u) << r.out;
+  EXPECT_NE(r.out.find("300 frames on average, up to 1000"), std::string::npos) << r.out;
+
   r = sh(std::string(CHORUS_BINARY) + " plan" + job + " --tp 5");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("TP = 5 does not divide n_head = 6"), std::string::npos) << r.out;
