@@ -34,8 +34,8 @@ fi
 chorus="${CHORUS_BUILD_DIR:-$root/build}/bin/chorus"
 tok=datasets/tokenizer.json; shards=datasets/shards
 if [ ! -f "$tok" ] || [ ! -d "$shards" ]; then
-  "$chorus" train-tokenizer --quiet --input datasets/text --vocab 8192 --out "$tok"
-  "$chorus" prepare-text --quiet --tokenizer "$tok" --input datasets/text --out "$shards"
+  "$chorus" train-tokenizer --quiet --input datasets/text --vocab 8192 --out "$tok" --force
+  "$chorus" prepare-text --quiet --tokenizer "$tok" --input datasets/text --out "$shards" --force
 fi
 out=${BENCH_OUT:-$(mktemp -d)}
 mkdir -p "$out"

@@ -1,6 +1,7 @@
 // chorus finetune-speech / transcribe / evaluate.
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include "audio/mel.h"
 #include "audio/wav.h"
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/weights.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/timer.h"
@@ -108,6 +110,7 @@ int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
   train::FinetuneSpeechOptions p = read_finetune_speech_flags(vm);
   dist::ParallelGrid grid(rt, vm["tp"].as<int>());
   p.train.grid = &grid;
+  check_input_file(p.tokenizer_path, "tokenizer", "a tokenizer JSON file");
   const auto r = train::finetune_speech(p);
   if (r.stopped) return r.stop_signal != 0 ? train::kExitPreempted : 0;
   log_info("done: %lld steps, train loss %.4f -> %.4f%s; checkpoint %s", static_cast<long long>(r.steps_done),
@@ -195,6 +198,7 @@ std::vector<train::Transcript> run_clips(LoadedRecognizer& rec, const std::vecto
 }
 
 std::vector<Clip> read_manifest_clips(const std::string& path) {
+  check_input_file(path, "manifest", "a manifest file (path<TAB>lang<TAB>text lines)");
   std::vector<Clip> clips;
   const fs::path base = fs::path(path).parent_path();
   for (const auto& e : data::read_speech_manifest(path)) {
@@ -222,6 +226,7 @@ void add_decode_flags(OptionSet& o) {
 }
 
 train::DecodeOptions read_decode_flags(const po::variables_map& vm) {
+  CHORUS_CHECK(vm["threads"].as<int>() >= 0, "threads: must be >= 0, got %d", vm["threads"].as<int>());
   if (vm["threads"].as<int>() > 0) omp_set_num_threads(vm["threads"].as<int>());
   train::DecodeOptions d;
   d.lang = vm["lang"].as<std::string>();
@@ -232,6 +237,7 @@ train::DecodeOptions read_decode_flags(const po::variables_map& vm) {
   CHORUS_CHECK(d.min_new_tokens >= 0 && d.min_new_tokens <= d.max_new_tokens,
                "min-new-tokens: must be in [0, max-new-tokens], got %d", d.min_new_tokens);
   CHORUS_CHECK(d.beam >= 1, "beam: must be >= 1, got %d", d.beam);
+  CHORUS_CHECK(d.ctc_weight >= 0 && d.ctc_weight <= 1, "ctc-weight: must be in [0, 1], got %g", d.ctc_weight);
   CHORUS_CHECK(d.max_new_tokens >= 1, "max-new-tokens: must be >= 1");
   CHORUS_CHECK(vm["batch"].as<int>() >= 1, "batch: must be >= 1");
   CHORUS_CHECK(!vm["checkpoint"].as<std::string>().empty(), "checkpoint: give --checkpoint DIR");
@@ -255,8 +261,11 @@ int cmd_transcribe(int argc, char** argv, dist::Runtime& rt) {
   std::vector<Clip> clips;
   if (!vm["manifest"].as<std::string>().empty()) clips = read_manifest_clips(vm["manifest"].as<std::string>());
   if (vm.count("wav"))
-    for (const auto& w : vm["wav"].as<std::vector<std::string>>()) clips.push_back({w, "", "", 0});
-  CHORUS_CHECK(!clips.empty(), "transcribe: give WAV files or --manifest");
+    for (const auto& w : vm["wav"].as<std::vector<std::string>>()) {
+      check_input_file(w, "wav", "a WAV file");
+      clips.push_back({w, "", "", 0});
+    }
+  CHORUS_CHECK(!clips.empty(), "wav: give WAV files (positional) or --manifest TSV");
   auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
                              vm["batch"].as<int>());
   double secs = 0;
@@ -289,10 +298,17 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   o.add_switch("decode", "detect-lang", "detect the language instead of taking it from the manifest");
   o.add_switch("output", "json", "print the result as JSON");
   o.add<std::string>("output", "out", "", "also write the JSON result and every transcript to this file");
+  o.add_switch("output", "force", "replace an existing --out file (refused without it)");
   po::variables_map vm;
   if (!o.parse(argc, argv, vm)) return 0;
   auto dopt = read_decode_flags(vm);
   CHORUS_CHECK(!vm["manifest"].as<std::string>().empty(), "manifest: give --manifest TSV");
+  if (const std::string out = vm["out"].as<std::string>(); !out.empty()) {
+    check_not_input(out, "out", {vm["manifest"].as<std::string>(),
+                                 checkpoint::resolve_checkpoint_dir(vm["checkpoint"].as<std::string>()),
+                                 vm["tokenizer"].as<std::string>()});
+    check_new_file(out, "out", vm["force"].as<bool>());
+  }
   const auto clips = read_manifest_clips(vm["manifest"].as<std::string>());
   CHORUS_CHECK(!clips.empty(), "manifest '%s': no clips", vm["manifest"].as<std::string>().c_str());
   auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),

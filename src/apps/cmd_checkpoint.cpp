@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -132,7 +133,11 @@ int reshard_cmd(int argc, char** argv) {
   apply_threads(vm);
   const std::string src = dir_arg(vm, "reshard");
   const std::string out = vm["out"].as<std::string>();
-  CHORUS_CHECK(!out.empty(), "checkpoint reshard: give --out NEW_DIR");
+  CHORUS_CHECK(!out.empty(), "out: give --out NEW_DIR");
+  CHORUS_CHECK(vm["tp"].as<int>() >= 0 && vm["dp"].as<int>() >= 0,
+               "tp / dp: must be >= 1, or 0 for the source's, got %d / %d", vm["tp"].as<int>(), vm["dp"].as<int>());
+  CHORUS_CHECK(vm["zero"].as<int>() >= -1 && vm["zero"].as<int>() <= 1,
+               "zero: must be 0 or 1, or -1 for the source's, got %d", vm["zero"].as<int>());
   const auto m = checkpoint::read_manifest(checkpoint::resolve_checkpoint_dir(src) + "/manifest.json");
   checkpoint::Layout target = m.layout;
   if (vm["tp"].as<int>() != 0) target.tp = vm["tp"].as<int>();
@@ -158,6 +163,8 @@ int export_cmd(int argc, char** argv) {
   o.add<std::string>("input", "dir", "", "checkpoint or save directory (positional)");
   o.add<std::string>("output", "out", "", "output file (chorus) or directory (safetensors)");
   o.add<std::string>("output", "format", "chorus", "chorus | safetensors");
+  o.add_switch("output", "force", "replace an existing --out file (chorus) or model.safetensors / config.json in "
+                                  "the --out directory (safetensors); refused without it");
   o.add<std::string>("output", "dtype", "fp32",
                      "fp32 | bf16 (safetensors only: the fp32 masters rounded to bf16, half the size; chorus "
                      "weights files always hold fp32, which every --precision loads)");
@@ -168,7 +175,16 @@ int export_cmd(int argc, char** argv) {
   apply_threads(vm);
   const std::string src = dir_arg(vm, "export"), out = vm["out"].as<std::string>(),
                     format = vm["format"].as<std::string>();
-  CHORUS_CHECK(!out.empty(), "checkpoint export: give --out PATH");
+  CHORUS_CHECK(!out.empty(), "out: give --out PATH");
+  // Never over the checkpoint it reads (its directory and every file in it).
+  check_not_input(out, "out", {checkpoint::resolve_checkpoint_dir(src)});
+  const bool force = vm["force"].as<bool>();
+  if (format == "safetensors") {
+    for (const char* name : {"model.safetensors", "config.json"})
+      check_new_file((std::filesystem::path(out) / name).string(), "out", force);
+  } else {
+    check_new_file(out, "out", force);
+  }
   const Precision dtype = parse_precision(vm["dtype"].as<std::string>(), "dtype");
   CHORUS_CHECK(dtype != Precision::fp16, "dtype: export writes fp32 or bf16, got fp16");
   CHORUS_CHECK(dtype == Precision::fp32 || format == "safetensors",

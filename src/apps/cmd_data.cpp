@@ -59,6 +59,7 @@ int cmd_train_tokenizer(int argc, char** argv, dist::Runtime& rt) {
   o.add<int>("tokenizer", "vocab", 8192, "vocabulary size including the 256 bytes and the special tokens");
   o.add<std::string>("tokenizer", "languages", "",
                      "comma-separated ISO 639-1 codes that get a <|xx|> token (default: the 33 of datasets/text)");
+  o.add_switch("data", "force", "replace an existing --out file (refused without it)");
   po::variables_map vm;
   if (!parse_text_tool(o, "OpenMP threads for counting (0 = all cores)", argc, argv, vm)) return 0;
   data::TokenizerTrainOptions opt;
@@ -66,9 +67,11 @@ int cmd_train_tokenizer(int argc, char** argv, dist::Runtime& rt) {
   opt.languages = split_commas(vm["languages"].as<std::string>());
   opt.progress = !vm["quiet"].as<bool>();
   auto files = expand_inputs(vm["input"].as<std::vector<std::string>>(), "input");
+  const std::string out = vm["out"].as<std::string>();
+  check_not_input(out, "out", files);
+  check_new_file(out, "out", vm["force"].as<bool>());
   Timer t;
   auto tok = data::Tokenizer::train(files, opt);
-  const std::string out = vm["out"].as<std::string>();
   tok.save(out);
   log_info("trained tokenizer: %d tokens (%zu languages) on %zu files in %.1f s -> %s (hash %.12s)",
            tok.vocab_size(), tok.languages().size(), files.size(), t.seconds(), out.c_str(), tok.hash().c_str());
@@ -86,14 +89,21 @@ int cmd_prepare_text(int argc, char** argv, dist::Runtime& rt) {
   o.add<double>("data", "val-fraction", 0.05, "0.05", "fraction of documents held out for validation");
   o.add<uint64_t>("data", "shard-tokens", 16u << 20, "maximum tokens per shard file");
   o.add<uint64_t>("data", "seed", 1234, "seed of the train/val assignment");
+  o.add_switch("data", "force", "replace the train/val shards already in --out (refused without it)");
   po::variables_map vm;
   if (!parse_text_tool(o, "OpenMP threads for tokenizing (0 = all cores)", argc, argv, vm)) return 0;
   const double val_fraction = vm["val-fraction"].as<double>();
   CHORUS_CHECK(val_fraction > 0.0 && val_fraction < 1.0, "val-fraction: must be in (0, 1), got %g", val_fraction);
-  auto tok = data::Tokenizer::load(vm["tokenizer"].as<std::string>());
+  const std::string tok_path = vm["tokenizer"].as<std::string>();
+  check_input_file(tok_path, "tokenizer", "a tokenizer JSON file");
   data::PrepareTextOptions opt;
   opt.inputs = expand_inputs(vm["input"].as<std::vector<std::string>>(), "input");
   opt.out_dir = vm["out"].as<std::string>();
+  std::vector<std::string> read = opt.inputs;
+  read.push_back(tok_path);
+  check_not_input(opt.out_dir, "out", read);
+  opt.replace = vm["force"].as<bool>();
+  auto tok = data::Tokenizer::load(tok_path);
   opt.val_fraction = val_fraction;
   opt.shard_tokens = vm["shard-tokens"].as<uint64_t>();
   CHORUS_CHECK(opt.shard_tokens > 0, "shard-tokens: must be > 0");

@@ -1,6 +1,7 @@
 // chorus pretrain / generate.
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -10,6 +11,7 @@
 
 #include "apps/commands.h"
 #include "apps/job_flags.h"
+#include "apps/memory_check.h"
 #include "apps/options.h"
 #include "apps/train_flags.h"
 #include "backend/cpu/gemm.h"
@@ -52,6 +54,7 @@ train::PretrainOptions read_pretrain_flags(const po::variables_map& vm) {
   p.batch = vm["batch"].as<int>();
   p.eval_batches = vm["eval-batches"].as<int>();
   p.sample_tokens = vm["sample-tokens"].as<int>();
+  CHORUS_CHECK(p.model.vocab_size >= 0, "vocab-size: must be >= 0 (0 = the tokenizer's), got %d", p.model.vocab_size);
   CHORUS_CHECK(p.sample_tokens >= 0, "sample-tokens: must be >= 0, got %d", p.sample_tokens);
   p.train = read_train_flags(vm);
   return p;
@@ -76,6 +79,8 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   train::PretrainOptions p = read_pretrain_flags(vm);
   dist::ParallelGrid grid(rt, vm["tp"].as<int>());
   p.train.grid = &grid;
+  check_input_file(p.tokenizer_path, "tokenizer", "a tokenizer JSON file");
+  CHORUS_CHECK(p.batch >= 1 && p.seq_len >= 1, "batch / seq-len: must be >= 1, got %d / %d", p.batch, p.seq_len);
 
   auto r = train::pretrain(p);
   if (r.stopped) return r.stop_signal != 0 ? train::kExitPreempted : 0;
@@ -111,6 +116,7 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   o.allow_config();
   po::variables_map vm;
   if (!o.parse(argc, argv, vm)) return 0;
+  CHORUS_CHECK(vm["threads"].as<int>() >= 0, "threads: must be >= 0, got %d", vm["threads"].as<int>());
   if (vm["threads"].as<int>() > 0) omp_set_num_threads(vm["threads"].as<int>());
   std::string run_dir = vm["run-dir"].as<std::string>();
   std::string weights = vm["weights"].as<std::string>();
@@ -132,8 +138,16 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
       throw Error(strfmt("'%s': field 'tokenizer': %s", cfg_path.c_str(), e.what()));
     }
   }
+  check_input_file(weights, vm["weights"].as<std::string>().empty() ? "run-dir" : "weights", "a weights file (model.h5)");
+  check_input_file(tok_path, "tokenizer", "a tokenizer JSON file");
   auto tok = data::Tokenizer::load(tok_path);
   auto header = checkpoint::read_weights_header(weights);
+  const auto& hc = header.config;
+  const models::GptMemory need = models::gpt_memory(hc, 1, hc.context, 1, Precision::fp32);  // the model below
+  check_memory_fits("generate", double(need.master_bytes + need.grad_bytes + need.activation_bytes),
+                    strfmt("the model of '%s': L%d d%d vocab %d context %d", weights.c_str(), hc.n_layer, hc.n_embd,
+                           hc.vocab_size, hc.context),
+                    "the model size (it is the weights file's)");
   models::Gpt model(header.config, 1, header.config.context, nullptr);
   checkpoint::load_weights(weights, model, tok.hash());
 
@@ -144,6 +158,7 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   g.seed = vm["seed"].as<uint64_t>();
   CHORUS_CHECK(g.max_new_tokens >= 0, "max-new-tokens: must be >= 0");
   CHORUS_CHECK(g.temperature >= 0, "temperature: must be >= 0");
+  CHORUS_CHECK(g.top_k >= 0, "top-k: must be >= 0 (0 = all tokens), got %d", g.top_k);
   const std::string prompt = vm["prompt"].as<std::string>();
   std::vector<uint32_t> ids = prompt.empty() ? std::vector<uint32_t>{tok.eot()} : tok.encode(prompt);
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);

@@ -9,8 +9,8 @@
 #include "apps/commands.h"
 #include "apps/job_flags.h"
 #include "backend/cpu/peak_flops.h"
-#include "checkpoint/weights.h"
 #include "core/error.h"
+#include "core/meminfo.h"
 #include "core/strfmt.h"
 #include "data/tokenizer.h"
 #include "dist/communicator.h"
@@ -36,28 +36,6 @@ constexpr const char* kSummary =
     "--precision as for the job; the data-parallel degree from --dp, or --ranks (DP = ranks / TP).\n"
     "--max-memory GiB: exit with an error (code 1) when a rank needs more; without it the report says how\n"
     "many ranks of this layout fit in this machine's MemAvailable. See docs/PLAN.md.";
-
-// The speech decoder's shape without exporting anything: a GPT weights file
-// (or a run directory holding model.h5), or --init-decoder none with the
-// --dec-* shape and the tokenizer's vocabulary.
-models::GptConfig plan_decoder(const train::FinetuneSpeechOptions& p) {
-  if (p.init_decoder == "none") {
-    models::GptConfig c = p.decoder_if_random;
-    c.vocab_size = data::Tokenizer::load(p.tokenizer_path).vocab_size();
-    return c;
-  }
-  CHORUS_CHECK(!p.init_decoder.empty(),
-               "init-decoder: plan needs the decoder's shape: a GPT weights file (model.h5), a pretrain run "
-               "directory holding one, or 'none' with --dec-n-layer / --dec-n-embd / --dec-n-head / --dec-context");
-  std::string path = p.init_decoder;
-  if (fs::is_directory(path)) path = (fs::path(path) / "model.h5").string();
-  CHORUS_CHECK(fs::is_regular_file(path),
-               "init-decoder: '%s' is not a GPT weights file (plan reads the shape from a model.h5 or a run "
-               "directory holding one; for a checkpoint, export its weights first or give --init-decoder none "
-               "with the --dec-* shape)",
-               p.init_decoder.c_str());
-  return checkpoint::read_weights_header(path).config;
-}
 
 }  // namespace
 
@@ -107,7 +85,8 @@ int cmd_plan(int argc, char** argv, dist::Runtime& rt) {
     CHORUS_CHECK(p.batch >= 1, "batch: must be >= 1, got %d", p.batch);
     models::SpeechSeq2SeqConfig cfg;
     cfg.encoder = p.encoder;
-    cfg.decoder = plan_decoder(p);
+    cfg.decoder = train::decoder_source(
+        p, p.init_decoder == "none" ? data::Tokenizer::load(p.tokenizer_path).vocab_size() : 0).config;
     cfg.decoder.validate();
     CHORUS_CHECK(p.max_tokens <= cfg.decoder.context, "max-tokens: %d exceeds the decoder context %d",
                  p.max_tokens, cfg.decoder.context);
@@ -144,7 +123,7 @@ int cmd_plan(int argc, char** argv, dist::Runtime& rt) {
                                  : strfmt("measured sgemm, %d threads", omp_get_max_threads());
   std::printf("%s\n", train::describe_plan(plan, gflops, source, mfu, train_opt.steps).c_str());
   const double need = static_cast<double>(plan.total_bytes());
-  if (const uint64_t avail = train::memory_available_bytes(); avail > 0)
+  if (const uint64_t avail = memory_available(); avail > 0)
     std::printf("this machine: MemAvailable %.1f GiB holds %lld rank%s of this layout\n", avail / double(1 << 30),
                 static_cast<long long>(avail / need), avail / need >= 2 ? "s" : "");
   dist::LocalCommunicator self;

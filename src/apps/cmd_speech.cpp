@@ -143,6 +143,9 @@ int cmd_prepare_speech(int argc, char** argv, dist::Runtime& rt) {
   CHORUS_CHECK(threads >= 0, "threads: must be >= 0, got %d", threads);
   if (threads > 0) omp_set_num_threads(threads);
   const bool progress = !vm["quiet"].as<bool>();
+  check_input_file(manifest, "manifest", "a manifest file (path<TAB>lang<TAB>text lines)");
+  check_input_file(tok_path, "tokenizer", "a tokenizer JSON file");
+  check_not_input(out_dir, "out", {manifest, tok_path});
 
   Timer timer;
   const std::vector<data::ManifestEntry> entries = data::read_speech_manifest(manifest);

@@ -2,13 +2,17 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <string>
 
 #include "apps/commands.h"
 #include "backend/cpu/blas_kernels.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/process_info.h"
+#include "core/version.h"
 #include "dist/runtime.h"
 #include "train/loop.h"
 
@@ -35,7 +39,8 @@ const Command kCommands[] = {
 
 void usage(std::FILE* out) {
   std::fprintf(out,
-               "usage: chorus <command> [options]   (chorus <command> --help for its options)\n\n"
+               "usage: chorus <command> [options]   (chorus <command> --help for its options)\n"
+               "       chorus --version\n\n"
                "Chorus pretrains a GPT on text and fine-tunes it into a multilingual speech recogniser.\n\n"
                "commands:\n");
   for (const auto& c : kCommands) std::fprintf(out, "  %-17s %s\n", c.name, c.summary);
@@ -49,6 +54,11 @@ void usage(std::FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && !std::strcmp(argv[1], "--version")) {
+    std::printf("%s\n", chorus::version_line().c_str());
+    return 0;
+  }
+  chorus::record_command_line(argc, argv);
   chorus::backend::cpu::ensure_blas_kernels(argv);  // before MPI and threads: may re-execute
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     usage(stdout);
@@ -73,8 +83,21 @@ int main(int argc, char** argv) {
       // waiting in a collective, so each exits normally with the distinct code.
       if (rank == 0) std::fprintf(stderr, "chorus %s: error: %s\n", c.name, e.what());
       return chorus::train::kExitDiverged;
+    } catch (const chorus::AgreedError& e) {
+      // Every rank has this error: one report, and each rank ends normally.
+      if (rank == 0) std::fprintf(stderr, "chorus %s: error: %s\n", c.name, e.what());
+      return 1;
     } catch (const chorus::Error& e) {
       failure = std::string("error: ") + e.what();
+      // The source location only on request (core/error.h): no build-machine paths for users.
+      const char* debug = std::getenv("CHORUS_DEBUG");
+      if (debug && *debug && std::strcmp(debug, "0") != 0 && !e.where().empty()) failure += " [" + e.where() + "]";
+    } catch (const std::bad_alloc&) {
+      failure = chorus::strfmt(
+          "error: out of memory: an allocation failed (std::bad_alloc) in 'chorus %s'; the model, batch or "
+          "sequence length is too large for this machine (reduce --batch, --seq-len, --n-embd or --n-layer, or "
+          "use more ranks)",
+          c.name);
     } catch (const std::exception& e) {
       failure = std::string("unexpected error: ") + e.what();
     }

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 
 #include "core/error.h"
@@ -60,7 +61,8 @@ bool OptionSet::parse(int argc, char** argv, po::variables_map& vm) {
     auto parsed = po::command_line_parser(argc, argv).options(cli).positional(positional_).run();
     po::store(parsed, vm);
   } catch (const po::error& e) {
-    throw Error(strfmt("chorus %s: %s (see chorus %s --help)", command_.c_str(), e.what(), command_.c_str()));
+    // main prefixes every error line with "chorus <command>:", so the message does not.
+    throw Error(strfmt("%s (see chorus %s --help)", e.what(), command_.c_str()));
   }
   if (vm.count("help")) {
     std::cout << help();
@@ -68,8 +70,13 @@ bool OptionSet::parse(int argc, char** argv, po::variables_map& vm) {
   }
   if (allow_config_ && vm.count("config")) {
     const std::string path = vm["config"].as<std::string>();
-    std::ifstream in(path);
-    CHORUS_CHECK(in.good(), "config: cannot read '%s'", path.c_str());
+    check_input_file(path, "config", "a .ini file");
+    std::ifstream file(path, std::ios::binary);
+    CHORUS_CHECK(file.good(), "config: cannot read '%s'", path.c_str());
+    std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    // A UTF-8 byte-order mark (Windows editors write one) is not part of the first key.
+    if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);
+    std::istringstream in(text);
     po::parsed_options from_file(&cli);
     try {
       from_file = po::parse_config_file(in, file_, /*allow_unregistered=*/false);
@@ -95,7 +102,7 @@ bool OptionSet::parse(int argc, char** argv, po::variables_map& vm) {
   try {
     po::notify(vm);
   } catch (const po::error& e) {
-    throw Error(strfmt("chorus %s: %s", command_.c_str(), e.what()));
+    throw Error(e.what());
   }
   return true;
 }
@@ -117,6 +124,52 @@ std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs, c
   }
   CHORUS_CHECK(!out.empty(), "%s: no input files given", flag.c_str());
   return out;
+}
+
+void check_input_file(const std::string& path, const std::string& flag, const std::string& what) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  CHORUS_CHECK(fs::exists(st), "%s: '%s' does not exist (expected %s)", flag.c_str(), path.c_str(), what.c_str());
+  CHORUS_CHECK(!fs::is_directory(st), "%s: '%s' is a directory, expected %s", flag.c_str(), path.c_str(),
+               what.c_str());
+  CHORUS_CHECK(std::ifstream(path).good(), "%s: cannot read '%s' (expected %s)", flag.c_str(), path.c_str(),
+               what.c_str());
+}
+
+namespace {
+
+// True when `inner` is `outer` or lies below it (both canonical).
+bool within(const fs::path& inner, const fs::path& outer) {
+  auto o = outer.begin(), i = inner.begin();
+  for (; o != outer.end(); ++o, ++i)
+    if (i == inner.end() || *i != *o) return false;
+  return true;
+}
+
+}  // namespace
+
+void check_not_input(const std::string& out, const std::string& flag, const std::vector<std::string>& inputs) {
+  CHORUS_CHECK(!out.empty(), "%s: give an output path", flag.c_str());
+  std::error_code ec;
+  const fs::path o = fs::weakly_canonical(fs::absolute(out), ec);
+  CHORUS_CHECK(!ec, "%s: cannot resolve '%s': %s", flag.c_str(), out.c_str(), ec.message().c_str());
+  for (const auto& in : inputs) {
+    if (in.empty()) continue;
+    const fs::path i = fs::weakly_canonical(fs::absolute(in), ec);
+    if (ec) continue;
+    CHORUS_CHECK(!within(o, i) && !within(i, o),
+                 "%s: '%s' %s the input '%s': writing there would overwrite what this command reads; choose "
+                 "another output path",
+                 flag.c_str(), out.c_str(), o == i ? "is" : within(o, i) ? "lies inside" : "contains", in.c_str());
+  }
+}
+
+void check_new_file(const std::string& out, const std::string& flag, bool force) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(out, ec);
+  CHORUS_CHECK(!fs::is_directory(st), "%s: '%s' is a directory, expected a file path", flag.c_str(), out.c_str());
+  CHORUS_CHECK(force || !fs::exists(st), "%s: '%s' already exists; give --force to replace it, or choose another path",
+               flag.c_str(), out.c_str());
 }
 
 }  // namespace chorus::apps

@@ -69,4 +69,17 @@ class OptionSet {
 // Throws naming a path that does not exist.
 std::vector<std::string> expand_inputs(const std::vector<std::string>& inputs, const std::string& flag);
 
+// Refuses, naming the flag and the path, an input that is missing, a
+// directory or not readable where a file (`what`, e.g. "a tokenizer JSON
+// file") is expected.
+void check_input_file(const std::string& path, const std::string& flag, const std::string& what);
+
+// Refuses to write `out` (given by --flag) over what the command reads:
+// `out` may not be, contain or lie inside any of `inputs` (compared as
+// canonical paths, symbolic links resolved). Every command that writes calls
+// it before doing any work.
+void check_not_input(const std::string& out, const std::string& flag, const std::vector<std::string>& inputs);
+// Refuses an output file `out` that already exists unless `force` (--force).
+void check_new_file(const std::string& out, const std::string& flag, bool force);
+
 }  // namespace chorus::apps

@@ -134,6 +134,10 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   p.grad_clip = vm["grad-clip"].as<float>();
   p.peak_gflops = vm["peak-gflops"].as<double>();
   p.max_memory_gib = vm["max-memory"].as<double>();
+  // Flags where 0 means "off" / "measure": a negative value is refused, not read as 0.
+  CHORUS_CHECK(p.grad_clip >= 0, "grad-clip: must be >= 0 (0 = no clipping), got %g", p.grad_clip);
+  CHORUS_CHECK(p.peak_gflops >= 0, "peak-gflops: must be >= 0 (0 = measure it), got %g", p.peak_gflops);
+  CHORUS_CHECK(p.adamw.weight_decay >= 0, "weight-decay: must be >= 0 (0 = none), got %g", p.adamw.weight_decay);
   p.quiet = vm["quiet"].as<bool>();
   p.stop_at = vm["stop-at"].as<int64_t>();
   p.save_dir = vm["save-dir"].as<std::string>();

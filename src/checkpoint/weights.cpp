@@ -5,7 +5,9 @@
 
 #include "checkpoint/durable.h"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/hdf5.h"
+#include "core/log.h"
 
 namespace chorus::checkpoint {
 
@@ -13,6 +15,63 @@ namespace {
 
 constexpr const char* kFormat = "chorus-weights";
 constexpr int64_t kVersion = 1;
+// Attribute of every /params dataset: the SHA-256 (hex) of its float32
+// little-endian data. Files written before it existed load with a warning.
+constexpr const char* kDigestAttr = "sha256";
+
+std::string data_digest(const float* data, size_t n) {
+  Sha256 h;
+  h.update(data, n * sizeof(float));
+  return h.hex_digest();
+}
+
+void write_digest(hid_t ds, const std::string& hex, const std::string& where) {
+  h5::TypeId type(H5Tcopy(H5T_C_S1));
+  h5::SpaceId space(H5Screate(H5S_SCALAR));
+  CHORUS_CHECK(type.valid() && space.valid() && H5Tset_size(type.get(), hex.size() + 1) >= 0,
+               "weights: cannot build the digest attribute of %s", where.c_str());
+  h5::AttrId attr(H5Acreate2(ds, kDigestAttr, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
+  CHORUS_CHECK(attr.valid() && H5Awrite(attr.get(), type.get(), hex.c_str()) >= 0,
+               "weights: cannot write the digest attribute of %s: %s", where.c_str(), h5::last_error().c_str());
+}
+
+// The recorded digest of a dataset, or "" when the file predates digests.
+std::string read_digest(hid_t ds, const std::string& where) {
+  if (H5Aexists(ds, kDigestAttr) <= 0) return "";
+  h5::AttrId attr(H5Aopen(ds, kDigestAttr, H5P_DEFAULT));
+  h5::TypeId type(attr.valid() ? H5Aget_type(attr.get()) : H5I_INVALID_HID);
+  CHORUS_CHECK(type.valid() && H5Tget_class(type.get()) == H5T_STRING && H5Tis_variable_str(type.get()) == 0,
+               "weights %s: attribute '%s' is not a fixed-length string", where.c_str(), kDigestAttr);
+  std::string buf(H5Tget_size(type.get()), '\0');
+  CHORUS_CHECK(H5Aread(attr.get(), type.get(), buf.data()) >= 0, "weights %s: cannot read attribute '%s': %s",
+               where.c_str(), kDigestAttr, h5::last_error().c_str());
+  buf.resize(buf.find('\0') == std::string::npos ? buf.size() : buf.find('\0'));
+  return buf;
+}
+
+// Compares the data read from dataset `ds` (tensor `name` of file `path`)
+// with its recorded digest; counts tensors without one in *unchecked.
+void check_digest(const std::string& path, hid_t ds, const std::string& name, const float* data, size_t n,
+                  size_t* unchecked) {
+  const std::string where = strfmt("'%s' tensor '%s'", path.c_str(), name.c_str());
+  const std::string want = read_digest(ds, where);
+  if (want.empty()) {
+    ++*unchecked;
+    return;
+  }
+  const std::string found = data_digest(data, n);
+  CHORUS_CHECK(found == want,
+               "weights '%s': tensor '%s' is damaged: its data has SHA-256 %s but the file records %s (the file "
+               "changed after it was written: copy or export it again)",
+               path.c_str(), name.c_str(), found.c_str(), want.c_str());
+}
+
+void warn_unchecked(const std::string& path, size_t unchecked) {
+  if (unchecked > 0)
+    log_warn("weights '%s': %zu tensor(s) carry no SHA-256 digest (a file from an older chorus): their data is "
+             "loaded unchecked; export or save it again to add digests",
+             path.c_str(), unchecked);
+}
 
 }  // namespace
 
@@ -89,6 +148,8 @@ void write_weights_file(const std::string& path, const models::GptConfig& c, con
       CHORUS_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data) >= 0,
                    "weights: writing 'params/%s' to '%s' failed: %s", t.name.c_str(), tmp.c_str(),
                    h5::last_error().c_str());
+      write_digest(ds.get(), data_digest(t.data, numel_of(t.shape)),
+                   strfmt("'params/%s' in '%s'", t.name.c_str(), tmp.c_str()));
     }
     f.flush();
     f.close();
@@ -148,6 +209,7 @@ void load_weights(const std::string& path, models::Gpt& model, const std::string
                h.tokenizer_hash.c_str(), expected_hash.c_str());
   float* params = model.params().data();
   std::vector<float> global;
+  size_t unchecked = 0;
   for (const auto& p : model.param_table()) {
     const nn::ShardSpec spec = shard_spec(p);
     const std::string name = "params/" + p.name;
@@ -175,8 +237,10 @@ void load_weights(const std::string& path, models::Gpt& model, const std::string
                          sharded ? global.data() : params + p.offset) >= 0,
                  "weights '%s': reading tensor '%s' failed: %s", path.c_str(), name.c_str(),
                  h5::last_error().c_str());
+    check_digest(path, ds.get(), name, sharded ? global.data() : params + p.offset, numel_of(want), &unchecked);
     if (sharded) nn::slice_shard(spec, tp_rank, tp, global.data(), params + p.offset);
   }
+  warn_unchecked(path, unchecked);
 }
 
 std::vector<WeightsTensor> read_weights_tensors(const std::string& path, WeightsHeader* header) {
@@ -195,6 +259,7 @@ std::vector<WeightsTensor> read_weights_tensors(const std::string& path, Weights
   CHORUS_CHECK(H5Literate(g.get(), H5_INDEX_NAME, H5_ITER_INC, nullptr, cb, &names) >= 0,
                "weights '%s': cannot list group 'params'", path.c_str());
   std::vector<WeightsTensor> out;
+  size_t unchecked = 0;
   for (const auto& name : names) {
     h5::DatasetId ds(H5Dopen2(g.get(), name.c_str(), H5P_DEFAULT));
     CHORUS_CHECK(ds.valid(), "weights '%s': cannot open tensor 'params/%s'", path.c_str(), name.c_str());
@@ -211,8 +276,10 @@ std::vector<WeightsTensor> read_weights_tensors(const std::string& path, Weights
     CHORUS_CHECK(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) >= 0,
                  "weights '%s': reading tensor 'params/%s' failed: %s", path.c_str(), name.c_str(),
                  h5::last_error().c_str());
+    check_digest(path, ds.get(), "params/" + name, t.data.data(), t.data.size(), &unchecked);
     out.push_back(std::move(t));
   }
+  warn_unchecked(path, unchecked);
   return out;
 }
 

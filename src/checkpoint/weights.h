@@ -1,7 +1,11 @@
 // A single-file HDF5 weights file (<run_dir>/model.h5): one float32 dataset
 // per parameter under /params/<GPT-2 dotted name> with its global shape, and
 // root attributes format = "chorus-weights", version = 1, the model config
-// (n_layer, n_embd, n_head, vocab_size, context) and tokenizer_hash.
+// (n_layer, n_embd, n_head, vocab_size, context) and tokenizer_hash. Each
+// dataset carries an attribute sha256: the SHA-256 (hex) of its float32
+// little-endian data, checked on every read (a damaged tensor is refused,
+// naming the file, the tensor and both digests; a file from before digests
+// loads with a warning).
 // `generate` and later the speech fine-tune start from it. (Sharded,
 // resumable checkpoints with optimizer state are a separate format,
 // checkpoint/checkpoint.h; `chorus checkpoint export` turns one into this.)

@@ -1,5 +1,6 @@
 // Making written files durable (the shard writers' commit: write a .tmp file,
-// fsync it, rename it, fsync the directory).
+// fsync it, rename it, fsync the directory; small files such as config.json
+// in one call).
 #pragma once
 
 #include <string>
@@ -12,5 +13,10 @@ void fsync_file(const std::string& path);
 // Some file systems refuse fsync on a directory; that is not an error worth
 // failing a job for.
 void fsync_dir(const std::string& dir);
+// Replaces path with `bytes` atomically: writes path + ".tmp", fsyncs it,
+// renames it over path and fsyncs the directory. A reader sees the old file or
+// the new one, never a part; a failed write (a full disk) throws naming the
+// file and leaves path as it was.
+void write_file_atomic(const std::string& path, const std::string& bytes);
 
 }  // namespace chorus

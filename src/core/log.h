@@ -1,5 +1,7 @@
 // Rank-aware logging. Rank 0 prints info lines; every rank may print warnings,
-// prefixed with its rank. The rank is set once at start-up by the app.
+// prefixed with its rank. The rank is set once at start-up by the app. A line
+// that cannot be written (a full disk under a redirected stdout) throws
+// chorus::Error naming the stream.
 #pragma once
 
 #include <string>

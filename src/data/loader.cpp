@@ -1,6 +1,7 @@
 #include "data/loader.h"
 
 #include <cstdint>
+#include <filesystem>
 #include <numeric>
 #include <utility>
 
@@ -9,13 +10,19 @@
 
 namespace chorus::data {
 
+namespace fs = std::filesystem;
+
 // ---- TokenStream ---------------------------------------------------------------------
 
 TokenStream::TokenStream(const std::string& dir, const std::string& split, const std::string& expected_hash,
                          int64_t expected_vocab) {
   std::string hash = expected_hash;
   int64_t vocab = expected_vocab;
-  for (const std::string& path : list_shards(dir, split)) {
+  const std::vector<std::string> paths = list_shards(dir, split);
+  source_ = strfmt("split '%s' of %s (%zu shard%s: %s%s%s)", split.c_str(), dir.c_str(), paths.size(),
+                   paths.size() == 1 ? "" : "s", paths.front().c_str(), paths.size() > 1 ? " .. " : "",
+                   paths.size() > 1 ? fs::path(paths.back()).filename().c_str() : "");
+  for (const std::string& path : paths) {
     // Where the caller gave no hash / vocab, every shard must agree with the first.
     ShardReader shard(path, hash, vocab);
     const ShardInfo& info = shard.info();
@@ -59,11 +66,11 @@ DataLoader::DataLoader(std::shared_ptr<const TokenStream> stream, int T, int glo
   n_samples_ = n > 0 ? (n - 1) / static_cast<uint64_t>(T_) : 0;
   CHORUS_CHECK(
       n_samples_ > 0,
-      "DataLoader: the split has %llu tokens, too few for one sample of sequence length T = %d (needs at "
-      "least T + 1 = %d tokens)",
-      static_cast<unsigned long long>(n), T_, T_ + 1);
-  CHORUS_CHECK(n_samples_ <= UINT32_MAX, "DataLoader: %llu samples: expected at most 2^32 - 1 (raise T)",
-               static_cast<unsigned long long>(n_samples_));
+      "%s: %llu tokens, too few for one sample of sequence length --seq-len %d (needs at least %d tokens: "
+      "more text, or a shorter --seq-len)",
+      stream_->source().c_str(), static_cast<unsigned long long>(n), T_, T_ + 1);
+  CHORUS_CHECK(n_samples_ <= UINT32_MAX, "%s: %llu samples: expected at most 2^32 - 1 (raise --seq-len)",
+               stream_->source().c_str(), static_cast<unsigned long long>(n_samples_));
 }
 
 const std::vector<uint32_t>& DataLoader::permutation(uint64_t epoch) {

@@ -31,10 +31,14 @@ class TokenStream {
   uint64_t n_tokens() const { return tokens_.size(); }
   uint64_t n_bytes() const { return n_bytes_; }
   const uint32_t* data() const { return tokens_.data(); }
+  // Where the tokens came from, for messages: "split 'val' of <dir> (2 shards:
+  // <dir>/val_000000.h5 .. val_000001.h5)", or "tokens in memory".
+  const std::string& source() const { return source_; }
 
  private:
   std::vector<uint32_t> tokens_;
   uint64_t n_bytes_ = 0;
+  std::string source_ = "tokens in memory";
 };
 
 class DataLoader {

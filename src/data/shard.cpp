@@ -150,15 +150,20 @@ class SplitWriter {
   std::vector<ShardInfo> infos_;
 };
 
-// Refuses an out_dir holding shards of another tokenizer; otherwise removes
-// the old train/val shards (and leftover .tmp files) so none survive the rewrite.
-void clear_old_shards(const std::string& out_dir, const std::string& hash) {
+// Refuses an out_dir holding shards unless `replace`, and one holding shards of
+// another tokenizer; otherwise removes the old train/val shards (and leftover
+// .tmp files) so none survive the rewrite.
+void clear_old_shards(const std::string& out_dir, const std::string& hash, bool replace) {
   std::vector<std::string> old;
   for (const std::string& name : dir_file_names(out_dir)) {
     for (const char* split : {"train", "val"}) {
       const bool is_tmp = name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0;
       if (is_shard_name(is_tmp ? name.substr(0, name.size() - 4) : name, split)) {
         if (!is_tmp) {
+          CHORUS_CHECK(replace,
+                       "output directory %s already holds shards (%s); pass --force to replace them, or choose "
+                       "another output directory",
+                       out_dir.c_str(), name.c_str());
           const std::string path = (fs::path(out_dir) / name).string();
           std::string found;
           try {
@@ -384,7 +389,7 @@ std::vector<ShardInfo> prepare_text(const Tokenizer& tok, const PrepareTextOptio
                  opt.out_dir.c_str(), ec ? ": " : " (a file of that name exists?)",
                  ec ? ec.message().c_str() : "");
   }
-  clear_old_shards(opt.out_dir, tok.hash());
+  clear_old_shards(opt.out_dir, tok.hash(), opt.replace);
 
   // Pass 2: tokenize in parallel, in blocks of documents, keeping input order.
   const int n_threads = opt.n_threads > 0 ? opt.n_threads : omp_get_max_threads();

@@ -61,11 +61,13 @@ struct PrepareTextOptions {
   uint64_t seed = 1234;
   int n_threads = 0;                  // 0 = all cores
   bool progress = true;
+  bool replace = false;               // replace the shards out_dir already holds (--force)
 };
 
 // Tokenizes the inputs and writes <out_dir>/train_000000.h5 ..., val_000000.h5 ...
-// Returns the infos of the shards written. Refuses to overwrite an out_dir that
-// already holds shards from a tokenizer with another hash.
+// Returns the infos of the shards written. Refuses an out_dir that already
+// holds shards unless opt.replace, and always one holding shards from a
+// tokenizer with another hash.
 std::vector<ShardInfo> prepare_text(const Tokenizer& tok, const PrepareTextOptions& opt);
 
 // All shard paths of one split in a directory, sorted. Throws naming the

@@ -20,6 +20,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/log.h"
 #include "core/hash.h"
 #include "core/progress.h"
 
@@ -463,6 +464,9 @@ void check_languages(const std::vector<std::string>& languages) {
 }
 
 std::string read_file(const std::string& path, const char* what) {
+  std::error_code ec;
+  CHORUS_CHECK(!std::filesystem::is_directory(path, ec), "%s '%s' is a directory, expected a file", what,
+               path.c_str());
   std::ifstream f(path, std::ios::binary);
   CHORUS_CHECK(f.good(), "cannot read %s '%s': %s", what, path.c_str(), std::strerror(errno));
   std::ostringstream ss;
@@ -489,7 +493,18 @@ const std::vector<std::string>& default_languages() {
 Tokenizer Tokenizer::train(const std::vector<std::string>& files, const TokenizerTrainOptions& opt) {
   std::vector<std::string> texts;
   texts.reserve(files.size());
-  for (const auto& f : files) texts.push_back(read_file(f, "tokenizer training file"));
+  uint64_t n_bytes = 0;
+  bool any_text = false;
+  for (const auto& f : files) {
+    texts.push_back(read_file(f, "tokenizer training file"));
+    n_bytes += texts.back().size();
+    any_text = any_text || texts.back().find_first_not_of(" \t\r\n\v\f") != std::string::npos;
+  }
+  CHORUS_CHECK(any_text,
+               "tokenizer training text: the %zu input file(s) (%s%s) hold no text (%llu bytes, empty or whitespace "
+               "only); a tokenizer trained on them would know no merges",
+               files.size(), files.empty() ? "" : files[0].c_str(), files.size() > 1 ? ", ..." : "",
+               static_cast<unsigned long long>(n_bytes));
   return train_texts(texts, opt);
 }
 
@@ -513,7 +528,12 @@ Tokenizer Tokenizer::train_texts(const std::vector<std::string>& texts, const To
     for (size_t i = 0; i < chunk.size(); ++i) w.ids[i] = static_cast<unsigned char>(chunk[i]);
     words.push_back(std::move(w));
   }
-  tok.merges_ = learn_merges(words, size_t(opt.vocab_size - n_fixed), opt.progress);
+  const size_t wanted = size_t(opt.vocab_size - n_fixed);
+  tok.merges_ = learn_merges(words, wanted, opt.progress);
+  if (tok.merges_.size() < wanted)
+    log_warn("tokenizer: the training text allows only %zu of the %zu merges requested (vocab %d): the tokenizer "
+             "has %zu tokens; train it on more text for the vocabulary asked for",
+             tok.merges_.size(), wanted, opt.vocab_size, kNumBytes + tok.merges_.size() + tok.specials_.size());
   tok.build_tables();
   return tok;
 }

@@ -32,11 +32,12 @@ class Tokenizer {
 
   // Train on the contents of `files` (each file is pre-tokenized on its own).
   // Throws chorus::Error naming a file that cannot be read, or a vocab_size too
-  // small for bytes + specials + 1 merge. If the corpus runs out of pairs before
-  // vocab_size is reached, training stops early and vocab_size() is smaller.
+  // small for bytes + specials + 1 merge, and files that hold no text (empty or
+  // whitespace only). If the corpus runs out of pairs before vocab_size is
+  // reached, training stops early with a warning and vocab_size() is smaller.
   // The same corpus gives the same merges for any n_threads.
   static Tokenizer train(const std::vector<std::string>& files, const TokenizerTrainOptions& opt);
-  // Train on in-memory texts (tests).
+  // Train on in-memory texts (tests; an empty corpus gives a merge-less tokenizer).
   static Tokenizer train_texts(const std::vector<std::string>& texts, const TokenizerTrainOptions& opt);
 
   // JSON file: {"format": "chorus-bpe", "version": 1, "vocab_size": N,

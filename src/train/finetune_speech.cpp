@@ -9,6 +9,7 @@
 #include "checkpoint/tools.h"
 #include "checkpoint/weights.h"
 #include "core/error.h"
+#include "core/json_number.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "data/speech_sampler.h"
@@ -16,6 +17,7 @@
 #include "data/tokenizer.h"
 #include "eval/wer.h"
 #include "train/decode.h"
+#include "train/run_dir.h"
 #include "train/speech_batch.h"
 #include "train/plan.h"
 
@@ -25,19 +27,31 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Refuses a pretrained decoder (source: its file) trained with another tokenizer.
+void check_decoder_tokenizer(const std::string& source, const std::string& source_hash, const data::Tokenizer& tok,
+                             const std::string& tok_path) {
+  CHORUS_CHECK(source_hash == tok.hash(),
+               "init-decoder: '%s' was trained with tokenizer %s but --tokenizer '%s' has hash %s (the decoder "
+               "must use the tokenizer it was pretrained with)",
+               source.c_str(), source_hash.c_str(), tok_path.c_str(), tok.hash().c_str());
+}
+
 // A GPT weights file from --init-decoder: a weights file, a run directory
-// (its model.h5) or a GPT checkpoint (exported once into the run directory).
-std::string decoder_weights(const std::string& path, const std::string& run_dir, dist::ParallelGrid& grid) {
+// (its model.h5) or a GPT checkpoint (exported once into the run directory,
+// after its tokenizer is checked).
+std::string decoder_weights(const std::string& path, const std::string& run_dir, dist::ParallelGrid& grid,
+                            const data::Tokenizer& tok, const std::string& tok_path) {
   if (fs::is_regular_file(path)) return path;
   CHORUS_CHECK(fs::exists(path), "init-decoder: '%s' does not exist (a GPT weights file, run directory or checkpoint)",
                path.c_str());
   if (fs::is_regular_file(fs::path(path) / "model.h5")) return (fs::path(path) / "model.h5").string();
   const std::string dir = checkpoint::resolve_checkpoint_dir(path);
+  const std::string manifest = (fs::path(dir) / "manifest.json").string();
+  check_decoder_tokenizer(manifest, checkpoint::read_manifest(manifest).tokenizer_hash, tok, tok_path);
   const std::string out = (fs::path(run_dir) / "init-decoder.h5").string();
   std::string err;
   if (grid.world_rank() == 0) {
     try {
-      fs::create_directories(run_dir);
       checkpoint::export_weights(dir, out);
     } catch (const Error& e) {
       err = e.what();
@@ -237,16 +251,21 @@ class SpeechTask final : public TrainTask {
   }
 
   nlohmann::json config_json() const override {
+    const audio::SpecAugmentConfig& a = o_.augment;
     return {{"model_type", "speech"}, {"encoder", cfg_.encoder.to_json()},
             {"decoder", {{"n_layer", cfg_.decoder.n_layer}, {"n_embd", cfg_.decoder.n_embd},
                          {"n_head", cfg_.decoder.n_head}, {"vocab_size", cfg_.decoder.vocab_size},
                          {"context", cfg_.decoder.context}}},
             {"tokenizer", fs::absolute(o_.tokenizer_path).string()}, {"tokenizer_hash", tok_.hash()},
             {"data", fs::absolute(o_.data_dir).string()}, {"init_decoder", o_.init_decoder},
-            {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", o_.ctc_weight},
+            {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", json_float(o_.ctc_weight)},
             {"temperature", o_.temperature}, {"freeze_decoder_steps", o_.freeze_decoder_steps},
-            {"decoder_lr_scale", o_.decoder_lr_scale}, {"new_lr_scale", o_.new_lr_scale},
-            {"spec_augment", o_.spec_augment}};
+            {"decoder_lr_scale", json_float(o_.decoder_lr_scale)}, {"new_lr_scale", json_float(o_.new_lr_scale)},
+            {"spec_augment", o_.spec_augment},
+            {"augment", {{"n_freq_masks", a.n_freq_masks}, {"freq_width", a.freq_width},
+                         {"n_time_masks", a.n_time_masks}, {"time_width_fraction", a.time_width_fraction},
+                         {"max_time_width", a.max_time_width}}},
+            {"eval_batches", o_.eval_batches}, {"eval_clips", o_.eval_clips}};
   }
 
  private:
@@ -268,6 +287,32 @@ class SpeechTask final : public TrainTask {
 
 }  // namespace
 
+DecoderSource decoder_source(const FinetuneSpeechOptions& o, int vocab_if_random) {
+  DecoderSource d;
+  if (o.init_decoder == "none") {
+    d.config = o.decoder_if_random;
+    d.config.vocab_size = vocab_if_random;
+    return d;
+  }
+  const std::string& path = o.init_decoder;
+  CHORUS_CHECK(!path.empty(), "init-decoder: give a GPT weights file, run directory or checkpoint, or 'none' for a "
+                              "decoder from random weights");
+  CHORUS_CHECK(fs::exists(path), "init-decoder: '%s' does not exist (a GPT weights file, run directory or checkpoint)",
+               path.c_str());
+  d.file = fs::is_regular_file(path) ? path : (fs::path(path) / "model.h5").string();
+  if (fs::is_regular_file(d.file)) {
+    const auto h = checkpoint::read_weights_header(d.file);
+    d.config = h.config;
+    d.tokenizer_hash = h.tokenizer_hash;
+    return d;
+  }
+  d.file = (fs::path(checkpoint::resolve_checkpoint_dir(path)) / "manifest.json").string();
+  const checkpoint::Manifest m = checkpoint::read_manifest(d.file);
+  d.config = m.model;
+  d.tokenizer_hash = m.tokenizer_hash;
+  return d;
+}
+
 FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   FinetuneSpeechOptions opt = opt_in;
   const auto tok = data::Tokenizer::load(opt.tokenizer_path);
@@ -281,34 +326,29 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   dist::ParallelGrid single = dist::ParallelGrid::single();
   dist::ParallelGrid& grid = opt.train.grid ? *opt.train.grid : single;
   opt.train.grid = &grid;
-
   models::SpeechSeq2SeqConfig cfg;
   cfg.encoder = opt.encoder;
-  const bool pretrained = opt.init_decoder != "none";
-  std::string weights;
-  if (pretrained) {
-    CHORUS_CHECK(!opt.init_decoder.empty(), "init-decoder: give a GPT weights file, run directory or checkpoint, or "
-                                            "'none' for a decoder from random weights");
-    weights = decoder_weights(opt.init_decoder, opt.train.run_dir, grid);
-    const auto h = checkpoint::read_weights_header(weights);
-    CHORUS_CHECK(h.tokenizer_hash == tok.hash(),
-                 "init-decoder: '%s' was trained with tokenizer %s but --tokenizer '%s' has hash %s (the decoder "
-                 "must use the tokenizer it was pretrained with)",
-                 weights.c_str(), h.tokenizer_hash.c_str(), opt.tokenizer_path.c_str(), tok.hash().c_str());
-    cfg.decoder = h.config;
-  } else {
-    cfg.decoder = opt.decoder_if_random;
-    cfg.decoder.vocab_size = tok.vocab_size();
-  }
+  const DecoderSource source = decoder_source(opt, tok.vocab_size());
+  if (!source.file.empty()) check_decoder_tokenizer(source.file, source.tokenizer_hash, tok, opt.tokenizer_path);
+  cfg.decoder = source.config;
   cfg.decoder.validate();
   CHORUS_CHECK(opt.max_tokens <= cfg.decoder.context, "max-tokens: %d exceeds the decoder context %d",
                opt.max_tokens, cfg.decoder.context);
   grid.check_divides(cfg.decoder.n_head, 4 * cfg.decoder.n_embd, cfg.decoder.padded_vocab());
-  // Before any data is read: the longest clips (the mean length only changes the FLOPs).
+  // Before anything is written or read: the longest clips (the mean length only changes the FLOPs).
   check_plan_fits(plan_finetune_speech(opt, cfg, {grid.dp_size(), grid.tp_size(), opt.train.zero_stage,
                                                   opt.train.precision}, cfg.encoder.max_frames),
                   opt.train.max_memory_gib, grid.world(), "finetune-speech",
                   "--batch, --max-frames, --max-tokens, --n-embd or --n-layer, or use --tp / --zero 1 over more ranks");
+  const RunDirLock lock(opt.train);  // before init-decoder.h5 is exported into the run directory
+
+  const bool pretrained = opt.init_decoder != "none";
+  std::string weights;
+  if (pretrained) {
+    weights = decoder_weights(opt.init_decoder, opt.train.run_dir, grid, tok, opt.tokenizer_path);
+    const auto h = checkpoint::read_weights_header(weights);
+    check_decoder_tokenizer(weights, h.tokenizer_hash, tok, opt.tokenizer_path);
+  }
   SpeechTask task(opt, tok, cfg, grid, pretrained);
   task.model().init_weights(opt.train.seed);
   if (pretrained)

@@ -33,11 +33,11 @@ std::vector<uint32_t> generate(models::Gpt& model, const std::vector<uint32_t>& 
                                const GenerateOptions& opt, uint32_t stop_token,
                                const std::function<void(uint32_t)>& on_token) {
   const auto& cfg = model.config();
-  CHORUS_CHECK(!prompt.empty(), "generate: the prompt must hold at least one token");
+  CHORUS_CHECK(!prompt.empty(), "prompt: must hold at least one token");
   CHORUS_CHECK(static_cast<int>(prompt.size()) < cfg.context,
-               "generate: prompt of %zu tokens does not fit the context of %d", prompt.size(), cfg.context);
+               "prompt: %zu tokens do not fit the context of %d", prompt.size(), cfg.context);
   for (uint32_t id : prompt)
-    CHORUS_CHECK(id < static_cast<uint32_t>(cfg.vocab_size), "generate: prompt token %u >= vocab size %d", id,
+    CHORUS_CHECK(id < static_cast<uint32_t>(cfg.vocab_size), "prompt: token %u >= vocab size %d", id,
                  cfg.vocab_size);
   Rng rng(opt.seed, 0x67656eull);
   std::vector<std::pair<float, uint32_t>> scratch;

@@ -16,6 +16,8 @@
 #include "backend/cpu/workspace.h"
 #include "checkpoint/checkpoint.h"
 #include "core/error.h"
+#include "core/fsync.h"
+#include "core/json_number.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "core/timer.h"
@@ -24,6 +26,7 @@
 #include "optim/schedule.h"
 #include "train/metrics.h"
 #include "train/run_clock.h"
+#include "train/run_dir.h"
 
 namespace chorus::train {
 
@@ -56,12 +59,30 @@ void TrainOptions::validate() const {
 }
 
 nlohmann::json TrainOptions::to_json() const {
-  return {{"grad_accum", grad_accum}, {"steps", steps}, {"seed", seed}, {"lr", lr}, {"min_lr", min_lr},
-          {"warmup", warmup}, {"grad_clip", grad_clip}, {"weight_decay", adamw.weight_decay},
-          {"beta1", adamw.beta1}, {"beta2", adamw.beta2}, {"precision", precision_name(precision)},
-          {"loss_scaling", loss_scaler.enabled},
-          {"grad_reduce_dtype", grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32"},
-          {"zero", zero_stage}, {"max_bad_steps", max_bad_steps}, {"bad_grad_norm", bad_grad_norm}};
+  const auto f = json_float;  // 0.9, not 0.8999999761581421
+  const auto& ls = loss_scaler;
+  nlohmann::json j = {
+      {"grad_accum", grad_accum}, {"steps", steps}, {"seed", seed}, {"lr", f(lr)}, {"min_lr", f(min_lr)},
+      {"warmup", warmup}, {"grad_clip", f(grad_clip)}, {"weight_decay", f(adamw.weight_decay)},
+      {"beta1", f(adamw.beta1)}, {"beta2", f(adamw.beta2)}, {"eps", f(adamw.eps)},
+      {"precision", precision_name(precision)}, {"loss_scaling", ls.enabled},
+      {"loss_scaler", {{"init_scale", ls.init_scale}, {"growth", ls.growth}, {"growth_interval", ls.growth_interval},
+                       {"backoff", ls.backoff}, {"min_scale", ls.min_scale}, {"max_scale", ls.max_scale}}},
+      {"max_skipped_steps", max_skipped_in_a_row}, {"max_bad_steps", max_bad_steps},
+       {"bad_grad_norm", bad_grad_norm}, {"watchdog_timeout_s", watchdog_timeout_s},
+      {"grad_reduce_dtype", grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32"}, {"zero", zero_stage},
+      {"bucket_mb", bucket_mb}, {"eval_every", eval_every}, {"log_every", log_every}, {"quiet", quiet},
+      {"peak_gflops", peak_gflops}, {"run_dir", fs::absolute(run_dir).string()},
+      {"checkpoint", {{"save_dir", fs::absolute(save_dir.empty() ? run_dir : save_dir).string()},
+                      {"save_every", save_every}, {"keep_last", keep_last}, {"resume", resume},
+                      {"stop_at", stop_at}, {"handle_signals", handle_signals}}},
+      {"system", {{"threads", omp_get_max_threads()}, {"gemm", backend::cpu::gemm_describe()}}}};
+  if (fail_rank >= 0) j["fault_injection"]["fail_at"] = strfmt("%d:%lld", fail_rank, static_cast<long long>(fail_step));
+  for (const auto& [name, f] : {std::pair{"inject_inf", &inject_inf_grad}, std::pair{"inject_nan_loss", &inject_nan_loss}})
+    if (f->rank >= 0)
+      j["fault_injection"][name] = strfmt("%d:%lld:%lld", f->rank, static_cast<long long>(f->step),
+                                          static_cast<long long>(f->count));
+  return j;
 }
 
 namespace {
@@ -130,7 +151,7 @@ void truncate_metrics(const std::string& path, int64_t step) {
     }
   }
   in.close();
-  std::ofstream(path, std::ios::trunc) << kept;
+  write_file_atomic(path, kept);
 }
 
 // Warns (rank 0) about shared settings that differ from the checkpoint's:
@@ -208,7 +229,6 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   dist::ParallelGrid single = dist::ParallelGrid::single();
   dist::ParallelGrid& grid = opt.grid ? *opt.grid : single;
   const bool writer = grid.world_rank() == 0;
-  if (writer) fs::create_directories(opt.run_dir);
   dist::Watchdog watchdog(grid, opt.watchdog_timeout_s, opt.run_dir);  // a hung collective ends the job
 
   std::vector<optim::Range> decay, replicated;
@@ -225,11 +245,6 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   optim::DistributedOptimizer optimizer(task.params().size(), decay, replicated, ocfg, grid.dp(), grid.tp());
 
   const double peak_gflops = opt.peak_gflops > 0 ? opt.peak_gflops : backend::cpu::measure_sgemm_gflops();
-  if (writer) {
-    nlohmann::json cfg = opt.to_json();
-    cfg.update(task.config_json());
-    std::ofstream(fs::path(opt.run_dir) / "config.json") << cfg.dump(2) << "\n";
-  }
   task.log_setup();
   log_info("layout: %s, zero %d; %.0f tokens per step", grid.describe().c_str(), opt.zero_stage,
            task.tokens_per_step());
@@ -264,6 +279,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   const std::string save_dir = opt.save_dir.empty() ? opt.run_dir : opt.save_dir;
   int64_t start_step = 0;
   uint64_t tokens_seen = 0;
+  std::string resumed_from;
   if (!opt.resume.empty()) {
     ck.rng = rng.state();
     auto loaded = checkpoint::resume_checkpoint(grid, opt.resume, save_dir, opt.zero_stage, identity.model,
@@ -272,6 +288,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
       const checkpoint::Manifest& m = loaded->manifest;
       start_step = m.step;
       tokens_seen = m.tokens_seen;
+      resumed_from = loaded->path;
       task.set_consumed(m.sampler.consumed);
       scaler.restore({m.loss_scaler.enabled, m.loss_scaler.scale, m.loss_scaler.good_steps,
                       m.loss_scaler.skipped_steps});
@@ -334,6 +351,10 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     return r.path;
   };
 
+  // Everything the run needs is checked (flags, tokenizer, shards, the resume
+  // target, room for a checkpoint): only now is the run directory written.
+  check_save_room(opt, save_dir, task.param_table(), start_step, grid.world());
+  if (writer) write_run_config(opt.run_dir, run_config(task, opt, grid, resumed_from, start_step));
   if (writer && start_step > 0) truncate_metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), start_step);
   MetricsWriter metrics((fs::path(opt.run_dir) / "metrics.jsonl").string(), writer, /*truncate=*/start_step == 0);
   TrainResult result;

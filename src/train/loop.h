@@ -196,9 +196,11 @@ struct TrainResult {
 };
 
 // Trains task for opt.steps optimizer steps (from a checkpoint when
-// opt.resume says so). Collective over opt.grid. Writes config.json (shared
-// options + task.config_json()) and metrics.jsonl in opt.run_dir; the final
-// weights are the caller's to save.
+// opt.resume says so). Collective over opt.grid. The caller holds the run
+// directory (train/run_dir.h RunDirLock). Only after the resume target and the
+// room for a checkpoint are checked does it write config.json (every option,
+// task.config_json(), the layout and the build: train/run_dir.h run_config)
+// and metrics.jsonl in opt.run_dir; the final weights are the caller's to save.
 TrainResult run_training(TrainTask& task, const TrainOptions& opt);
 
 }  // namespace chorus::train

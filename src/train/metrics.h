@@ -1,5 +1,6 @@
 // metrics.jsonl writer: one JSON object per line, appended and flushed per
-// row so a crashed run keeps every row it logged. Written by rank 0 only.
+// row so a crashed run keeps every row it logged. Written by rank 0 only; a
+// row that does not reach the file (a full disk) throws naming it.
 #pragma once
 
 #include <cstdio>

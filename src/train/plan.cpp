@@ -3,13 +3,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
 #include <functional>
 #include <limits>
-#include <sstream>
 #include <vector>
 
 #include "core/error.h"
+#include "core/meminfo.h"
 #include "core/strfmt.h"
 #include "dist/communicator.h"
 #include "optim/distributed.h"
@@ -27,6 +26,11 @@ constexpr double kMiB = 1.0 / (1 << 20);
 size_t largest_optimizer_bytes(size_t n_params, const Layout& l) {
   const optim::Range r = optim::owned_range(n_params, l.zero, l.dp, 0);
   return optim::adam_state_bytes(r.end - r.begin);
+}
+
+// "512.0 MiB", "48.1 GiB": sizes of any magnitude stay readable.
+std::string size_text(double bytes) {
+  return bytes < double(1 << 30) ? strfmt("%.1f MiB", bytes * kMiB) : strfmt("%.1f GiB", bytes / double(1 << 30));
 }
 
 void check_layout(const Layout& l) {
@@ -91,17 +95,6 @@ JobPlan plan_finetune_speech(const FinetuneSpeechOptions& o, const models::Speec
   return p;
 }
 
-uint64_t memory_available_bytes() {
-  std::ifstream in("/proc/meminfo");
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream ls(line);
-    std::string key;
-    uint64_t kib = 0;
-    if (ls >> key >> kib && key == "MemAvailable:") return kib * 1024;
-  }
-  return 0;
-}
-
 void check_plan_fits(const JobPlan& plan, double max_memory_gib, dist::Communicator& world, const std::string& job,
                      const std::string& flags) {
   CHORUS_CHECK(max_memory_gib >= 0, "max-memory: must be >= 0 (0 = what the machine has), got %g", max_memory_gib);
@@ -118,7 +111,7 @@ void check_plan_fits(const JobPlan& plan, double max_memory_gib, dist::Communica
     std::vector<uint64_t> all(static_cast<size_t>(world.size()));
     world.all_gather(&mine, all.data(), all.size(), dist::DType::u64);
     const auto local = std::count(all.begin(), all.end(), mine);
-    const uint64_t avail = memory_available_bytes();
+    const uint64_t avail = memory_available();
     if (avail == 0) share = -1.0;  // unknown here: no check on this rank
     else share = static_cast<double>(avail) / static_cast<double>(local);
     source = strfmt("MemAvailable %.1f GiB of /proc/meminfo shared by %lld rank%s on this host",
@@ -130,14 +123,16 @@ void check_plan_fits(const JobPlan& plan, double max_memory_gib, dist::Communica
   const double need = static_cast<double>(plan.total_bytes());
   if (need <= smallest) return;
   const models::GptMemory& m = plan.memory;
-  CHORUS_FAIL(
-      "%s does not fit in memory: each rank needs %.1f MiB (parameters %.1f, gradients %.1f, optimizer %.1f, "
-      "activations %.1f MiB; %s, %s, dp %d x tp %d, zero %d, %s) but may use %.1f MiB (%s%s); reduce %s "
-      "(`chorus plan` with the same flags shows the sizes)",
-      job.c_str(), need * kMiB, (m.master_bytes + m.compute_weight_bytes) * kMiB, m.grad_bytes * kMiB,
-      plan.optimizer_bytes * kMiB, m.activation_bytes * kMiB, plan.model.c_str(), plan.work.c_str(), plan.layout.dp,
-      plan.layout.tp, plan.layout.zero, precision_name(plan.layout.precision), smallest * kMiB, source.c_str(),
-      max_memory_gib > 0 ? "" : "; --max-memory sets a rank's share", flags.c_str());
+  // Every rank throws this together: one report, and the ranks end normally.
+  throw AgreedError(strfmt(
+      "%s does not fit in memory: each rank needs %s (parameters %s, gradients %s, optimizer %s, activations %s; "
+      "%s, %s, dp %d x tp %d, zero %d, %s) but may use %s (%s%s); reduce %s (`chorus plan` with the same flags "
+      "shows the sizes)",
+      job.c_str(), size_text(need).c_str(), size_text(double(m.master_bytes + m.compute_weight_bytes)).c_str(),
+      size_text(double(m.grad_bytes)).c_str(), size_text(double(plan.optimizer_bytes)).c_str(),
+      size_text(double(m.activation_bytes)).c_str(), plan.model.c_str(), plan.work.c_str(), plan.layout.dp,
+      plan.layout.tp, plan.layout.zero, precision_name(plan.layout.precision), size_text(smallest).c_str(),
+      source.c_str(), max_memory_gib > 0 ? "" : "; --max-memory sets a rank's share", flags.c_str()));
 }
 
 std::string describe_plan(const JobPlan& p, double gflops_per_rank, const std::string& gflops_source, double mfu,

@@ -71,13 +71,11 @@ JobPlan plan_pretrain(const PretrainOptions& o, const Layout& layout);
 JobPlan plan_finetune_speech(const FinetuneSpeechOptions& o, const models::SpeechSeq2SeqConfig& cfg,
                              const Layout& layout, double avg_frames);
 
-// Bytes the kernel says can be allocated now (MemAvailable of /proc/meminfo; 0 = unknown).
-uint64_t memory_available_bytes();
-
 // Refuses, before anything is allocated, a plan whose total_bytes() exceed a
 // rank's share: max_memory_gib (> 0, per rank) or else MemAvailable divided
-// by the ranks on this host. Collective over world (the ranks agree on the
-// smallest share). Throws chorus::Error naming the flags that shrink the job.
+// by the ranks on this host (core/meminfo.h). Collective over world (the ranks agree on the
+// smallest share). Throws chorus::AgreedError (on every rank) naming the flags
+// that shrink the job.
 void check_plan_fits(const JobPlan& plan, double max_memory_gib, dist::Communicator& world, const std::string& job,
                      const std::string& flags);
 

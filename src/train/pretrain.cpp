@@ -8,11 +8,13 @@
 
 #include "checkpoint/weights.h"
 #include "core/error.h"
+#include "core/json_number.h"
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "train/generate.h"
 #include "train/plan.h"
+#include "train/run_dir.h"
 
 namespace chorus::train {
 
@@ -117,7 +119,10 @@ class GptPretrainTask final : public TrainTask {
             {"tokenizer_hash", tok_.hash()},
             {"data", fs::absolute(o_.data_dir).string()},
             {"batch", B_},
-            {"seq_len", T_}};
+            {"seq_len", T_},
+            {"eval_batches", o_.eval_batches},
+            {"sample", {{"tokens", o_.sample_tokens}, {"temperature", json_float(o_.sample_temperature)},
+                        {"top_k", o_.sample_top_k}}}};
   }
 
  private:
@@ -156,6 +161,7 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
   check_plan_fits(plan_pretrain(opt, {grid.dp_size(), grid.tp_size(), opt.train.zero_stage, opt.train.precision}),
                   opt.train.max_memory_gib, grid.world(), "pretrain",
                   "--batch, --seq-len, --n-embd or --n-layer, or use --tp / --zero 1 over more ranks");
+  const RunDirLock lock(opt.train);  // held until the final weights are written
   GptPretrainTask task(opt, tokenizer, grid);
 
   PretrainResult result;

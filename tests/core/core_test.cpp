@@ -61,6 +61,8 @@ TEST(Error, CheckNamesLocation) {
   } catch (const Error& e) {
     std::string m = e.what();
     EXPECT_NE(m.find("field 'x' expected 3"), std::string::npos);
-    EXPECT_NE(m.find("core_test.cpp"), std::string::npos);
+    // The location is kept apart from the message (core/error.h), relative to the tree.
+    EXPECT_EQ(m.find("core_test.cpp"), std::string::npos) << m;
+    EXPECT_EQ(e.where().rfind("tests/core/core_test.cpp:", 0), 0u) << e.where();
   }
 }

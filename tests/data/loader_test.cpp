@@ -174,7 +174,7 @@ TEST(DataLoader, Refusals) {
   } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("8 tokens"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("T = 8"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--seq-len 8"), std::string::npos) << msg;
   }
   EXPECT_THROW(DataLoader(stream, kT, 4, 1, 1, 1), Error);
   EXPECT_THROW(DataLoader(stream, 0, 4, 0, 1, 1), Error);
@@ -208,5 +208,24 @@ TEST(TokenStream, LoadsShardsInOrderAndChecksThem) {
   write_shard((dir / "train_000002.h5").string(), "train", b, {0, 3}, 10, "h2", 7);
   EXPECT_THROW(TokenStream(dir.string(), "train", "", 0), Error);
   EXPECT_THROW(TokenStream(dir.string(), "test", "", 0), Error);
+  fs::remove_all(dir);
+}
+
+TEST(DataLoader, TooShortASplitIsNamedWithItsFiles) {
+  const fs::path dir = fs::temp_directory_path() / ("chorus_loader_short_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  write_shard((dir / "val_000000.h5").string(), "val", {9, 3, 0}, {0, 3}, 10, "h", 3);
+  write_shard((dir / "val_000001.h5").string(), "val", {4, 0}, {0, 2}, 10, "h", 2);
+  auto stream = std::make_shared<const TokenStream>(dir.string(), "val", "h", 10);
+  try {
+    DataLoader dl(stream, 16, 1, 0, 1, 1);
+    ADD_FAILURE() << "a split of 5 tokens accepted for T = 16";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    for (const std::string& s : {std::string("split 'val' of ") + dir.string(), (dir / "val_000000.h5").string(),
+                                 std::string("val_000001.h5"), std::string("5 tokens"), std::string("--seq-len 16")})
+      EXPECT_NE(what.find(s), std::string::npos) << "'" << s << "' not in: " << what;
+  }
   fs::remove_all(dir);
 }

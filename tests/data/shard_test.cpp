@@ -416,7 +416,10 @@ TEST(PrepareText, EndToEnd) {
   const TokenStream stream(opt.out_dir, "train", tok.hash(), tok.vocab_size());
   EXPECT_EQ(stream.n_tokens(), n_tokens_train);
 
-  // Same tokenizer again: allowed, deterministic, and stale shards are removed.
+  // Same tokenizer again: refused without replace (--force), naming the directory.
+  EXPECT_CONTAINS(error_of([&] { prepare_text(tok, opt); }), "already holds shards");
+  // With replace: allowed, deterministic, and stale shards are removed.
+  opt.replace = true;
   write_bytes(dir.file("shards/train_000099.h5"), read_bytes(train[0]));
   const std::vector<ShardInfo> again = prepare_text(tok, opt);
   EXPECT_FALSE(fs::exists(dir.file("shards/train_000099.h5")));
@@ -448,6 +451,7 @@ TEST(PrepareText, SplitsAreNeverEmptyWithTwoDocs) {
     opt.out_dir = dir.file("out");
     opt.val_fraction = frac;
     opt.progress = false;
+    opt.replace = true;  // the second round rewrites the first one's shards
     const std::vector<ShardInfo> infos = prepare_text(tok, opt);
     ASSERT_EQ(infos.size(), 2u) << "val_fraction " << frac;
     EXPECT_EQ(infos[0].split, "train");

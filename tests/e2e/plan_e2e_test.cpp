@@ -118,8 +118,10 @@ TEST_F(Plan, RefusesALayoutThatCannotFit) {
   // ranks, TP 2: the check is collective and every rank refuses alike).
   r = sh(mpirun(2) + CHORUS_BINARY + " pretrain" + job +
          " --n-layer 48 --n-embd 8192 --n-head 64 --tp 2 --run-dir " + run_dir.string());
-  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_EQ(r.code, 1) << r.out;  // every rank ends normally (no abort), one report
   EXPECT_NE(r.out.find("pretrain does not fit in memory"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("does not fit", r.out.find("does not fit") + 1), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("aborting"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("MemAvailable"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("shared by 2 ranks on this host"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("bad_alloc"), std::string::npos) << r.out;
