@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.h"
-#include "apps/memory_check.h"
+#include "apps/job_flags.h"
 #include "apps/options.h"
 #include "apps/train_flags.h"
 #include "audio/mel.h"
@@ -30,48 +30,7 @@ namespace chorus::apps {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-// The memory check of finetune-speech: the encoder over --max-frames frames
-// and the decoder (the shape of --init-decoder's weights file where it names
-// one, or of the --dec-* flags with --init-decoder none) over --max-tokens.
-void check_finetune_memory(const train::FinetuneSpeechOptions& p, int tp) {
-  CHORUS_CHECK(p.batch >= 1, "batch: must be >= 1, got %d", p.batch);
-  models::GptConfig dec = p.decoder_if_random;
-  bool known = p.init_decoder == "none";
-  std::error_code ec;
-  for (const auto& f : {fs::path(p.init_decoder), fs::path(p.init_decoder) / "model.h5"}) {
-    if (known || p.init_decoder.empty() || !fs::is_regular_file(f, ec)) continue;
-    try {
-      dec = checkpoint::read_weights_header(f.string()).config;
-      known = true;
-    } catch (const Error&) {  // not a weights file: finetune_speech says why
-    }
-  }
-  const auto& e = p.encoder;
-  double bytes = gpt_bytes_lower_bound(e.n_layer, e.n_embd, 0, e.max_frames, p.batch, e.max_frames, true, tp);
-  if (known)
-    bytes += gpt_bytes_lower_bound(dec.n_layer, dec.n_embd, dec.vocab_size, dec.context, p.batch, p.max_tokens,
-                                   true, tp);
-  check_memory_fits("finetune-speech", bytes,
-                    strfmt("encoder --n-layer %d --n-embd %d over --max-frames %d, --batch %d%s", e.n_layer,
-                           e.n_embd, e.max_frames, p.batch,
-                           known ? strfmt(", decoder L%d d%d over --max-tokens %d", dec.n_layer, dec.n_embd,
-                                          p.max_tokens)
-                                       .c_str()
-                                 : ""),
-                    "--batch, --max-frames, --n-embd or --n-layer (or use a smaller decoder)");
-}
-
-}  // namespace
-
-int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
-  OptionSet o("finetune-speech",
-              "Fine-tunes the joint speech encoder-decoder (docs/SPEECH.md) on speech shards from prepare-speech:\n"
-              "a new audio encoder with a CTC head, and a decoder that is a pretrained GPT (--init-decoder) with a\n"
-              "cross-attention block in every layer whose output projection starts at zero. Loss = attention\n"
-              "cross-entropy on the transcript + ctc-weight x CTC. DP / TP / ZeRO-1, gradient accumulation,\n"
-              "mixed precision, checkpoints and exact resume as for pretrain (the same loop and flags).");
+void add_finetune_speech_flags(OptionSet& o) {
   o.add<int>("encoder", "n-layer", 4, "encoder Transformer blocks");
   o.add<int>("encoder", "n-embd", 256, "encoder width (d)");
   o.add<int>("encoder", "n-head", 4, "encoder attention heads");
@@ -105,9 +64,9 @@ int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
   d.min_lr = 1e-4f;
   d.eval_every = 100;
   add_train_flags(o, d);
-  o.allow_config();
-  po::variables_map vm;
-  if (!o.parse(argc, argv, vm)) return 0;
+}
+
+train::FinetuneSpeechOptions read_finetune_speech_flags(const po::variables_map& vm) {
   train::FinetuneSpeechOptions p;
   p.encoder.n_layer = vm["n-layer"].as<int>();
   p.encoder.n_embd = vm["n-embd"].as<int>();
@@ -134,10 +93,24 @@ int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
   p.new_lr_scale = vm["new-lr-scale"].as<float>();
   CHORUS_CHECK(p.decoder_lr_scale >= 0 && p.new_lr_scale >= 0, "decoder-lr-scale / new-lr-scale: must be >= 0");
   p.train = read_train_flags(vm);
+  return p;
+}
+
+int cmd_finetune_speech(int argc, char** argv, dist::Runtime& rt) {
+  OptionSet o("finetune-speech",
+              "Fine-tunes the joint speech encoder-decoder (docs/SPEECH.md) on speech shards from prepare-speech:\n"
+              "a new audio encoder with a CTC head, and a decoder that is a pretrained GPT (--init-decoder) with a\n"
+              "cross-attention block in every layer whose output projection starts at zero. Loss = attention\n"
+              "cross-entropy on the transcript + ctc-weight x CTC. DP / TP / ZeRO-1, gradient accumulation,\n"
+              "mixed precision, checkpoints and exact resume as for pretrain (the same loop and flags).");
+  add_finetune_speech_flags(o);
+  o.allow_config();
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  train::FinetuneSpeechOptions p = read_finetune_speech_flags(vm);
   dist::ParallelGrid grid(rt, vm["tp"].as<int>());
   p.train.grid = &grid;
   check_input_file(p.tokenizer_path, "tokenizer", "a tokenizer JSON file");
-  check_finetune_memory(p, grid.tp_size());
   const auto r = train::finetune_speech(p);
   if (r.stopped) return r.stop_signal != 0 ? train::kExitPreempted : 0;
   log_info("done: %lld steps, train loss %.4f -> %.4f%s; checkpoint %s", static_cast<long long>(r.steps_done),

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.h"
+#include "apps/job_flags.h"
 #include "apps/memory_check.h"
 #include "apps/options.h"
 #include "apps/train_flags.h"
@@ -25,18 +26,7 @@ namespace chorus::apps {
 
 namespace fs = std::filesystem;
 
-int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
-  OptionSet o("pretrain",
-              "Pretrains a GPT-2-style model on HDF5 text shards (CPU backend; fp32, bf16 or fp16 compute with fp32\n"
-              "master weights). Prints one line per step\n"
-              "and writes <run-dir>/metrics.jsonl, <run-dir>/config.json and the final weights <run-dir>/model.h5.\n"
-              "Global batch per optimizer step = batch x grad-accum x DP sequences of seq-len tokens.\n"
-              "Distributed: mpirun -np N chorus pretrain ... --tp T runs DP = N / T data-parallel replicas of a\n"
-              "model split over T tensor-parallel ranks (TP groups are consecutive ranks).\n"
-              "Checkpoints (docs/CHECKPOINTS.md): <save-dir>/step-NNNNNNNN/ every --save-every steps, at the end\n"
-              "and on a stop; --resume auto continues bit-exactly, also under another TP / DP / ZeRO layout.\n"
-              "SIGTERM or SIGUSR1 on any rank: every rank finishes the step, a checkpoint is written and the\n"
-              "job exits with code 75 (requeue and run again with --resume auto).");
+void add_pretrain_flags(OptionSet& o) {
   o.add<int>("model", "n-layer", 6, "transformer blocks (L)");
   o.add<int>("model", "n-embd", 384, "model width (d)");
   o.add<int>("model", "n-head", 6, "attention heads (must divide n-embd)");
@@ -49,9 +39,9 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   o.add<int>("train", "eval-batches", 8, "validation micro-batches per evaluation");
   o.add<int>("train", "sample-tokens", 0, "after training, print a sample of this many generated tokens");
   add_train_flags(o, TrainFlagDefaults{});
-  o.allow_config();
-  po::variables_map vm;
-  if (!o.parse(argc, argv, vm)) return 0;
+}
+
+train::PretrainOptions read_pretrain_flags(const po::variables_map& vm) {
   train::PretrainOptions p;
   p.model.n_layer = vm["n-layer"].as<int>();
   p.model.n_embd = vm["n-embd"].as<int>();
@@ -67,18 +57,30 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
   CHORUS_CHECK(p.model.vocab_size >= 0, "vocab-size: must be >= 0 (0 = the tokenizer's), got %d", p.model.vocab_size);
   CHORUS_CHECK(p.sample_tokens >= 0, "sample-tokens: must be >= 0, got %d", p.sample_tokens);
   p.train = read_train_flags(vm);
+  return p;
+}
+
+int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
+  OptionSet o("pretrain",
+              "Pretrains a GPT-2-style model on HDF5 text shards (CPU backend; fp32, bf16 or fp16 compute with fp32\n"
+              "master weights). Prints one line per step\n"
+              "and writes <run-dir>/metrics.jsonl, <run-dir>/config.json and the final weights <run-dir>/model.h5.\n"
+              "Global batch per optimizer step = batch x grad-accum x DP sequences of seq-len tokens.\n"
+              "Distributed: mpirun -np N chorus pretrain ... --tp T runs DP = N / T data-parallel replicas of a\n"
+              "model split over T tensor-parallel ranks (TP groups are consecutive ranks).\n"
+              "Checkpoints (docs/CHECKPOINTS.md): <save-dir>/step-NNNNNNNN/ every --save-every steps, at the end\n"
+              "and on a stop; --resume auto continues bit-exactly, also under another TP / DP / ZeRO layout.\n"
+              "SIGTERM or SIGUSR1 on any rank: every rank finishes the step, a checkpoint is written and the\n"
+              "job exits with code 75 (requeue and run again with --resume auto).");
+  add_pretrain_flags(o);
+  o.allow_config();
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  train::PretrainOptions p = read_pretrain_flags(vm);
   dist::ParallelGrid grid(rt, vm["tp"].as<int>());
   p.train.grid = &grid;
   check_input_file(p.tokenizer_path, "tokenizer", "a tokenizer JSON file");
   CHORUS_CHECK(p.batch >= 1 && p.seq_len >= 1, "batch / seq-len: must be >= 1, got %d / %d", p.batch, p.seq_len);
-  const int tp = grid.tp_size();
-  check_memory_fits(
-      "pretrain",
-      gpt_bytes_lower_bound(p.model.n_layer, p.model.n_embd, p.model.vocab_size, p.model.context, p.batch,
-                            p.seq_len, true, tp),
-      strfmt("GPT --n-layer %d --n-embd %d --context %d, --batch %d x --seq-len %d, --tp %d", p.model.n_layer,
-             p.model.n_embd, p.model.context, p.batch, p.seq_len, tp),
-      "--batch, --seq-len, --n-embd or --n-layer, or split the model with --tp over more ranks");
 
   auto r = train::pretrain(p);
   if (r.stopped) return r.stop_signal != 0 ? train::kExitPreempted : 0;
@@ -141,7 +143,8 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   auto tok = data::Tokenizer::load(tok_path);
   auto header = checkpoint::read_weights_header(weights);
   const auto& hc = header.config;
-  check_memory_fits("generate", gpt_bytes_lower_bound(hc.n_layer, hc.n_embd, hc.vocab_size, hc.context, 1, 1, false),
+  const models::GptMemory need = models::gpt_memory(hc, 1, hc.context, 1, Precision::fp32);  // the model below
+  check_memory_fits("generate", double(need.master_bytes + need.grad_bytes + need.activation_bytes),
                     strfmt("the model of '%s': L%d d%d vocab %d context %d", weights.c_str(), hc.n_layer, hc.n_embd,
                            hc.vocab_size, hc.context),
                     "the model size (it is the weights file's)");

@@ -40,6 +40,10 @@ void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
                  "end after step K with a checkpoint, as a pre-emption would (0 = run to --steps); exit code 0");
   o.add<int64_t>("train", "eval-every", d.eval_every, "validate every N steps (and always after the last; 0 = only then)");
   o.add<int>("train", "log-every", 1, "print a step line every N steps (metrics.jsonl gets every step)");
+  o.add<int64_t>("train", "rank-stats-every", 50,
+                 "every N steps gather each rank's step time (its forward + backward before the gradient sync) "
+                 "over all ranks: min/median/max and the slowest rank go on the step line and into "
+                 "metrics.jsonl (one small collective; 0 = off, >= 0)");
   o.add<std::string>("train", "precision", "fp32",
                      "compute dtype of activations and of the weights' compute copy: fp32 | bf16 | fp16. Master "
                      "weights, gradients and Adam state stay fp32 in every precision, and checkpoints hold the fp32 "
@@ -95,6 +99,10 @@ void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
                      "checkpoint directory / save directory to continue from (refused if damaged)");
   o.add<double>("system", "peak-gflops", 0.0, "0",
                 "peak FLOP/s (in GFLOP/s) for MFU; 0 = measure cblas_sgemm at start-up");
+  o.add<double>("system", "max-memory", 0.0, "0",
+                "GiB of memory one rank may use; a layout that needs more (parameters, gradients, optimizer state "
+                "and activations, as `chorus plan` computes them) is refused before anything is allocated (0 = "
+                "MemAvailable of /proc/meminfo shared by the ranks on each host; >= 0)");
   o.add<int>("system", "threads", 0, "OpenMP/OpenBLAS threads (0 = all cores)");
   o.add<std::string>("system", "gemm", "auto",
                      "GEMM path for bf16/fp16 matmuls: auto (oneDNN where the CPU has bf16/fp16 matrix units and "
@@ -115,6 +123,7 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   p.run_dir = vm["run-dir"].as<std::string>();
   p.eval_every = vm["eval-every"].as<int64_t>();
   p.log_every = vm["log-every"].as<int>();
+  p.rank_stats_every = vm["rank-stats-every"].as<int64_t>();
   p.lr = vm["lr"].as<float>();
   p.min_lr = vm["min-lr"].as<float>();
   p.warmup = vm["warmup"].as<int64_t>();
@@ -124,6 +133,7 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   p.adamw.eps = vm["eps"].as<float>();
   p.grad_clip = vm["grad-clip"].as<float>();
   p.peak_gflops = vm["peak-gflops"].as<double>();
+  p.max_memory_gib = vm["max-memory"].as<double>();
   // Flags where 0 means "off" / "measure": a negative value is refused, not read as 0.
   CHORUS_CHECK(p.grad_clip >= 0, "grad-clip: must be >= 0 (0 = no clipping), got %g", p.grad_clip);
   CHORUS_CHECK(p.peak_gflops >= 0, "peak-gflops: must be >= 0 (0 = measure it), got %g", p.peak_gflops);

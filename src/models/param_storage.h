@@ -11,8 +11,23 @@
 #include "backend/cpu/buffer.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "models/gpt/gpt.h"
 
 namespace chorus::models {
+
+// Floats of the compute copy of n parameters (2 bytes each; none for fp32).
+inline size_t compute_copy_floats(size_t n, Precision precision) {
+  return precision == Precision::fp32 ? 0 : (n + 1) / 2;
+}
+
+// Bytes of the storage below for n parameters (activations not included).
+inline GptMemory param_memory(size_t n, Precision precision) {
+  GptMemory m;
+  m.master_bytes = n * sizeof(float);
+  m.compute_weight_bytes = compute_copy_floats(n, precision) * sizeof(float);
+  m.grad_bytes = n * sizeof(float);
+  return m;
+}
 
 // Allocates n parameters (masters, gradients, the compute copy) and binds the views.
 template <class State, class MakeView>
@@ -26,7 +41,7 @@ void allocate_param_storage(State& s, size_t n, Precision precision, MakeView&& 
   s.g = make_view(s.gbase);
   if (precision != Precision::fp32) {
     // The compute copy: 2 bytes per parameter, views at the same offsets.
-    s.compute_params = backend::cpu::AlignedBuffer((n + 1) / 2);
+    s.compute_params = backend::cpu::AlignedBuffer(compute_copy_floats(n, precision));
     if (precision == Precision::bf16)
       s.p_bf16 = make_view(reinterpret_cast<bf16*>(s.compute_params.data()));
     else

@@ -17,6 +17,11 @@ std::vector<Range> clip_ranges(const std::vector<Range>& ranges, Range window) {
   return out;
 }
 
+Range owned_range(size_t n, int zero_stage, int dp_size, int dp_rank) {
+  if (zero_stage != 1) return {0, n};
+  return {dist::chunk_begin(n, dp_size, dp_rank), dist::chunk_begin(n, dp_size, dp_rank + 1)};
+}
+
 DistributedOptimizer::DistributedOptimizer(size_t n, std::vector<Range> decay, std::vector<Range> tp_replicated,
                                            const DistributedOptimizerConfig& cfg, dist::Communicator& dp,
                                            dist::Communicator& tp)
@@ -28,15 +33,14 @@ DistributedOptimizer::DistributedOptimizer(size_t n, std::vector<Range> decay, s
   CHORUS_CHECK(cfg.grad_reduce_dtype == dist::DType::f32 || cfg.grad_reduce_dtype == dist::DType::bf16,
                "grad-reduce-dtype: must be fp32 or bf16");
   const bool bf16_reduce = cfg.grad_reduce_dtype == dist::DType::bf16 && dp.size() > 1;
+  owned_ = owned_range(n, cfg.zero_stage, dp.size(), dp.rank());
   if (cfg.zero_stage == 1) {
-    owned_ = {dist::chunk_begin(n, dp.size(), dp.rank()), dist::chunk_begin(n, dp.size(), dp.rank() + 1)};
     grad_shard_.resize(owned_.end - owned_.begin);
     if (bf16_reduce) {
       reduce_buf_.resize(n);
       reduce_shard_.resize(grad_shard_.size());
     }
   } else {
-    owned_ = {0, n};
     if (bf16_reduce) reduce_buf_.resize(std::min(n, cfg.bucket_floats));
   }
   adamw_ = std::make_unique<AdamW>(owned_.end - owned_.begin, clip_ranges(decay, owned_), cfg.adamw);

@@ -53,6 +53,12 @@ struct StepStats {
   bool skipped = false;        // non-finite gradients somewhere: no update was made
 };
 
+// The chunk of an n-float buffer that DP rank dp_rank of dp_size updates:
+// with ZeRO-1 its contiguous slice (chunk_begin), else all of it.
+Range owned_range(size_t n, int zero_stage, int dp_size, int dp_rank);
+// Bytes of optimizer state (the two fp32 Adam moments) of n_owned floats.
+inline size_t adam_state_bytes(size_t n_owned) { return n_owned * 2 * sizeof(float); }
+
 class DistributedOptimizer {
  public:
   // n: length of this rank's parameter buffer; decay: ranges with weight
@@ -81,7 +87,7 @@ class DistributedOptimizer {
   // The chunk of the buffer this rank updates ([0, n) without ZeRO).
   Range owned() const { return owned_; }
   // Bytes of optimizer state (Adam moments) held by this rank.
-  size_t state_bytes() const { return adamw_->size() * 2 * sizeof(float); }
+  size_t state_bytes() const { return adam_state_bytes(adamw_->size()); }
   AdamW& adamw() { return *adamw_; }
 
  private:

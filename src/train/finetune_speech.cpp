@@ -19,6 +19,7 @@
 #include "train/decode.h"
 #include "train/run_dir.h"
 #include "train/speech_batch.h"
+#include "train/plan.h"
 
 namespace chorus::train {
 
@@ -213,9 +214,8 @@ class SpeechTask final : public TrainTask {
   }
   double flops_per_step() const override {
     const double avg_frames = 100.0 * train_.total_seconds() / std::max<size_t>(1, train_.size());
-    const double enc = model_.encoder().flops(1, static_cast<int>(avg_frames));
-    const double dec = model_.decoder().flops_per_token(o_.max_tokens) * o_.max_tokens / 2;
-    return (enc + dec) * o_.batch * o_.train.grad_accum * grid_.dp_size();
+    return speech_flops_per_step(cfg_, avg_frames, o_.max_tokens,
+                                 static_cast<double>(o_.batch) * o_.train.grad_accum * grid_.dp_size());
   }
   models::GptMemory memory() const override { return model_.memory(); }
   uint64_t consumed() const override { return consumed_; }
@@ -287,6 +287,32 @@ class SpeechTask final : public TrainTask {
 
 }  // namespace
 
+DecoderSource decoder_source(const FinetuneSpeechOptions& o, int vocab_if_random) {
+  DecoderSource d;
+  if (o.init_decoder == "none") {
+    d.config = o.decoder_if_random;
+    d.config.vocab_size = vocab_if_random;
+    return d;
+  }
+  const std::string& path = o.init_decoder;
+  CHORUS_CHECK(!path.empty(), "init-decoder: give a GPT weights file, run directory or checkpoint, or 'none' for a "
+                              "decoder from random weights");
+  CHORUS_CHECK(fs::exists(path), "init-decoder: '%s' does not exist (a GPT weights file, run directory or checkpoint)",
+               path.c_str());
+  d.file = fs::is_regular_file(path) ? path : (fs::path(path) / "model.h5").string();
+  if (fs::is_regular_file(d.file)) {
+    const auto h = checkpoint::read_weights_header(d.file);
+    d.config = h.config;
+    d.tokenizer_hash = h.tokenizer_hash;
+    return d;
+  }
+  d.file = (fs::path(checkpoint::resolve_checkpoint_dir(path)) / "manifest.json").string();
+  const checkpoint::Manifest m = checkpoint::read_manifest(d.file);
+  d.config = m.model;
+  d.tokenizer_hash = m.tokenizer_hash;
+  return d;
+}
+
 FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   FinetuneSpeechOptions opt = opt_in;
   const auto tok = data::Tokenizer::load(opt.tokenizer_path);
@@ -300,27 +326,29 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   dist::ParallelGrid single = dist::ParallelGrid::single();
   dist::ParallelGrid& grid = opt.train.grid ? *opt.train.grid : single;
   opt.train.grid = &grid;
-  const RunDirLock lock(opt.train);  // before init-decoder.h5 is exported into the run directory
-
   models::SpeechSeq2SeqConfig cfg;
   cfg.encoder = opt.encoder;
-  const bool pretrained = opt.init_decoder != "none";
-  std::string weights;
-  if (pretrained) {
-    CHORUS_CHECK(!opt.init_decoder.empty(), "init-decoder: give a GPT weights file, run directory or checkpoint, or "
-                                            "'none' for a decoder from random weights");
-    weights = decoder_weights(opt.init_decoder, opt.train.run_dir, grid, tok, opt.tokenizer_path);
-    const auto h = checkpoint::read_weights_header(weights);
-    check_decoder_tokenizer(weights, h.tokenizer_hash, tok, opt.tokenizer_path);
-    cfg.decoder = h.config;
-  } else {
-    cfg.decoder = opt.decoder_if_random;
-    cfg.decoder.vocab_size = tok.vocab_size();
-  }
+  const DecoderSource source = decoder_source(opt, tok.vocab_size());
+  if (!source.file.empty()) check_decoder_tokenizer(source.file, source.tokenizer_hash, tok, opt.tokenizer_path);
+  cfg.decoder = source.config;
   cfg.decoder.validate();
   CHORUS_CHECK(opt.max_tokens <= cfg.decoder.context, "max-tokens: %d exceeds the decoder context %d",
                opt.max_tokens, cfg.decoder.context);
   grid.check_divides(cfg.decoder.n_head, 4 * cfg.decoder.n_embd, cfg.decoder.padded_vocab());
+  // Before anything is written or read: the longest clips (the mean length only changes the FLOPs).
+  check_plan_fits(plan_finetune_speech(opt, cfg, {grid.dp_size(), grid.tp_size(), opt.train.zero_stage,
+                                                  opt.train.precision}, cfg.encoder.max_frames),
+                  opt.train.max_memory_gib, grid.world(), "finetune-speech",
+                  "--batch, --max-frames, --max-tokens, --n-embd or --n-layer, or use --tp / --zero 1 over more ranks");
+  const RunDirLock lock(opt.train);  // before init-decoder.h5 is exported into the run directory
+
+  const bool pretrained = opt.init_decoder != "none";
+  std::string weights;
+  if (pretrained) {
+    weights = decoder_weights(opt.init_decoder, opt.train.run_dir, grid, tok, opt.tokenizer_path);
+    const auto h = checkpoint::read_weights_header(weights);
+    check_decoder_tokenizer(weights, h.tokenizer_hash, tok, opt.tokenizer_path);
+  }
   SpeechTask task(opt, tok, cfg, grid, pretrained);
   task.model().init_weights(opt.train.seed);
   if (pretrained)

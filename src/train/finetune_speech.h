@@ -46,4 +46,15 @@ struct FinetuneSpeechResult : TrainResult {
 
 FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt);
 
+// Where the decoder comes from, read without exporting anything: the header
+// of a GPT weights file (or of a run directory's model.h5) or a checkpoint's
+// manifest (file: that file, with its tokenizer hash); with init_decoder
+// "none", decoder_if_random with vocab_if_random tokens (file empty).
+struct DecoderSource {
+  models::GptConfig config;
+  std::string file;
+  std::string tokenizer_hash;
+};
+DecoderSource decoder_source(const FinetuneSpeechOptions& o, int vocab_if_random);
+
 }  // namespace chorus::train

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "backend/cpu/gemm.h"
@@ -24,6 +25,7 @@
 #include "optim/distributed.h"
 #include "optim/schedule.h"
 #include "train/metrics.h"
+#include "train/run_clock.h"
 #include "train/run_dir.h"
 
 namespace chorus::train {
@@ -36,6 +38,8 @@ void TrainOptions::validate() const {
   CHORUS_CHECK(steps >= 1, "steps: must be >= 1, got %lld", ll(steps));
   CHORUS_CHECK(eval_every >= 0, "eval-every: must be >= 0, got %lld", ll(eval_every));
   CHORUS_CHECK(log_every >= 1, "log-every: must be >= 1, got %d", log_every);
+  CHORUS_CHECK(max_memory_gib >= 0, "max-memory: must be >= 0 (0 = what the machine has), got %g", max_memory_gib);
+  CHORUS_CHECK(rank_stats_every >= 0, "rank-stats-every: must be >= 0 (0 = off), got %lld", ll(rank_stats_every));
   CHORUS_CHECK(!run_dir.empty(), "run-dir: must be set");
   CHORUS_CHECK(save_every >= 0, "save-every: must be >= 0, got %lld", ll(save_every));
   CHORUS_CHECK(keep_last >= 0, "keep-last: must be >= 0, got %d", keep_last);
@@ -68,7 +72,8 @@ nlohmann::json TrainOptions::to_json() const {
        {"bad_grad_norm", bad_grad_norm}, {"watchdog_timeout_s", watchdog_timeout_s},
       {"grad_reduce_dtype", grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32"}, {"zero", zero_stage},
       {"bucket_mb", bucket_mb}, {"eval_every", eval_every}, {"log_every", log_every}, {"quiet", quiet},
-      {"peak_gflops", peak_gflops}, {"run_dir", fs::absolute(run_dir).string()},
+      {"peak_gflops", peak_gflops}, {"max_memory_gib", max_memory_gib}, {"rank_stats_every", rank_stats_every},
+      {"run_dir", fs::absolute(run_dir).string()},
       {"checkpoint", {{"save_dir", fs::absolute(save_dir.empty() ? run_dir : save_dir).string()},
                       {"save_every", save_every}, {"keep_last", keep_last}, {"resume", resume},
                       {"stop_at", stop_at}, {"handle_signals", handle_signals}}},
@@ -357,6 +362,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   result.start_step = start_step;
   result.steps_done = start_step;
   std::vector<double> tok_rates, mfus;
+  RunClock clock;  // elapsed since the first step of this invocation, ETA to its end_step
   const int64_t end_step = opt.stop_at > 0 ? std::min(opt.stop_at, opt.steps) : opt.steps;
   if (start_step >= end_step)
     log_info("nothing to train: the checkpoint is at step %lld and the run ends at step %lld",
@@ -373,6 +379,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     const double loss_scale = scaler.scale();  // 1 unless fp16 loss scaling
     for (int micro = 0; micro < opt.grad_accum; ++micro)
       loss_sum += task.train_micro_batch(static_cast<float>(loss_scale / opt.grad_accum));
+    const double compute_secs = timer.seconds();  // this rank's own work, before it waits for the others
     CHORUS_CHECK(!(grid.world_rank() == opt.fail_rank && step == opt.fail_step),
                  "injected failure at step %lld (CHORUS_FAIL_AT)", static_cast<long long>(step));
     if (opt.inject_inf_grad.at(grid.world_rank(), step)) task.grads()[0] = std::numeric_limits<float>::infinity();
@@ -411,6 +418,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     }
     const double norm = st.grad_norm;
     const double secs = timer.seconds();
+    clock.add_step(secs);
     const double tok_s = tokens_per_step / secs;
     const double mfu = flops_per_step / secs / (peak_gflops * 1e9 * grid.world_size());
     if (step > start_step || end_step - start_step == 1) {
@@ -432,16 +440,32 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     const double mem_grads = mem.grad_bytes * mib;
     const double mem_optim = optimizer.state_bytes() * mib;
     const double mem_acts = (mem.activation_bytes + backend::cpu::scratch_bytes()) * mib;
+    // ETA to end_step: the steps left, this step's evaluation and those after
+    // it (and the final one), the periodic checkpoints and the one at the end.
+    const int64_t evals_left = events_left(opt.eval_every, step + 1, end_step, end_step == opt.steps);
+    const int64_t saves_left = events_left(opt.save_every, step + 1, end_step, true);
+    const double elapsed = clock.elapsed();
+    const double eta = clock.eta(end_step - step - 1, evals_left, saves_left);
+    // The straggler check: one all_gather of each rank's compute time, on every rank at the same steps.
+    std::optional<RankTimes> rank_times;
+    if (opt.rank_stats_every > 0 && (step + 1) % opt.rank_stats_every == 0)
+      rank_times = gather_rank_times(grid.world(), compute_secs);
     if (!opt.quiet && (step % opt.log_every == 0 || step + 1 == opt.steps)) {
       const std::string scale_part =
           scaler.enabled() ? strfmt(" | scale %g (%lld skipped)", loss_scale, static_cast<long long>(scaler.skipped_steps()))
                            : std::string();
+      const std::string ranks_part =
+          rank_times ? strfmt(" | fwd+bwd %.0f/%.0f/%.0f ms (min/med/max of ranks), slowest rank %d",
+                              rank_times->min * 1e3, rank_times->median * 1e3, rank_times->max * 1e3,
+                              rank_times->slowest)
+                     : std::string();
       log_info("step %6lld/%lld | loss %.4f | lr %.2e | grad-norm %.3f | %8.0f %s | MFU %5.1f%%%s | mem MiB "
-               "params %.0f grads %.0f optim %.0f acts %.0f peak %.0f | %.0f ms",
+               "params %.0f grads %.0f optim %.0f acts %.0f peak %.0f | %.0f ms | %s elapsed, ETA %s%s",
                static_cast<long long>(step + 1), static_cast<long long>(opt.steps), loss, lr, norm, tok_s,
                task.throughput_unit(),
                100.0 * mfu, scale_part.c_str(), mem_params, mem_grads, mem_optim, mem_acts,
-               peak_mem / double(1 << 20), secs * 1e3);
+               peak_mem / double(1 << 20), secs * 1e3, format_duration(elapsed).c_str(),
+               format_duration(eta).c_str(), ranks_part.c_str());
     }
     nlohmann::json row = {{"step", step + 1}, {"loss", loss}, {"lr", lr},
                           {"grad_norm", std::isfinite(norm) ? nlohmann::json(norm) : nlohmann::json(nullptr)},
@@ -451,13 +475,18 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
                           {"loss_scale", loss_scale}, {"skipped_steps", scaler.skipped_steps()},
                           {"step_skipped", st.skipped || bad != BadStep::none},
                           {"bad_step", bad != BadStep::none}, {"bad_steps", result.bad_steps},
-                          {"tokens", tokens_seen}};
+                          {"tokens", tokens_seen}, {"elapsed_s", elapsed}, {"eta_s", eta}};
+    if (rank_times)
+      row.update({{"rank_step_ms_min", rank_times->min * 1e3}, {"rank_step_ms_median", rank_times->median * 1e3},
+                  {"rank_step_ms_max", rank_times->max * 1e3}, {"slowest_rank", rank_times->slowest}});
     if (!std::isfinite(loss)) row["loss"] = nullptr;
     row.update(task.step_metrics());
     const bool last = step + 1 == opt.steps;
     if (last || (opt.eval_every > 0 && (step + 1) % opt.eval_every == 0)) {
       watchdog.set_phase("evaluation");
+      Timer eval_timer;
       const nlohmann::json ev = task.evaluate();
+      clock.add_eval(eval_timer.seconds());
       row.update(ev);
       result.last_eval = ev;
       if (!opt.quiet)
@@ -479,7 +508,9 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     const bool end = sig != 0 || done == end_step;
     if (end || (opt.save_every > 0 && done % opt.save_every == 0)) {
       watchdog.set_phase("checkpoint");
+      Timer save_timer;
       result.checkpoint = save(done);
+      clock.add_save(save_timer.seconds());
       if (!end) sig = signals.agreed(grid.world());  // a signal during the save: stop now, it is saved
     }
     if (sig != 0) {

@@ -81,7 +81,14 @@ struct TrainOptions {
   double bad_grad_norm = 0.0;  // 0: only non-finite norms are bad
   int64_t eval_every = 100;       // validate every N steps and at the end (0: only at the end)
   int log_every = 1;              // print a step line every N steps
+  // Every N steps gather each rank's step time (its forward + backward,
+  // before the gradient sync) over the world: min / median / max and the
+  // slowest rank on the step line and in metrics.jsonl (0 = off).
+  int64_t rank_stats_every = 50;
   double peak_gflops = 0.0;       // MFU denominator; 0 = measure sgemm at start
+  // Memory a rank may use (GiB; 0 = MemAvailable shared by the ranks of a
+  // host): a layout that needs more is refused before allocating (train/plan.h).
+  double max_memory_gib = 0.0;
   bool quiet = false;             // no step lines (tests)
   // Parallel layout: the grid's DP x TP ranks (nullptr = one process).
   dist::ParallelGrid* grid = nullptr;

@@ -13,6 +13,7 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "train/generate.h"
+#include "train/plan.h"
 #include "train/run_dir.h"
 
 namespace chorus::train {
@@ -82,7 +83,7 @@ class GptPretrainTask final : public TrainTask {
   double tokens_per_step() const override {
     return static_cast<double>(B_) * T_ * o_.train.grad_accum * grid_.dp_size();
   }
-  double flops_per_step() const override { return model_.flops_per_token(T_) * tokens_per_step(); }
+  double flops_per_step() const override { return pretrain_flops_per_step(o_.model, T_, tokens_per_step()); }
   models::GptMemory memory() const override { return model_.memory(); }
   uint64_t consumed() const override { return train_loader_.consumed(); }
   void set_consumed(uint64_t n) override { train_loader_.set_consumed(n); }
@@ -157,6 +158,9 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
   dist::ParallelGrid& grid = opt.train.grid ? *opt.train.grid : single;
   opt.train.grid = &grid;
   grid.check_divides(opt.model.n_head, 4 * opt.model.n_embd, opt.model.padded_vocab());
+  check_plan_fits(plan_pretrain(opt, {grid.dp_size(), grid.tp_size(), opt.train.zero_stage, opt.train.precision}),
+                  opt.train.max_memory_gib, grid.world(), "pretrain",
+                  "--batch, --seq-len, --n-embd or --n-layer, or use --tp / --zero 1 over more ranks");
   const RunDirLock lock(opt.train);  // held until the final weights are written
   GptPretrainTask task(opt, tokenizer, grid);
 

@@ -161,14 +161,14 @@ TEST_F(Inputs, AConfigWithAByteOrderMarkIsRead) {
 TEST_F(Inputs, AJobThatCannotFitInMemoryIsRefusedNamingItsFlags) {
   // About 3.3e12 parameters: tens of terabytes.
   refused(pretrain_args() + " --n-layer 64 --n-embd 65536 --n-head 64 --run-dir " + p("huge"),
-          {"pretrain does not fit in memory", "needs at least", "GB are available (MemAvailable",
-           "--n-layer 64 --n-embd 65536", "reduce --batch, --seq-len, --n-embd or --n-layer"});
+          {"pretrain does not fit in memory", "each rank needs", "GiB", "MemAvailable", "GPT L64 d65536 h64",
+           "reduce --batch, --seq-len, --n-embd or --n-layer"});
   EXPECT_FALSE(fs::exists(p("huge"))) << "nothing may be written for a refused run";
   refused(pretrain_args() + " --batch 1000000000 --run-dir " + p("huge"),
-          {"pretrain does not fit in memory", "--batch 1000000000"});
+          {"pretrain does not fit in memory", "batch 1000000000 x seq 64"});
   refused("finetune-speech --quiet --tokenizer " + tok() + " --data " + p("none") +
               " --init-decoder none --n-layer 64 --n-embd 65536 --n-head 64 --run-dir " + p("huge"),
-          {"finetune-speech does not fit in memory", "encoder --n-layer 64 --n-embd 65536"});
+          {"finetune-speech does not fit in memory", "speech encoder L64 d65536 h64"});
   EXPECT_FALSE(fs::exists(p("huge")));
 }
 

@@ -314,13 +314,21 @@ ModelView<P> make_view(P* base, const std::vector<ParamSpec>& table, int n_layer
   return v;
 }
 
-// Allocates and binds the activation table of dtype T for (max_batch, max_seq).
+// The sizes the activation table is laid out from: (max_batch, max_seq) and
+// this rank's local widths (see the shape comments of Acts).
+struct ActDims {
+  int n_layer = 0;
+  size_t N = 0, C = 0, Cl = 0, Fl = 0, Vl = 0;
+  size_t att = 0;   // B * NH/tp * T * T
+  bool tp = false;  // TP > 1: the parallel cross-entropy's scratch
+  size_t NS = 0, Ca = 0, xatt = 0;  // cross-attention: B * max_len, memory width, B * NH/tp * T * max_len
+};
+
+// Lays out the activation table of dtype T in `arena` (nothing is allocated).
 template <typename T>
-void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int n_layer, size_t N, size_t C,
-                      size_t NHl, size_t Cl, size_t Fl, size_t Vl, size_t att, bool tp, size_t NS, size_t Ca,
-                      size_t xatt) {
-  cpu::Arena arena;
-  a.layers.resize(n_layer);
+void lay_out_activations(Acts<T>& a, cpu::Arena& arena, const ActDims& d) {
+  const size_t N = d.N, C = d.C, Cl = d.Cl, Fl = d.Fl, NS = d.NS, Ca = d.Ca;
+  a.layers.resize(d.n_layer);
   arena.add(&a.encoded, N * C);
   for (auto& la : a.layers) {
     arena.add(&la.ln1, N * C);
@@ -328,7 +336,7 @@ void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int
     arena.add(&la.ln1_rstd, N);
     arena.add(&la.qkv, N * 3 * Cl);
     arena.add(&la.atty, N * Cl);
-    arena.add(&la.att, att);
+    arena.add(&la.att, d.att);
     arena.add(&la.res2, N * C);
     arena.add(&la.ln2, N * C);
     arena.add(&la.ln2_mean, N);
@@ -342,7 +350,7 @@ void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int
       arena.add(&la.lnx_rstd, N);
       arena.add(&la.xq, N * Cl);
       arena.add(&la.xkv, NS * 2 * Cl);
-      arena.add(&la.xatt, xatt);
+      arena.add(&la.xatt, d.xatt);
       arena.add(&la.xy, N * Cl);
       arena.add(&la.resx, N * C);
     }
@@ -350,10 +358,10 @@ void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int
   arena.add(&a.lnf, N * C);
   arena.add(&a.lnf_mean, N);
   arena.add(&a.lnf_rstd, N);
-  arena.add(&a.logits, N * Vl);  // never (N, Vp) with TP > 1
+  arena.add(&a.logits, N * d.Vl);  // never (N, Vp) with TP > 1
   arena.add(&a.losses, N);
   arena.add(&a.lse, N);
-  if (tp) arena.add(&a.ce_stats, 2 * N);
+  if (d.tp) arena.add(&a.ce_stats, 2 * N);
   arena.add(&a.dres, N * C);
   arena.add(&a.dln, N * C);
   arena.add(&a.datty, N * Cl);
@@ -364,69 +372,96 @@ void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, int
     arena.add(&a.dmem, NS * Ca);
     arena.add(&a.dmem_part, NS * Ca);
   }
-  (void)NHl;
+}
+
+// Allocates and binds the activation table of dtype T.
+template <typename T>
+void bind_activations(Acts<T>& a, cpu::AlignedBuffer& buffer, size_t& bytes, const ActDims& d) {
+  cpu::Arena arena;
+  lay_out_activations(a, arena, d);
   bytes = arena.bytes();
   buffer = cpu::AlignedBuffer((bytes + sizeof(float) - 1) / sizeof(float));
   arena.bind(buffer.data());
 }
 
-void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what, bool allow_ignore = false) {
-  for (size_t i = 0; i < n; ++i) {
-    CHORUS_CHECK((ids[i] >= 0 && ids[i] < vocab) || (allow_ignore && ids[i] == -1),
-                 "Gpt: %s[%zu] = %d is outside the vocabulary [0, %d)%s", what, i, ids[i], vocab,
-                 allow_ignore ? " (or -1: ignored)" : "");
+// Bytes of the activation table in `precision`, from the same layout.
+size_t activation_bytes_for(Precision precision, const ActDims& d) {
+  cpu::Arena arena;
+  switch (precision) {
+    case Precision::bf16: {
+      Acts<bf16> a;
+      lay_out_activations(a, arena, d);
+      break;
+    }
+    case Precision::fp16: {
+      Acts<fp16> a;
+      lay_out_activations(a, arena, d);
+      break;
+    }
+    case Precision::fp32: {
+      Acts<float> a;
+      lay_out_activations(a, arena, d);
+      break;
+    }
   }
+  return arena.bytes();
 }
 
-// dst += src in fp32, rounded once into T.
-template <typename T>
-void add_into(T* dst, const T* src, size_t n) {
-#pragma omp parallel for schedule(static)
-  for (size_t i = 0; i < n; ++i) dst[i] = from_f32<T>(to_f32(dst[i]) + to_f32(src[i]));
-}
+// A GPT's parameter table on one of n_tp TP ranks (the Megatron split of
+// ParamSpec::tp_axis) and how init_weights fills each tensor.
+struct Table {
+  std::vector<ParamSpec> specs;
+  std::vector<Init> init;
+  size_t n_params = 0;  // floats on this rank
+};
 
-}  // namespace
-
-Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq) : Gpt(cfg, max_batch, max_seq, nullptr) {}
-
-Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp, Precision precision,
-         CrossAttentionConfig cross)
-    : cfg_(cfg), s_(std::make_unique<State>()) {
-  cfg_.validate();
-  CHORUS_CHECK(max_batch > 0, "Gpt: max_batch must be > 0, got %d", max_batch);
-  CHORUS_CHECK(max_seq > 0 && max_seq <= cfg_.context, "Gpt: max_seq must be in [1, context = %d], got %d",
-               cfg_.context, max_seq);
-  State& s = *s_;
-  s.max_batch = max_batch;
-  s.max_seq = max_seq;
-  s.precision = precision;
-  s.cross = cross;
-  if (cross.enabled()) {
-    CHORUS_CHECK(cross.max_len > 0, "Gpt: cross-attention needs max_len > 0, got %d", cross.max_len);
-    s.per_layer = kParamsPerCrossLayer;
-  }
-
-  const int64_t L = cfg_.n_layer, C = cfg_.n_embd, Vp = cfg_.padded_vocab(), ctx = cfg_.context;
-  if (tp != nullptr && tp->size() > 1) {
-    s.tp = tp;
-    s.tp_size = tp->size();
-    s.tp_rank = tp->rank();
-  }
-  const int n_tp = s.tp_size;
-  CHORUS_CHECK(cfg_.n_head % n_tp == 0,
-               "Gpt: TP = %d does not divide n_head = %d (heads are split across TP ranks)", n_tp,
-               cfg_.n_head);
+// This rank's widths under TP = n_tp (throws when n_tp does not divide them).
+struct LocalWidths {
+  int n_head = 0, attn = 0, mlp = 0, vocab = 0;  // NH/tp, Cl, Fl, Vl
+};
+LocalWidths local_widths(const GptConfig& cfg, int n_tp) {
+  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab();
+  CHORUS_CHECK(cfg.n_head % n_tp == 0,
+               "Gpt: TP = %d does not divide n_head = %d (heads are split across TP ranks)", n_tp, cfg.n_head);
   CHORUS_CHECK(4 * C % n_tp == 0, "Gpt: TP = %d does not divide the MLP width 4 * n_embd = %lld", n_tp,
                static_cast<long long>(4 * C));
   CHORUS_CHECK(Vp % n_tp == 0, "Gpt: TP = %d does not divide the padded vocabulary %lld", n_tp,
                static_cast<long long>(Vp));
-  s.n_head_local = cfg_.n_head / n_tp;
-  s.attn_local = static_cast<int>(C / n_tp);
-  s.mlp_local = static_cast<int>(4 * C / n_tp);
-  s.vocab.size = static_cast<int>(Vp / n_tp);
-  s.vocab.begin = s.tp_rank * s.vocab.size;
-  s.vocab.vocab = cfg_.vocab_size;
+  return {cfg.n_head / n_tp, static_cast<int>(C / n_tp), static_cast<int>(4 * C / n_tp), static_cast<int>(Vp / n_tp)};
+}
 
+// What the constructor checks of a model's shape before sizing anything.
+void check_shape(const GptConfig& cfg, int max_batch, int max_seq, CrossAttentionConfig cross) {
+  cfg.validate();
+  CHORUS_CHECK(max_batch > 0, "Gpt: max_batch must be > 0, got %d", max_batch);
+  CHORUS_CHECK(max_seq > 0 && max_seq <= cfg.context, "Gpt: max_seq must be in [1, context = %d], got %d",
+               cfg.context, max_seq);
+  CHORUS_CHECK(!cross.enabled() || cross.max_len > 0, "Gpt: cross-attention needs max_len > 0, got %d",
+               cross.max_len);
+}
+
+// Activation table: every saved tensor and backward scratch, for (max_batch,
+// max_seq), in the compute dtype; the TP-split ones at their local width.
+ActDims act_dims(const GptConfig& cfg, int max_batch, int max_seq, const LocalWidths& w, int n_tp,
+                 CrossAttentionConfig cross) {
+  ActDims d;
+  d.n_layer = cfg.n_layer;
+  d.N = static_cast<size_t>(max_batch) * max_seq;
+  d.C = cfg.n_embd;
+  d.Cl = w.attn;
+  d.Fl = w.mlp;
+  d.Vl = w.vocab;
+  d.att = static_cast<size_t>(max_batch) * w.n_head * max_seq * max_seq;
+  d.tp = n_tp > 1;
+  d.NS = static_cast<size_t>(max_batch) * cross.max_len;
+  d.Ca = cross.n_state;
+  d.xatt = static_cast<size_t>(max_batch) * w.n_head * max_seq * cross.max_len;
+  return d;
+}
+
+Table build_table(const GptConfig& cfg, int n_tp, CrossAttentionConfig cross) {
+  const int64_t L = cfg.n_layer, C = cfg.n_embd, Vp = cfg.padded_vocab(), ctx = cfg.context;
+  Table t;
   size_t offset = 0;
   // tp_axis / tp_parts describe the Megatron split (nn/tp_shard.h); `shape`,
   // `numel` and `offset` are this rank's shard (TP = 1: shape == global_shape).
@@ -443,8 +478,8 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
     spec.tp_axis = tp_axis;
     spec.tp_parts = tp_parts;
     offset += spec.numel;
-    s.table.push_back(std::move(spec));
-    s.init.push_back(init);
+    t.specs.push_back(std::move(spec));
+    t.init.push_back(init);
   };
   // Table order = buffer order: embeddings, then each block's tensors
   // contiguously (a layer is one flat range), then the final LayerNorm.
@@ -480,27 +515,65 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
   add("ln_f.weight", {C}, false, Init::kOne);
   add("ln_f.bias", {C}, false, Init::kZero);
 
-  allocate_param_storage(s, offset, precision, [&](auto* base) { return make_view(base, s.table, cfg_.n_layer); });
+  t.n_params = offset;
+  return t;
+}
 
-  // Activation table: every saved tensor and backward scratch, for (max_batch,
-  // max_seq), in the compute dtype; the TP-split ones at their local width.
-  const size_t N = static_cast<size_t>(max_batch) * max_seq;
-  const size_t NHl = s.n_head_local, Cl = s.attn_local, Fl = s.mlp_local, Vl = s.vocab.size;
-  const size_t att = static_cast<size_t>(max_batch) * NHl * max_seq * max_seq;
-  const bool tp_on = s.tp != nullptr;
-  const size_t NS = static_cast<size_t>(max_batch) * cross.max_len, Ca = cross.n_state;
-  const size_t xatt = static_cast<size_t>(max_batch) * NHl * max_seq * cross.max_len;
-  switch (precision) {
-    case Precision::fp32:
-      bind_activations(s.a_f32, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on, NS, Ca, xatt);
-      break;
-    case Precision::bf16:
-      bind_activations(s.a_bf16, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on, NS, Ca, xatt);
-      break;
-    case Precision::fp16:
-      bind_activations(s.a_fp16, s.acts, s.acts_bytes, cfg_.n_layer, N, C, NHl, Cl, Fl, Vl, att, tp_on, NS, Ca, xatt);
-      break;
+void check_tokens(const int32_t* ids, size_t n, int vocab, const char* what, bool allow_ignore = false) {
+  for (size_t i = 0; i < n; ++i) {
+    CHORUS_CHECK((ids[i] >= 0 && ids[i] < vocab) || (allow_ignore && ids[i] == -1),
+                 "Gpt: %s[%zu] = %d is outside the vocabulary [0, %d)%s", what, i, ids[i], vocab,
+                 allow_ignore ? " (or -1: ignored)" : "");
   }
+}
+
+// dst += src in fp32, rounded once into T.
+template <typename T>
+void add_into(T* dst, const T* src, size_t n) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) dst[i] = from_f32<T>(to_f32(dst[i]) + to_f32(src[i]));
+}
+
+}  // namespace
+
+Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq) : Gpt(cfg, max_batch, max_seq, nullptr) {}
+
+Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* tp, Precision precision,
+         CrossAttentionConfig cross)
+    : cfg_(cfg), s_(std::make_unique<State>()) {
+  check_shape(cfg_, max_batch, max_seq, cross);
+  State& s = *s_;
+  s.max_batch = max_batch;
+  s.max_seq = max_seq;
+  s.precision = precision;
+  s.cross = cross;
+  if (cross.enabled()) s.per_layer = kParamsPerCrossLayer;
+  if (tp != nullptr && tp->size() > 1) {
+    s.tp = tp;
+    s.tp_size = tp->size();
+    s.tp_rank = tp->rank();
+  }
+  const int n_tp = s.tp_size;
+  const LocalWidths w = local_widths(cfg_, n_tp);
+  s.n_head_local = w.n_head;
+  s.attn_local = w.attn;
+  s.mlp_local = w.mlp;
+  s.vocab.size = w.vocab;
+  s.vocab.begin = s.tp_rank * s.vocab.size;
+  s.vocab.vocab = cfg_.vocab_size;
+
+  Table table = build_table(cfg_, n_tp, cross);
+  s.table = std::move(table.specs);
+  s.init = std::move(table.init);
+  allocate_param_storage(s, table.n_params, precision, [&](auto* base) { return make_view(base, s.table, cfg_.n_layer); });
+
+  const ActDims dims = act_dims(cfg_, max_batch, max_seq, w, n_tp, cross);
+  switch (precision) {
+    case Precision::fp32: bind_activations(s.a_f32, s.acts, s.acts_bytes, dims); break;
+    case Precision::bf16: bind_activations(s.a_bf16, s.acts, s.acts_bytes, dims); break;
+    case Precision::fp16: bind_activations(s.a_fp16, s.acts, s.acts_bytes, dims); break;
+  }
+  const size_t N = dims.N;
   s.tokens.assign(N, 0);
   s.targets.assign(N, 0);
   s.ce_targets.assign(N, 0);
@@ -602,34 +675,59 @@ int Gpt::tp_rank() const { return s_->tp_rank; }
 int Gpt::vocab_begin() const { return s_->vocab.begin; }
 int Gpt::local_vocab() const { return s_->vocab.size; }
 
-size_t Gpt::n_flop_params() const {
+namespace {
+
+// Parameters for FLOP accounting (Gpt::n_flop_params) from a table's global shapes.
+size_t flop_params(const std::vector<ParamSpec>& table, const GptConfig& cfg) {
   size_t n_global = 0;  // the whole model's parameters, whatever this rank holds
-  for (const ParamSpec& p : s_->table) {
+  for (const ParamSpec& p : table) {
     size_t n = 1;
     for (int64_t d : p.global_shape) n *= static_cast<size_t>(d);
     n_global += n;
   }
-  const size_t C = cfg_.n_embd;
-  return n_global - static_cast<size_t>(cfg_.padded_vocab() - cfg_.vocab_size) * C -
-         static_cast<size_t>(cfg_.context) * C;
+  const size_t C = cfg.n_embd;
+  return n_global - static_cast<size_t>(cfg.padded_vocab() - cfg.vocab_size) * C -
+         static_cast<size_t>(cfg.context) * C;
 }
 
-double Gpt::flops_per_token(int T) const {
-  return 6.0 * static_cast<double>(n_flop_params()) +
-         12.0 * cfg_.n_layer * static_cast<double>(cfg_.n_embd) * static_cast<double>(T);
+double flops_per_token_of(size_t n_flop_params, const GptConfig& cfg, int T) {
+  return 6.0 * static_cast<double>(n_flop_params) +
+         12.0 * cfg.n_layer * static_cast<double>(cfg.n_embd) * static_cast<double>(T);
 }
+
+}  // namespace
+
+size_t Gpt::n_flop_params() const { return flop_params(s_->table, cfg_); }
+
+double Gpt::flops_per_token(int T) const { return flops_per_token_of(n_flop_params(), cfg_, T); }
 
 size_t Gpt::activation_bytes() const { return s_->acts_bytes; }
 
 GptMemory Gpt::memory() const {
   const State& s = *s_;
-  GptMemory m;
-  m.master_bytes = s.n_params * sizeof(float);
-  m.compute_weight_bytes = s.compute_params.size() * sizeof(float);
-  m.grad_bytes = s.n_params * sizeof(float);
+  GptMemory m = param_memory(s.n_params, s.precision);
   m.activation_bytes = s.acts_bytes;
   m.kv_cache_bytes = s.cache.size() * sizeof(float);
   return m;
+}
+
+GptMemory gpt_memory(const GptConfig& cfg, int max_batch, int max_seq, int tp_size, Precision precision,
+                     CrossAttentionConfig cross) {
+  check_shape(cfg, max_batch, max_seq, cross);
+  CHORUS_CHECK(tp_size >= 1, "Gpt: TP must be >= 1, got %d", tp_size);
+  const LocalWidths w = local_widths(cfg, tp_size);
+  GptMemory m = param_memory(build_table(cfg, tp_size, cross).n_params, precision);
+  m.activation_bytes = activation_bytes_for(precision, act_dims(cfg, max_batch, max_seq, w, tp_size, cross));
+  return m;
+}
+
+size_t gpt_flop_params(const GptConfig& cfg, CrossAttentionConfig cross) {
+  cfg.validate();
+  return flop_params(build_table(cfg, 1, cross).specs, cfg);
+}
+
+double gpt_flops_per_token(const GptConfig& cfg, int T, CrossAttentionConfig cross) {
+  return flops_per_token_of(gpt_flop_params(cfg, cross), cfg, T);
 }
 
 float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T) {

@@ -91,7 +91,28 @@ struct GptMemory {
   size_t grad_bytes = 0;            // fp32 gradients
   size_t activation_bytes = 0;      // saved activations + backward scratch, in the compute dtype
   size_t kv_cache_bytes = 0;        // decoding
+  GptMemory& operator+=(const GptMemory& o) {
+    master_bytes += o.master_bytes;
+    compute_weight_bytes += o.compute_weight_bytes;
+    grad_bytes += o.grad_bytes;
+    activation_bytes += o.activation_bytes;
+    kv_cache_bytes += o.kv_cache_bytes;
+    return *this;
+  }
 };
+
+// What a Gpt(cfg, max_batch, max_seq, a TP group of tp_size ranks, precision,
+// cross) holds on each of its ranks for training (no KV cache), from the same
+// parameter table and activation layout its constructor uses, without
+// allocating anything: `chorus plan` and the memory check a job makes before
+// it allocates. Throws as the constructor would for a bad shape or a tp_size
+// that does not divide the model.
+GptMemory gpt_memory(const GptConfig& cfg, int max_batch, int max_seq, int tp_size, Precision precision,
+                     CrossAttentionConfig cross = {});
+// Gpt::n_flop_params() and Gpt::flops_per_token(T) of such a model (the same
+// for every TP degree).
+size_t gpt_flop_params(const GptConfig& cfg, CrossAttentionConfig cross = {});
+double gpt_flops_per_token(const GptConfig& cfg, int T, CrossAttentionConfig cross = {});
 
 class Gpt {
  public:

@@ -206,23 +206,29 @@ struct SpeechEncoder::State {
 
 namespace {
 
+// The sizes the activation table is laid out from (see Acts).
+struct ActDims {
+  int L = 0;
+  size_t BF = 0, BS = 0, n_mels = 0, d = 0, Cl = 0, Fl = 0, att = 0, V = 0;
+};
+
+// Lays out the activation table of dtype T in `arena` (nothing is allocated).
 template <typename T>
-void bind_acts(Acts<T>& a, cpu::AlignedBuffer& buf, size_t& bytes, int L, size_t BF, size_t BS, size_t n_mels,
-               size_t d, size_t Cl, size_t Fl, size_t att, size_t V) {
-  cpu::Arena arena;
-  arena.add(&a.x_in, BF * n_mels);
+void lay_out_acts(Acts<T>& a, cpu::Arena& arena, const ActDims& x) {
+  const size_t BF = x.BF, BS = x.BS, d = x.d, Cl = x.Cl, Fl = x.Fl, V = x.V;
+  arena.add(&a.x_in, BF * x.n_mels);
   arena.add(&a.c1, BF * d);
   arena.add(&a.c1g, BF * d);
   arena.add(&a.c2, BS * d);
   arena.add(&a.x0, BS * d);
-  a.blocks.resize(L);
+  a.blocks.resize(x.L);
   for (auto& b : a.blocks) {
     arena.add(&b.ln1, BS * d);
     arena.add(&b.ln1_mean, BS);
     arena.add(&b.ln1_rstd, BS);
     arena.add(&b.qkv, BS * 3 * Cl);
     arena.add(&b.atty, BS * Cl);
-    arena.add(&b.att, att);
+    arena.add(&b.att, x.att);
     arena.add(&b.res2, BS * d);
     arena.add(&b.ln2, BS * d);
     arena.add(&b.ln2_mean, BS);
@@ -242,9 +248,129 @@ void bind_acts(Acts<T>& a, cpu::AlignedBuffer& buf, size_t& bytes, int L, size_t
   arena.add(&a.dqkv, BS * 3 * Cl);
   arena.add(&a.dfch, BS * Fl);
   arena.add(&a.dc1, BF * d);
+}
+
+template <typename T>
+void bind_acts(Acts<T>& a, cpu::AlignedBuffer& buf, size_t& bytes, const ActDims& x) {
+  cpu::Arena arena;
+  lay_out_acts(a, arena, x);
   bytes = arena.bytes();
   buf = cpu::AlignedBuffer((bytes + sizeof(float) - 1) / sizeof(float));
   arena.bind(buf.data());
+}
+
+size_t act_bytes_for(Precision precision, const ActDims& x) {
+  cpu::Arena arena;
+  switch (precision) {
+    case Precision::bf16: {
+      Acts<bf16> a;
+      lay_out_acts(a, arena, x);
+      break;
+    }
+    case Precision::fp16: {
+      Acts<fp16> a;
+      lay_out_acts(a, arena, x);
+      break;
+    }
+    case Precision::fp32: {
+      Acts<float> a;
+      lay_out_acts(a, arena, x);
+      break;
+    }
+  }
+  return arena.bytes();
+}
+
+// What the constructor checks before sizing anything; returns the local
+// widths (NH/tp, Cl, Fl) under TP = n_tp.
+struct LocalWidths {
+  int n_head = 0, attn = 0, mlp = 0;
+};
+LocalWidths check_shape(const SpeechEncoderConfig& cfg, int ctc_vocab, int ctc_blank, int max_batch,
+                        int max_frames, int n_tp) {
+  cfg.validate();
+  CHORUS_CHECK(max_batch > 0, "SpeechEncoder: max_batch must be > 0, got %d", max_batch);
+  CHORUS_CHECK(max_frames > 0 && max_frames <= cfg.max_frames,
+               "SpeechEncoder: max_frames must be in [1, encoder.max_frames = %d], got %d", cfg.max_frames,
+               max_frames);
+  CHORUS_CHECK(ctc_vocab > 0 && ctc_blank >= 0 && ctc_blank < ctc_vocab,
+               "SpeechEncoder: CTC vocabulary %d with blank %d", ctc_vocab, ctc_blank);
+  const int64_t d = cfg.n_embd;
+  CHORUS_CHECK(cfg.n_head % n_tp == 0, "SpeechEncoder: TP = %d does not divide encoder n_head = %d", n_tp,
+               cfg.n_head);
+  CHORUS_CHECK(4 * d % n_tp == 0, "SpeechEncoder: TP = %d does not divide the MLP width %lld", n_tp,
+               static_cast<long long>(4 * d));
+  return {cfg.n_head / n_tp, static_cast<int>(d / n_tp), static_cast<int>(4 * d / n_tp)};
+}
+
+ActDims act_dims(const SpeechEncoderConfig& cfg, int ctc_vocab, int max_batch, int max_frames,
+                 const LocalWidths& w) {
+  const int max_S = encoder_out_len(max_frames);
+  ActDims x;
+  x.L = cfg.n_layer;
+  x.BF = static_cast<size_t>(max_batch) * max_frames;
+  x.BS = static_cast<size_t>(max_batch) * max_S;
+  x.n_mels = cfg.n_mels;
+  x.d = cfg.n_embd;
+  x.Cl = w.attn;
+  x.Fl = w.mlp;
+  x.att = static_cast<size_t>(max_batch) * w.n_head * max_S * max_S;
+  x.V = ctc_vocab;
+  return x;
+}
+
+// The parameter table (this rank's shards under TP = n_tp) and each tensor's init.
+struct Table {
+  std::vector<ParamSpec> specs;
+  std::vector<Init> init;
+  size_t n_params = 0;
+};
+Table build_table(const SpeechEncoderConfig& cfg, int ctc_vocab, int n_tp) {
+  const int64_t d = cfg.n_embd, M = cfg.n_mels, V = ctc_vocab;
+  Table t;
+  size_t offset = 0;
+  auto add = [&](std::string name, std::vector<int64_t> shape, bool decay, Init init, int tp_axis = -1,
+                 int tp_parts = 1) {
+    ParamSpec spec;
+    spec.name = std::move(name);
+    spec.global_shape = shape;
+    spec.shape = nn::local_shape(nn::ShardSpec{std::move(shape), tp_axis, tp_parts}, n_tp);
+    spec.numel = 1;
+    for (int64_t x : spec.shape) spec.numel *= static_cast<size_t>(x);
+    spec.offset = offset;
+    spec.decay = decay;
+    spec.tp_axis = tp_axis;
+    spec.tp_parts = tp_parts;
+    offset += spec.numel;
+    t.specs.push_back(std::move(spec));
+    t.init.push_back(init);
+  };
+  add("conv1.weight", {d, M, 3}, true, Init::kFanIn);
+  add("conv1.bias", {d}, false, Init::kZero);
+  add("conv2.weight", {d, d, 3}, true, Init::kFanIn);
+  add("conv2.bias", {d}, false, Init::kZero);
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const std::string h = "blocks." + std::to_string(l) + ".";
+    add(h + "ln_1.weight", {d}, false, Init::kOne);
+    add(h + "ln_1.bias", {d}, false, Init::kZero);
+    add(h + "attn.c_attn.weight", {3 * d, d}, true, Init::kNormal, 0, 3);
+    add(h + "attn.c_attn.bias", {3 * d}, false, Init::kZero, 0, 3);
+    add(h + "attn.c_proj.weight", {d, d}, true, Init::kResidualNormal, 1);
+    add(h + "attn.c_proj.bias", {d}, false, Init::kZero);
+    add(h + "ln_2.weight", {d}, false, Init::kOne);
+    add(h + "ln_2.bias", {d}, false, Init::kZero);
+    add(h + "mlp.c_fc.weight", {4 * d, d}, true, Init::kNormal, 0);
+    add(h + "mlp.c_fc.bias", {4 * d}, false, Init::kZero, 0);
+    add(h + "mlp.c_proj.weight", {d, 4 * d}, true, Init::kResidualNormal, 1);
+    add(h + "mlp.c_proj.bias", {d}, false, Init::kZero);
+  }
+  add("ln_post.weight", {d}, false, Init::kOne);
+  add("ln_post.bias", {d}, false, Init::kZero);
+  add("ctc_head.weight", {V, d}, true, Init::kNormal);
+  add("ctc_head.bias", {V}, false, Init::kZero);
+
+  t.n_params = offset;
+  return t;
 }
 
 // Zeroes rows t >= len[b] of x (B, Tn, C).
@@ -267,88 +393,32 @@ void add_into(T* dst, const T* src, size_t n) {
 SpeechEncoder::SpeechEncoder(const SpeechEncoderConfig& cfg, int ctc_vocab, int ctc_blank, int max_batch,
                              int max_frames, dist::Communicator* tp, Precision precision)
     : cfg_(cfg), s_(std::make_unique<State>()) {
-  cfg_.validate();
-  CHORUS_CHECK(max_batch > 0, "SpeechEncoder: max_batch must be > 0, got %d", max_batch);
-  CHORUS_CHECK(max_frames > 0 && max_frames <= cfg_.max_frames,
-               "SpeechEncoder: max_frames must be in [1, encoder.max_frames = %d], got %d", cfg_.max_frames,
-               max_frames);
-  CHORUS_CHECK(ctc_vocab > 0 && ctc_blank >= 0 && ctc_blank < ctc_vocab,
-               "SpeechEncoder: CTC vocabulary %d with blank %d", ctc_vocab, ctc_blank);
   State& s = *s_;
-  s.max_batch = max_batch;
-  s.max_frames = max_frames;
-  s.V = ctc_vocab;
-  s.blank = ctc_blank;
-  s.precision = precision;
   if (tp != nullptr && tp->size() > 1) {
     s.tp = tp;
     s.tp_size = tp->size();
     s.tp_rank = tp->rank();
   }
-  const int64_t d = cfg_.n_embd, M = cfg_.n_mels, V = ctc_vocab;
-  CHORUS_CHECK(cfg_.n_head % s.tp_size == 0, "SpeechEncoder: TP = %d does not divide encoder n_head = %d",
-               s.tp_size, cfg_.n_head);
-  CHORUS_CHECK(4 * d % s.tp_size == 0, "SpeechEncoder: TP = %d does not divide the MLP width %lld", s.tp_size,
-               static_cast<long long>(4 * d));
-  s.NHl = cfg_.n_head / s.tp_size;
-  s.Cl = static_cast<int>(d / s.tp_size);
-  s.Fl = static_cast<int>(4 * d / s.tp_size);
+  const LocalWidths w = check_shape(cfg_, ctc_vocab, ctc_blank, max_batch, max_frames, s.tp_size);
+  s.max_batch = max_batch;
+  s.max_frames = max_frames;
+  s.V = ctc_vocab;
+  s.blank = ctc_blank;
+  s.precision = precision;
+  s.NHl = w.n_head;
+  s.Cl = w.attn;
+  s.Fl = w.mlp;
+  const int64_t d = cfg_.n_embd;
 
-  size_t offset = 0;
-  auto add = [&](std::string name, std::vector<int64_t> shape, bool decay, Init init, int tp_axis = -1,
-                 int tp_parts = 1) {
-    ParamSpec spec;
-    spec.name = std::move(name);
-    spec.global_shape = shape;
-    spec.shape = nn::local_shape(nn::ShardSpec{std::move(shape), tp_axis, tp_parts}, s.tp_size);
-    spec.numel = 1;
-    for (int64_t x : spec.shape) spec.numel *= static_cast<size_t>(x);
-    spec.offset = offset;
-    spec.decay = decay;
-    spec.tp_axis = tp_axis;
-    spec.tp_parts = tp_parts;
-    offset += spec.numel;
-    s.table.push_back(std::move(spec));
-    s.init.push_back(init);
-  };
-  add("conv1.weight", {d, M, 3}, true, Init::kFanIn);
-  add("conv1.bias", {d}, false, Init::kZero);
-  add("conv2.weight", {d, d, 3}, true, Init::kFanIn);
-  add("conv2.bias", {d}, false, Init::kZero);
-  for (int l = 0; l < cfg_.n_layer; ++l) {
-    const std::string h = "blocks." + std::to_string(l) + ".";
-    add(h + "ln_1.weight", {d}, false, Init::kOne);
-    add(h + "ln_1.bias", {d}, false, Init::kZero);
-    add(h + "attn.c_attn.weight", {3 * d, d}, true, Init::kNormal, 0, 3);
-    add(h + "attn.c_attn.bias", {3 * d}, false, Init::kZero, 0, 3);
-    add(h + "attn.c_proj.weight", {d, d}, true, Init::kResidualNormal, 1);
-    add(h + "attn.c_proj.bias", {d}, false, Init::kZero);
-    add(h + "ln_2.weight", {d}, false, Init::kOne);
-    add(h + "ln_2.bias", {d}, false, Init::kZero);
-    add(h + "mlp.c_fc.weight", {4 * d, d}, true, Init::kNormal, 0);
-    add(h + "mlp.c_fc.bias", {4 * d}, false, Init::kZero, 0);
-    add(h + "mlp.c_proj.weight", {d, 4 * d}, true, Init::kResidualNormal, 1);
-    add(h + "mlp.c_proj.bias", {d}, false, Init::kZero);
-  }
-  add("ln_post.weight", {d}, false, Init::kOne);
-  add("ln_post.bias", {d}, false, Init::kZero);
-  add("ctc_head.weight", {V, d}, true, Init::kNormal);
-  add("ctc_head.bias", {V}, false, Init::kZero);
-
-  allocate_param_storage(s, offset, precision, [&](auto* base) { return make_view(base, s.table, cfg_.n_layer); });
-  const int max_S = encoder_out_len(max_frames);
-  const size_t BF = static_cast<size_t>(max_batch) * max_frames, BS = static_cast<size_t>(max_batch) * max_S;
-  const size_t att = static_cast<size_t>(max_batch) * s.NHl * max_S * max_S;
+  Table table = build_table(cfg_, ctc_vocab, s.tp_size);
+  s.table = std::move(table.specs);
+  s.init = std::move(table.init);
+  allocate_param_storage(s, table.n_params, precision, [&](auto* base) { return make_view(base, s.table, cfg_.n_layer); });
+  const ActDims dims = act_dims(cfg_, ctc_vocab, max_batch, max_frames, w);
   switch (precision) {
-    case Precision::fp32:
-      bind_acts(s.a_f32, s.acts, s.acts_bytes, cfg_.n_layer, BF, BS, M, d, s.Cl, s.Fl, att, V);
-      break;
-    case Precision::bf16:
-      bind_acts(s.a_bf16, s.acts, s.acts_bytes, cfg_.n_layer, BF, BS, M, d, s.Cl, s.Fl, att, V);
-      break;
-    case Precision::fp16:
-      bind_acts(s.a_fp16, s.acts, s.acts_bytes, cfg_.n_layer, BF, BS, M, d, s.Cl, s.Fl, att, V);
-      break;
+    case Precision::fp32: bind_acts(s.a_f32, s.acts, s.acts_bytes, dims); break;
+    case Precision::bf16: bind_acts(s.a_bf16, s.acts, s.acts_bytes, dims); break;
+    case Precision::fp16: bind_acts(s.a_fp16, s.acts, s.acts_bytes, dims); break;
   }
   s.positions.resize(static_cast<size_t>(cfg_.n_ctx()) * d);
   nn::sinusoidal_positions(s.positions.data(), cfg_.n_ctx(), static_cast<int>(d));
@@ -408,19 +478,27 @@ void SpeechEncoder::adopt_storage(float* params, float* grads) {
 }
 
 GptMemory SpeechEncoder::memory_use() const {
-  GptMemory m;
-  m.master_bytes = s_->n_params * sizeof(float);
-  m.compute_weight_bytes = s_->compute_params.size() * sizeof(float);
-  m.grad_bytes = s_->n_params * sizeof(float);
+  GptMemory m = param_memory(s_->n_params, s_->precision);
   m.activation_bytes = s_->acts_bytes;
   return m;
 }
 
-double SpeechEncoder::flops(int B, int F) const {
-  const double d = cfg_.n_embd, S = encoder_out_len(F), L = cfg_.n_layer;
-  const double conv = 2.0 * B * (F * d * cfg_.n_mels * 3 + S * d * d * 3);
+double SpeechEncoder::flops(int B, int F) const { return speech_encoder_flops(cfg_, s_->V, B, F); }
+
+GptMemory speech_encoder_memory(const SpeechEncoderConfig& cfg, int ctc_vocab, int ctc_blank, int max_batch,
+                                int max_frames, int tp_size, Precision precision) {
+  CHORUS_CHECK(tp_size >= 1, "SpeechEncoder: TP must be >= 1, got %d", tp_size);
+  const LocalWidths w = check_shape(cfg, ctc_vocab, ctc_blank, max_batch, max_frames, tp_size);
+  GptMemory m = param_memory(build_table(cfg, ctc_vocab, tp_size).n_params, precision);
+  m.activation_bytes = act_bytes_for(precision, act_dims(cfg, ctc_vocab, max_batch, max_frames, w));
+  return m;
+}
+
+double speech_encoder_flops(const SpeechEncoderConfig& cfg, int ctc_vocab, int B, int F) {
+  const double d = cfg.n_embd, S = encoder_out_len(F), L = cfg.n_layer;
+  const double conv = 2.0 * B * (F * d * cfg.n_mels * 3 + S * d * d * 3);
   const double blocks = 2.0 * B * S * L * (12 * d * d) + 2.0 * B * L * 2 * S * S * d;
-  const double ctc = 2.0 * B * S * d * s_->V;
+  const double ctc = 2.0 * B * S * d * ctc_vocab;
   return 3.0 * (conv + blocks + ctc);  // forward + backward (2x)
 }
 

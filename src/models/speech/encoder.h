@@ -50,6 +50,14 @@ struct SpeechEncoderConfig {
 // Memory rows of a clip of n_frames feature frames.
 inline int encoder_out_len(int n_frames) { return (n_frames + 1) / 2; }
 
+// What a SpeechEncoder(cfg, ctc_vocab, ctc_blank, max_batch, max_frames, a TP
+// group of tp_size ranks, precision) holds on each rank, from the same tables
+// its constructor uses, without allocating (see models::gpt_memory).
+GptMemory speech_encoder_memory(const SpeechEncoderConfig& cfg, int ctc_vocab, int ctc_blank, int max_batch,
+                                int max_frames, int tp_size, Precision precision);
+// SpeechEncoder::flops(B, F) of such an encoder.
+double speech_encoder_flops(const SpeechEncoderConfig& cfg, int ctc_vocab, int B, int F);
+
 class SpeechEncoder {
  public:
   // ctc_vocab: CTC head rows (classes incl. the blank); ctc_blank the

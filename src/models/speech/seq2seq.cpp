@@ -26,8 +26,7 @@ SpeechSeq2Seq::SpeechSeq2Seq(const SpeechSeq2SeqConfig& cfg, int max_batch, int 
     : cfg_(cfg) {
   encoder_ = std::make_unique<SpeechEncoder>(cfg.encoder, SpeechSeq2SeqConfig::kCtcVocab, SpeechSeq2SeqConfig::kCtcBlank, max_batch, max_frames,
                                              tp, precision);
-  decoder_ = std::make_unique<Gpt>(cfg.decoder, max_batch, max_tokens, tp, precision,
-                                   CrossAttentionConfig{cfg.encoder.n_embd, encoder_out_len(max_frames)});
+  decoder_ = std::make_unique<Gpt>(cfg.decoder, max_batch, max_tokens, tp, precision, decoder_cross(cfg, max_frames));
   n_encoder_ = encoder_->n_params();
   const size_t n = n_encoder_ + decoder_->n_params();
   params_ = backend::cpu::AlignedBuffer(n);
@@ -60,13 +59,16 @@ std::span<float> SpeechSeq2Seq::grads() { return {grads_.data(), grads_.size()};
 void SpeechSeq2Seq::zero_grad() { std::memset(grads_.data(), 0, grads_.size() * sizeof(float)); }
 
 GptMemory SpeechSeq2Seq::memory() const {
-  const GptMemory e = encoder_->memory_use(), d = decoder_->memory();
-  GptMemory m;
-  m.master_bytes = e.master_bytes + d.master_bytes;
-  m.compute_weight_bytes = e.compute_weight_bytes + d.compute_weight_bytes;
-  m.grad_bytes = e.grad_bytes + d.grad_bytes;
-  m.activation_bytes = e.activation_bytes + d.activation_bytes;
-  m.kv_cache_bytes = d.kv_cache_bytes;
+  GptMemory m = encoder_->memory_use();
+  m += decoder_->memory();
+  return m;
+}
+
+GptMemory speech_seq2seq_memory(const SpeechSeq2SeqConfig& cfg, int max_batch, int max_frames, int max_tokens,
+                                int tp_size, Precision precision) {
+  GptMemory m = speech_encoder_memory(cfg.encoder, SpeechSeq2SeqConfig::kCtcVocab, SpeechSeq2SeqConfig::kCtcBlank,
+                                      max_batch, max_frames, tp_size, precision);
+  m += gpt_memory(cfg.decoder, max_batch, max_tokens, tp_size, precision, decoder_cross(cfg, max_frames));
   return m;
 }
 

@@ -31,6 +31,17 @@ struct SpeechSeq2SeqConfig {
                                            const std::string& where);
 };
 
+// The decoder's cross-attention: to the encoder's memory of a clip of up to max_frames frames.
+inline CrossAttentionConfig decoder_cross(const SpeechSeq2SeqConfig& cfg, int max_frames) {
+  return {cfg.encoder.n_embd, encoder_out_len(max_frames)};
+}
+
+// What a SpeechSeq2Seq(cfg, max_batch, max_frames, max_tokens, a TP group of
+// tp_size ranks, precision) holds on each rank, without allocating (see
+// models::gpt_memory): SpeechSeq2Seq::memory() of the built model.
+GptMemory speech_seq2seq_memory(const SpeechSeq2SeqConfig& cfg, int max_batch, int max_frames, int max_tokens,
+                                int tp_size, Precision precision);
+
 // One batch of the recogniser.
 struct SpeechBatch {
   int B = 0, F = 0, T = 0;
