@@ -16,9 +16,9 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/tools.h"
 #include "core/error.h"
-#include "data/hf_tokenizer.h"
 #include "core/log.h"
 #include "core/timer.h"
+#include "data/hf_tokenizer.h"
 
 namespace chorus::apps {
 
@@ -182,13 +182,15 @@ int export_cmd(int argc, char** argv) {
       "                        names and layout: Conv1D weights (in, out), wte with the real vocabulary)\n"
       "                        and config.json, and with the run's tokenizer (--tokenizer, else the one in\n"
       "                        the run's config.json) tokenizer.json + tokenizer_config.json in the Hugging\n"
-      "                        Face `tokenizers` format, which gives the ids Chorus gives (docs/RELIABILITY-export.md)");
+      "                        Face `tokenizers` format, which gives the ids Chorus gives "
+      "(docs/RELIABILITY-export.md)");
   o.add<std::string>("input", "dir", "", "checkpoint or save directory (positional)");
   o.add<std::string>("output", "out", "", "output file (chorus) or directory (safetensors)");
   o.add<std::string>("output", "format", "chorus", "chorus | safetensors");
-  o.add<std::string>("input", "tokenizer", "",
-                     "the run's tokenizer JSON, for --format safetensors (default: the one named in the run's "
-                     "config.json beside the checkpoint)");
+  o.add<std::string>(
+      "input", "tokenizer", "",
+      "the run's tokenizer JSON, for --format safetensors (default: the one named in the run's "
+      "config.json beside the checkpoint)");
   o.add_switch("output", "force", "replace an existing --out file (chorus) or model.safetensors / config.json in "
                                   "the --out directory (safetensors); refused without it");
   o.add<std::string>("output", "dtype", "fp32",
@@ -211,10 +213,12 @@ int export_cmd(int argc, char** argv) {
     tok_files.source = export_tokenizer_path(vm["tokenizer"].as<std::string>(), dir);
     if (!tok_files.source.empty()) {
       const data::Tokenizer tok = data::Tokenizer::load(tok_files.source);
-      const checkpoint::Manifest m = checkpoint::read_manifest((std::filesystem::path(dir) / "manifest.json").string());
+      const checkpoint::Manifest m =
+          checkpoint::read_manifest((std::filesystem::path(dir) / "manifest.json").string());
       tok_files.hash = tok.hash();
-      tok_files.files = {{"tokenizer.json", data::huggingface_tokenizer_json(tok)},
-                         {"tokenizer_config.json", data::huggingface_tokenizer_config_json(tok, m.model.context)}};
+      tok_files.files = {
+          {"tokenizer.json", data::huggingface_tokenizer_json(tok)},
+          {"tokenizer_config.json", data::huggingface_tokenizer_config_json(tok, m.model.context)}};
     }
     std::vector<std::string> names = {"model.safetensors", "config.json"};
     for (const auto& f : tok_files.files) names.push_back(f.first);
@@ -236,13 +240,16 @@ int export_cmd(int argc, char** argv) {
     std::printf("exported %s -> %s (chorus weights, %.1f s)\n", src.c_str(), out.c_str(), t.seconds());
   } else if (format == "safetensors") {
     checkpoint::export_safetensors(src, out, dtype, tok_files.source.empty() ? nullptr : &tok_files);
-    std::printf("exported %s -> %s/model.safetensors (%s) + config.json%s (%.1f s)\n", src.c_str(), out.c_str(),
-                precision_name(dtype),
-                tok_files.source.empty() ? "" : (" + tokenizer.json, tokenizer_config.json of " + tok_files.source).c_str(),
+    std::printf("exported %s -> %s/model.safetensors (%s) + config.json%s (%.1f s)\n", src.c_str(),
+                out.c_str(), precision_name(dtype),
+                tok_files.source.empty()
+                    ? ""
+                    : (" + tokenizer.json, tokenizer_config.json of " + tok_files.source).c_str(),
                 t.seconds());
     if (tok_files.source.empty())
-      log_warn("export: no tokenizer written (no --tokenizer, and no run config.json beside the checkpoint names "
-               "one): give --tokenizer to add tokenizer.json");
+      log_warn(
+          "export: no tokenizer written (no --tokenizer, and no run config.json beside the checkpoint names "
+          "one): give --tokenizer to add tokenizer.json");
   } else {
     CHORUS_FAIL("format: expected 'chorus' or 'safetensors', got '%s'", format.c_str());
   }

@@ -379,7 +379,8 @@ void export_safetensors(const std::string& src, const std::string& out_dir, Prec
   write_durable_rename(fs::path(out_dir) / "model.safetensors", bytes);
   write_durable_rename(fs::path(out_dir) / "config.json", config.dump(2) + "\n");
   if (tokenizer)
-    for (const auto& [name, contents] : tokenizer->files) write_durable_rename(fs::path(out_dir) / name, contents);
+    for (const auto& [name, contents] : tokenizer->files)
+      write_durable_rename(fs::path(out_dir) / name, contents);
   fsync_path(out_dir);
 }
 

@@ -7,10 +7,9 @@
 #include <utility>
 #include <vector>
 
-#include "core/dtype.h"
-
 #include "checkpoint/layout.h"
 #include "checkpoint/manifest.h"
+#include "core/dtype.h"
 
 namespace chorus::checkpoint {
 

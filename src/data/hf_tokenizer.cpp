@@ -39,8 +39,8 @@ std::string byte_level(const std::string& bytes) {
 }
 
 ordered_json added_token(uint32_t id, const std::string& content) {
-  return {{"id", id},          {"content", content}, {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},   {"normalized", false}, {"special", true}};
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", true}};
 }
 
 }  // namespace
@@ -53,16 +53,19 @@ std::string huggingface_tokenizer_json(const Tokenizer& tok) {
   for (uint32_t id = 0; id < uint32_t(tok.vocab_size()); ++id) {
     const std::string s = id < n_specials_begin ? byte_level(tok.token_bytes(id)) : tok.token_bytes(id);
     auto [it, fresh] = seen.emplace(s, id);
-    CHORUS_CHECK(fresh,
-                 "Hugging Face export of tokenizer %.16s...: ids %u and %u are the same string '%s'; a Hugging "
-                 "Face vocabulary maps each string to one id, so this tokenizer has no exact tokenizer.json",
-                 tok.hash().c_str(), it->second, id, s.c_str());
+    CHORUS_CHECK(
+        fresh,
+        "Hugging Face export of tokenizer %.16s...: ids %u and %u are the same string '%s'; a Hugging "
+        "Face vocabulary maps each string to one id, so this tokenizer has no exact tokenizer.json",
+        tok.hash().c_str(), it->second, id, s.c_str());
     vocab[s] = id;
   }
   ordered_json merge_list = ordered_json::array();
-  for (const auto& [a, b] : merges) merge_list.push_back(byte_level(tok.token_bytes(a)) + " " + byte_level(tok.token_bytes(b)));
+  for (const auto& [a, b] : merges)
+    merge_list.push_back(byte_level(tok.token_bytes(a)) + " " + byte_level(tok.token_bytes(b)));
   ordered_json added = ordered_json::array();
-  for (uint32_t i = 0; i < tok.specials().size(); ++i) added.push_back(added_token(n_specials_begin + i, tok.specials()[i]));
+  for (uint32_t i = 0; i < tok.specials().size(); ++i)
+    added.push_back(added_token(n_specials_begin + i, tok.specials()[i]));
   const ordered_json byte_level_step = {
       {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}};
 
@@ -104,8 +107,7 @@ std::string huggingface_tokenizer_config_json(const Tokenizer& tok, int context)
                           {"unk_token", "<|endoftext|>"},
                           {"additional_special_tokens", extra},
                           {"model_max_length", context},
-                          {"clean_up_tokenization_spaces", false},
-                          {"add_prefix_space", false}};
+                          {"clean_up_tokenization_spaces", false}};
   return j.dump(2) + "\n";
 }
 

@@ -490,7 +490,8 @@ std::string pretokenizer_regex() {
   constexpr size_t kClasses = size_t(CharClass::kNewline) + 1;
   std::vector<std::pair<uint32_t, uint32_t>> ranges[kClasses];
   for (uint32_t c = 0; c <= 0x10FFFF; c = c == 0xD7FF ? 0xE000 : c + 1) {
-    auto& r = ranges[size_t(c < 0x80 ? classify_ascii(static_cast<unsigned char>(c)) : classify_non_ascii(c))];
+    auto& r =
+        ranges[size_t(c < 0x80 ? classify_ascii(static_cast<unsigned char>(c)) : classify_non_ascii(c))];
     if (!r.empty() && r.back().second + 1 == c)
       r.back().second = c;
     else
@@ -510,10 +511,10 @@ std::string pretokenizer_regex() {
                     wordish = set({K::kLetter, K::kCjk, K::kDigit, K::kOther, K::kExtend});
   // The branches of for_each_pretoken, in its order. A run of spaces before a
   // word gives its last ' ' to the word when it is longer than one byte.
-  return "\\x{20}?" + L + LE + "*|" +                                          // letters
-         "\\x{20}?" + C + CE + "*|" +                                          // CJK
-         "\\x{20}?" + D + E + "(?:" + D + E + "){0,2}|" +                      // at most 3 digits
-         "\\x{20}?" + OE + "+|" +                                              // other (an extender first)
+  return "\\x{20}?" + L + LE + "*|" +                      // letters
+         "\\x{20}?" + C + CE + "*|" +                      // CJK
+         "\\x{20}?" + D + E + "(?:" + D + E + "){0,2}|" +  // at most 3 digits
+         "\\x{20}?" + OE + "+|" +                          // other (an extender first)
          S + "+(?=\\x{20}" + wordish + ")|" + S + "+|" + set({K::kNewline}) + "+";
 }
 

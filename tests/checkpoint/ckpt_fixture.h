@@ -70,7 +70,8 @@ struct TinyState {
     const size_t n = model.n_params();
     Rng noise(seed, 7);
     for (const auto& t : model.param_table()) {  // wte's padding rows stay zero
-      const size_t n_real = t.name == "wte.weight" ? size_t(tiny_config().vocab_size * tiny_config().n_embd) : t.numel;
+      const size_t n_real =
+          t.name == "wte.weight" ? size_t(tiny_config().vocab_size * tiny_config().n_embd) : t.numel;
       for (size_t i = 0; i < n_real; ++i) model.params()[t.offset + i] += 0.05f * noise.normal();
     }
     m.resize(n);

@@ -7,15 +7,14 @@
 #include <sys/wait.h>
 
 #include <array>
-#include <cstdio>
-#include <fstream>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <initializer_list>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace chorus::testing {
 
@@ -97,9 +96,9 @@ inline ::testing::AssertionResult rows_to_compare(const std::string& run_a, cons
   *a = metric(run_a, key);
   *b = metric(run_b, key);
   if (a->size() == rows && b->size() == rows) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "'" << key << "' rows to compare: expected " << rows << " in each run, got "
-                                       << a->size() << " in " << run_a << "/metrics.jsonl and " << b->size()
-                                       << " in " << run_b << "/metrics.jsonl";
+  return ::testing::AssertionFailure()
+         << "'" << key << "' rows to compare: expected " << rows << " in each run, got " << a->size()
+         << " in " << run_a << "/metrics.jsonl and " << b->size() << " in " << run_b << "/metrics.jsonl";
 }
 
 }  // namespace chorus::testing

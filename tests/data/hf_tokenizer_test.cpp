@@ -30,7 +30,9 @@ std::string read_all(const fs::path& path) {
   return ss.str();
 }
 
-void write_all(const fs::path& path, const std::string& data) { std::ofstream(path, std::ios::binary) << data; }
+void write_all(const fs::path& path, const std::string& data) {
+  std::ofstream(path, std::ios::binary) << data;
+}
 
 // The first whole lines of datasets/text/<lang>.txt, about n bytes.
 std::string head_lines(const std::string& lang, size_t n) {
@@ -53,12 +55,14 @@ std::vector<Segment> sample() {
     s.push_back({head_lines(lang, 300)});
     s.push_back({"<|endoftext|>", true});
   }
-  for (const char* t : {"<|startoftranscript|>", "<|de|>", "<|transcribe|>", "<|notimestamps|>"}) s.push_back({t, true});
+  for (const char* t : {"<|startoftranscript|>", "<|de|>", "<|transcribe|>", "<|notimestamps|>"})
+    s.push_back({t, true});
   s.push_back({" Guten Tag, wie geht's?"});
   s.push_back({"<|endoftext|>", true});
   s.push_back({std::string("  two spaces, \t\ttabs, \t mixed \t word,   three, trailing   \n   \n\r\n\r\n"
                            "\v\f form feeds\t\n end  ") +
-               std::string(1, '\0') + "nul \x01\x02\x7f control, C1 \u0085, nbsp a\u00a0b, x\u00d7y\u00f7z"
+               std::string(1, '\0') +
+               "nul \x01\x02\x7f control, C1 \u0085, nbsp a\u00a0b, x\u00d7y\u00f7z"
                " 1234567 890 12 a1b22c333d4444 \u0661\u0662\u0663\u0664 \u0966\u0967\u0968\u0969 "
                "\uff11\uff12\uff13\uff14 1\u03012\u03013\u03014\u0301 "
                "e\u0301\u0301 \u0301abc  \u0301x \u0301 caf\u00e9 "
@@ -102,7 +106,8 @@ TEST(HuggingFaceTokenizer, AnIndependentReaderGetsChorusPretokensAndIdsAndDecode
   }
   write_all(dir / "text.txt", text);
 
-  const std::string args = " " + (dir / "tokenizer.json").string() + " " + (dir / "text.txt").string();
+  const std::string args =
+      chorus::strfmt(" %s %s", (dir / "tokenizer.json").c_str(), (dir / "text.txt").c_str());
   const std::string checks = std::string(CHORUS_SOURCE_DIR) + "/tests/data/hf_tokenizer_check";
   const auto r = chorus::testing::sh("/usr/bin/python3 " + checks + ".py" + args);
   // Hugging Face's own library too, where its npm package is on NODE_PATH.
@@ -121,9 +126,11 @@ TEST(HuggingFaceTokenizer, AnIndependentReaderGetsChorusPretokensAndIdsAndDecode
     ASSERT_EQ(theirs[i], ids[i]) << "id " << i << " ('" << tok.token_bytes(ids[i]) << "')";
   EXPECT_TRUE(j.at("roundtrip").get<bool>());
   EXPECT_LT(ids.size(), text.size() / 2) << "the merges must really be used";
-  std::printf("[ hf      ] %zu bytes, %zu pre-tokens, %zu ids agree\n", text.size(), pieces.size(), ids.size());
+  std::printf("[ hf      ] %zu bytes, %zu pre-tokens, %zu ids agree\n", text.size(), pieces.size(),
+              ids.size());
   if (!have_hf) {
-    std::printf("[ hf      ] Hugging Face tokenizers (npm @anush008/tokenizers on NODE_PATH) not found: not run\n");
+    std::printf(
+        "[ hf      ] Hugging Face tokenizers (npm @anush008/tokenizers on NODE_PATH) not found: not run\n");
     return;
   }
   ASSERT_EQ(hf.code, 0) << hf.out;
@@ -161,9 +168,11 @@ TEST(HuggingFaceTokenizer, TwoIdsWithTheSameBytesAreRefusedNamingBoth) {
   // merges: (a, b) -> 256, (256, c) -> 257 "abc", (b, c) -> 258, (a, 258) -> 259 "abc" again
   const fs::path path = fs::temp_directory_path() / ("chorus_hf_dup_" + std::to_string(getpid()) + ".json");
   auto file = [&](const std::string& hash) {
-    return "{\"format\": \"chorus-bpe\", \"version\": 1, \"vocab_size\": 262, \"merges\": [[97, 98], [256, 99], "
+    return "{\"format\": \"chorus-bpe\", \"version\": 1, \"vocab_size\": 262, \"merges\": [[97, 98], [256, "
+           "99], "
            "[98, 99], [97, 258]], \"specials\": [\"<|endoftext|>\", \"<|x|>\"], \"languages\": [\"x\"], "
-           "\"hash\": \"" + hash + "\"}";
+           "\"hash\": \"" +
+           hash + "\"}";
   };
   write_all(path, file("0"));
   std::string hash;
@@ -182,7 +191,8 @@ TEST(HuggingFaceTokenizer, TwoIdsWithTheSameBytesAreRefusedNamingBoth) {
     huggingface_tokenizer_json(tok);
     FAIL() << "expected a refusal";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("ids 257 and 259 are the same string 'abc'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("ids 257 and 259 are the same string 'abc'"), std::string::npos)
+        << e.what();
   }
 }
 

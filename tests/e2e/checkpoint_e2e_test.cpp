@@ -34,9 +34,9 @@ namespace fs = std::filesystem;
 namespace {
 
 using chorus::testing::losses;
-using chorus::testing::rows_to_compare;
 using chorus::testing::mpirun;
 using chorus::testing::Result;
+using chorus::testing::rows_to_compare;
 using chorus::testing::sh;
 
 

@@ -22,10 +22,10 @@
 
 namespace fs = std::filesystem;
 using chorus::testing::losses;
-using chorus::testing::rows_to_compare;
 using chorus::testing::metric;
 using chorus::testing::mpirun;
 using chorus::testing::Result;
+using chorus::testing::rows_to_compare;
 using chorus::testing::sh;
 
 namespace {

@@ -34,9 +34,9 @@ class HfExport : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("chorus_hf_export_e2e_" + std::to_string(getpid()));
     fs::remove_all(dir_);
     ASSERT_EQ(chorus::testing::make_corpus(dir_, {"en", "ja", "ar"}, 1024), "");
-    const Result r = run("pretrain --quiet --config " + std::string(CHORUS_SOURCE_DIR) + "/configs/gpt-tiny.ini" +
-                         " --tokenizer " + p("tok.json") + " --data " + p("shards") + " --run-dir " + p("run") +
-                         " --steps 2 --peak-gflops 100");
+    const Result r = run("pretrain --quiet --config " + std::string(CHORUS_SOURCE_DIR) +
+                         "/configs/gpt-tiny.ini" + " --tokenizer " + p("tok.json") + " --data " +
+                         p("shards") + " --run-dir " + p("run") + " --steps 2 --peak-gflops 100");
     ASSERT_EQ(r.code, 0) << r.out;
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
@@ -49,7 +49,8 @@ fs::path HfExport::dir_;
 TEST_F(HfExport, WritesTheRunsTokenizerWhoseIdsAHuggingFaceReaderReproduces) {
   const Result r = run("checkpoint export " + ckpt() + " --format safetensors --out " + p("hf"));
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("tokenizer.json, tokenizer_config.json of " + p("tok.json")), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tokenizer.json, tokenizer_config.json of " + p("tok.json")), std::string::npos)
+      << r.out;
   const json cfg = read_json(p("hf/tokenizer_config.json"));
   EXPECT_EQ(cfg.at("model_max_length"), 64);
   EXPECT_EQ(read_json(p("hf/tokenizer.json")).at("model").at("vocab").size(), 1024u);
@@ -75,23 +76,25 @@ TEST_F(HfExport, WritesTheRunsTokenizerWhoseIdsAHuggingFaceReaderReproduces) {
 }
 
 TEST_F(HfExport, AnotherRunsTokenizerOrOneInsideOutIsRefusedWithNothingWritten) {
-  Result r = run("train-tokenizer --quiet --input " + p("text/en.txt") + " --vocab 600 --out " + p("other.json"));
+  Result r =
+      run("train-tokenizer --quiet --input " + p("text/en.txt") + " --vocab 600 --out " + p("other.json"));
   ASSERT_EQ(r.code, 0) << r.out;
   const auto other = chorus::data::Tokenizer::load(p("other.json"));
   const auto ours = chorus::data::Tokenizer::load(p("tok.json"));
   r = run("checkpoint export " + ckpt() + " --format safetensors --out " + p("hf2") + " --tokenizer " +
           p("other.json"));
   EXPECT_EQ(r.code, 1) << r.out;
-  EXPECT_NE(r.out.find("tokenizer: '" + p("other.json") + "' has hash " + other.hash() + " but the checkpoint"),
-            std::string::npos)
+  EXPECT_NE(
+      r.out.find("tokenizer: '" + p("other.json") + "' has hash " + other.hash() + " but the checkpoint"),
+      std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("was trained with tokenizer " + ours.hash()), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(p("hf2/model.safetensors")));
 
   fs::create_directories(p("hf3"));
   fs::copy_file(p("tok.json"), p("hf3/tokenizer.json"));
-  r = run("checkpoint export " + ckpt() + " --format safetensors --force --out " + p("hf3") + " --tokenizer " +
-          p("hf3/tokenizer.json"));
+  r = run("checkpoint export " + ckpt() + " --format safetensors --force --out " + p("hf3") +
+          " --tokenizer " + p("hf3/tokenizer.json"));
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("out: '" + p("hf3/tokenizer.json") + "' is the input"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(p("hf3/model.safetensors")));

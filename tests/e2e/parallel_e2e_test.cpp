@@ -29,8 +29,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using chorus::testing::rows_to_compare;
 using chorus::testing::mpirun;
+using chorus::testing::rows_to_compare;
 using chorus::testing::sh;
 
 std::map<std::string, std::vector<float>> read_params(const std::string& path) {

@@ -90,7 +90,8 @@ TEST_F(E2E, SameSeedSameLosses) {
   ASSERT_EQ(a.code, 0) << a.out;
   ASSERT_EQ(b.code, 0) << b.out;
   std::vector<double> la, lb;
-  ASSERT_TRUE(chorus::testing::rows_to_compare((dir_ / "a").string(), (dir_ / "b").string(), "loss", 5, &la, &lb));
+  ASSERT_TRUE(
+      chorus::testing::rows_to_compare((dir_ / "a").string(), (dir_ / "b").string(), "loss", 5, &la, &lb));
   EXPECT_EQ(la, lb);
 }
 

@@ -20,9 +20,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using chorus::testing::rows_to_compare;
 using chorus::testing::mpirun;
 using chorus::testing::Result;
+using chorus::testing::rows_to_compare;
 using chorus::testing::sh;
 
 class Watchdog : public ::testing::Test {
