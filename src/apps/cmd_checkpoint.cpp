@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -16,6 +18,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/timer.h"
+#include "data/hf_tokenizer.h"
 
 namespace chorus::apps {
 
@@ -152,6 +155,24 @@ int reshard_cmd(int argc, char** argv) {
   return 0;
 }
 
+// The tokenizer of a safetensors export: --tokenizer, else the one the run
+// recorded in config.json beside the checkpoint (<save-dir>/config.json when
+// the save directory is the run directory) if it is still there. "" if none.
+std::string export_tokenizer_path(const std::string& flag, const std::string& ckpt_dir) {
+  if (!flag.empty()) {
+    check_input_file(flag, "tokenizer", "a tokenizer JSON file");
+    return flag;
+  }
+  const std::filesystem::path config = std::filesystem::path(ckpt_dir).parent_path() / "config.json";
+  std::ifstream in(config);
+  if (!in) return "";
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (!j.is_object() || !j.contains("tokenizer") || !j["tokenizer"].is_string()) return "";
+  const std::string path = j["tokenizer"].get<std::string>();
+  std::error_code ec;
+  return std::filesystem::is_regular_file(path, ec) ? path : "";
+}
+
 int export_cmd(int argc, char** argv) {
   OptionSet o(
       "checkpoint export",
@@ -159,10 +180,17 @@ int export_cmd(int argc, char** argv) {
       "  --format chorus       one weights file (chorus generate --weights FILE, the speech fine-tune)\n"
       "  --format safetensors  a directory with model.safetensors (GPT-2 / Hugging Face GPT2Model tensor\n"
       "                        names and layout: Conv1D weights (in, out), wte with the real vocabulary)\n"
-      "                        and config.json");
+      "                        and config.json, and with the run's tokenizer (--tokenizer, else the one in\n"
+      "                        the run's config.json) tokenizer.json + tokenizer_config.json in the Hugging\n"
+      "                        Face `tokenizers` format, which gives the ids Chorus gives "
+      "(docs/RELIABILITY.md)");
   o.add<std::string>("input", "dir", "", "checkpoint or save directory (positional)");
   o.add<std::string>("output", "out", "", "output file (chorus) or directory (safetensors)");
   o.add<std::string>("output", "format", "chorus", "chorus | safetensors");
+  o.add<std::string>(
+      "input", "tokenizer", "",
+      "the run's tokenizer JSON, for --format safetensors (default: the one named in the run's "
+      "config.json beside the checkpoint)");
   o.add_switch("output", "force", "replace an existing --out file (chorus) or model.safetensors / config.json in "
                                   "the --out directory (safetensors); refused without it");
   o.add<std::string>("output", "dtype", "fp32",
@@ -179,9 +207,26 @@ int export_cmd(int argc, char** argv) {
   // Never over the checkpoint it reads (its directory and every file in it).
   check_not_input(out, "out", {checkpoint::resolve_checkpoint_dir(src)});
   const bool force = vm["force"].as<bool>();
+  checkpoint::ExportTokenizer tok_files;
   if (format == "safetensors") {
-    for (const char* name : {"model.safetensors", "config.json"})
-      check_new_file((std::filesystem::path(out) / name).string(), "out", force);
+    const std::string dir = checkpoint::resolve_checkpoint_dir(src);
+    tok_files.source = export_tokenizer_path(vm["tokenizer"].as<std::string>(), dir);
+    if (!tok_files.source.empty()) {
+      const data::Tokenizer tok = data::Tokenizer::load(tok_files.source);
+      const checkpoint::Manifest m =
+          checkpoint::read_manifest((std::filesystem::path(dir) / "manifest.json").string());
+      tok_files.hash = tok.hash();
+      tok_files.files = {
+          {"tokenizer.json", data::huggingface_tokenizer_json(tok)},
+          {"tokenizer_config.json", data::huggingface_tokenizer_config_json(tok, m.model.context)}};
+    }
+    std::vector<std::string> names = {"model.safetensors", "config.json"};
+    for (const auto& f : tok_files.files) names.push_back(f.first);
+    for (const auto& name : names) {
+      const std::string path = (std::filesystem::path(out) / name).string();
+      if (!tok_files.source.empty()) check_not_input(path, "out", {tok_files.source});
+      check_new_file(path, "out", force);
+    }
   } else {
     check_new_file(out, "out", force);
   }
@@ -194,9 +239,17 @@ int export_cmd(int argc, char** argv) {
     checkpoint::export_weights(src, out);
     std::printf("exported %s -> %s (chorus weights, %.1f s)\n", src.c_str(), out.c_str(), t.seconds());
   } else if (format == "safetensors") {
-    checkpoint::export_safetensors(src, out, dtype);
-    std::printf("exported %s -> %s/model.safetensors (%s) + config.json (%.1f s)\n", src.c_str(), out.c_str(),
-                precision_name(dtype), t.seconds());
+    checkpoint::export_safetensors(src, out, dtype, tok_files.source.empty() ? nullptr : &tok_files);
+    std::printf("exported %s -> %s/model.safetensors (%s) + config.json%s (%.1f s)\n", src.c_str(),
+                out.c_str(), precision_name(dtype),
+                tok_files.source.empty()
+                    ? ""
+                    : (" + tokenizer.json, tokenizer_config.json of " + tok_files.source).c_str(),
+                t.seconds());
+    if (tok_files.source.empty())
+      log_warn(
+          "export: no tokenizer written (no --tokenizer, and no run config.json beside the checkpoint names "
+          "one): give --tokenizer to add tokenizer.json");
   } else {
     CHORUS_FAIL("format: expected 'chorus' or 'safetensors', got '%s'", format.c_str());
   }

@@ -173,6 +173,13 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   CHORUS_CHECK(reduce == "fp32" || reduce == "bf16", "grad-reduce-dtype: expected fp32 or bf16, got '%s'",
                reduce.c_str());
   p.grad_reduce_dtype = reduce == "bf16" ? dist::DType::bf16 : dist::DType::f32;
+  for (const char* name :
+       {"CHORUS_FAIL_AT", "CHORUS_CKPT_KILL_AT", "CHORUS_INJECT_INF", "CHORUS_INJECT_NAN_LOSS"})
+    if (const char* v = std::getenv(name))
+      log_warn(
+          "%s=%s is set: a fault-injection switch for the tests: this run gets faults on purpose "
+          "(docs/RELIABILITY.md)",
+          name, v);
   p.inject_inf_grad = injected_fault("CHORUS_INJECT_INF");
   p.inject_nan_loss = injected_fault("CHORUS_INJECT_NAN_LOSS");
   if (const char* f = std::getenv("CHORUS_FAIL_AT")) {

@@ -271,9 +271,14 @@ void export_weights(const std::string& src, const std::string& out) {
   write_weights_file(out, l.manifest.model, l.manifest.tokenizer_hash, views);
 }
 
-void export_safetensors(const std::string& src, const std::string& out_dir, Precision dtype) {
+void export_safetensors(const std::string& src, const std::string& out_dir, Precision dtype,
+                        const ExportTokenizer* tokenizer) {
   const Loaded l = load_manifest(src);
   const Manifest& m = l.manifest;
+  CHORUS_CHECK(!tokenizer || tokenizer->hash == m.tokenizer_hash,
+               "tokenizer: '%s' has hash %s but the checkpoint '%s' was trained with tokenizer %s; give the "
+               "run's tokenizer (--tokenizer)",
+               tokenizer->source.c_str(), tokenizer->hash.c_str(), l.dir.c_str(), m.tokenizer_hash.c_str());
   const GlobalState g = read_global(l.dir, m, false);
   // GPT-2's Conv1D layers store (in, out); ours are Linear (out, in).
   auto conv1d = [](const std::string& name) {
@@ -373,6 +378,9 @@ void export_safetensors(const std::string& src, const std::string& out_dir, Prec
   fs::create_directories(out_dir);
   write_durable_rename(fs::path(out_dir) / "model.safetensors", bytes);
   write_durable_rename(fs::path(out_dir) / "config.json", config.dump(2) + "\n");
+  if (tokenizer)
+    for (const auto& [name, contents] : tokenizer->files)
+      write_durable_rename(fs::path(out_dir) / name, contents);
   fsync_path(out_dir);
 }
 

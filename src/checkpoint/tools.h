@@ -4,12 +4,12 @@
 #pragma once
 
 #include <string>
-
-#include "core/dtype.h"
+#include <utility>
 #include <vector>
 
 #include "checkpoint/layout.h"
 #include "checkpoint/manifest.h"
+#include "core/dtype.h"
 
 namespace chorus::checkpoint {
 
@@ -47,6 +47,17 @@ void export_weights(const std::string& src, const std::string& out);
 // dtype fp32 (tensors "F32") or bf16 ("BF16", rounded to nearest even from the
 // fp32 masters: half the size, what PyTorch / Hugging Face load for bf16
 // inference or fine-tuning).
-void export_safetensors(const std::string& src, const std::string& out_dir, Precision dtype = Precision::fp32);
+//
+// With `tokenizer`, its files (tokenizer.json, tokenizer_config.json in the
+// Hugging Face format, rendered by the caller from data/hf_tokenizer.h) are
+// written next to the weights; a tokenizer whose hash is not the checkpoint's
+// is refused before anything is written.
+struct ExportTokenizer {
+  std::string hash;    // the tokenizer's identity (data::Tokenizer::hash())
+  std::string source;  // where it came from, for messages
+  std::vector<std::pair<std::string, std::string>> files;  // file name in out_dir -> contents
+};
+void export_safetensors(const std::string& src, const std::string& out_dir, Precision dtype = Precision::fp32,
+                        const ExportTokenizer* tokenizer = nullptr);
 
 }  // namespace chorus::checkpoint

@@ -110,15 +110,17 @@ CharClass classify_non_ascii(uint32_t c) {
   return CharClass::kLetter;
 }
 
+inline CharClass classify_ascii(unsigned char b) {
+  if ((b | 0x20) >= 'a' && (b | 0x20) <= 'z') return CharClass::kLetter;
+  if (b >= '0' && b <= '9') return CharClass::kDigit;
+  if (is_ascii_space(b)) return CharClass::kSpace;
+  if (is_ascii_newline(b)) return CharClass::kNewline;
+  return CharClass::kOther;
+}
+
 inline Char char_at(const unsigned char* p, size_t n, size_t i) {
   const unsigned char b = p[i];
-  if (b < 0x80) {
-    if ((b | 0x20) >= 'a' && (b | 0x20) <= 'z') return {CharClass::kLetter, 1};
-    if (b >= '0' && b <= '9') return {CharClass::kDigit, 1};
-    if (is_ascii_space(b)) return {CharClass::kSpace, 1};
-    if (is_ascii_newline(b)) return {CharClass::kNewline, 1};
-    return {CharClass::kOther, 1};
-  }
+  if (b < 0x80) return {classify_ascii(b), 1};
   uint32_t cp = 0;
   const uint32_t len = decode_utf8(p + i, n - i, &cp);
   if (len == 0) return {CharClass::kOther, 1};  // invalid byte: its own "other" character
@@ -482,6 +484,40 @@ struct Tokenizer::Impl {
   std::map<std::string, uint32_t, std::less<>> special_ids;
 };
 
+std::string pretokenizer_regex() {
+  // Each class's code points as ranges, read off the classifier itself so the
+  // regex cannot drift from for_each_pretoken. Surrogates are no characters.
+  constexpr size_t kClasses = size_t(CharClass::kNewline) + 1;
+  std::vector<std::pair<uint32_t, uint32_t>> ranges[kClasses];
+  for (uint32_t c = 0; c <= 0x10FFFF; c = c == 0xD7FF ? 0xE000 : c + 1) {
+    auto& r =
+        ranges[size_t(c < 0x80 ? classify_ascii(static_cast<unsigned char>(c)) : classify_non_ascii(c))];
+    if (!r.empty() && r.back().second + 1 == c)
+      r.back().second = c;
+    else
+      r.emplace_back(c, c);
+  }
+  auto set = [&](std::initializer_list<CharClass> classes) {
+    std::string s = "[";
+    for (CharClass k : classes)
+      for (const auto& [lo, hi] : ranges[size_t(k)])
+        s += lo == hi ? strfmt("\\x{%X}", lo) : strfmt("\\x{%X}-\\x{%X}", lo, hi);
+    return s + "]";
+  };
+  using K = CharClass;
+  const std::string L = set({K::kLetter}), LE = set({K::kLetter, K::kExtend}), C = set({K::kCjk}),
+                    CE = set({K::kCjk, K::kExtend}), D = set({K::kDigit}), E = set({K::kExtend}) + "*",
+                    OE = set({K::kOther, K::kExtend}), S = set({K::kSpace}),
+                    wordish = set({K::kLetter, K::kCjk, K::kDigit, K::kOther, K::kExtend});
+  // The branches of for_each_pretoken, in its order. A run of spaces before a
+  // word gives its last ' ' to the word when it is longer than one byte.
+  return "\\x{20}?" + L + LE + "*|" +                      // letters
+         "\\x{20}?" + C + CE + "*|" +                      // CJK
+         "\\x{20}?" + D + E + "(?:" + D + E + "){0,2}|" +  // at most 3 digits
+         "\\x{20}?" + OE + "+|" +                          // other (an extender first)
+         S + "+(?=\\x{20}" + wordish + ")|" + S + "+|" + set({K::kNewline}) + "+";
+}
+
 const std::vector<std::string>& default_languages() {
   static const std::vector<std::string> langs = {
       "en", "de", "fr", "es", "it", "pt", "ru", "zh",                                 // most data first
@@ -598,6 +634,12 @@ std::vector<uint32_t> Tokenizer::encode(std::string_view text) const {
     const uint32_t* p = cache_ids.data() + it->second.first;
     out.insert(out.end(), p, p + it->second.second);
   });
+  return out;
+}
+
+std::vector<std::string_view> Tokenizer::pretokens(std::string_view text) {
+  std::vector<std::string_view> out;
+  for_each_pretoken(text, [&](std::string_view chunk) { out.push_back(chunk); });
   return out;
 }
 

@@ -50,6 +50,8 @@ class Tokenizer {
   // Plain text -> ids. Special-token strings in the text are NOT parsed; they
   // are encoded as ordinary bytes. Thread-safe (const).
   std::vector<uint32_t> encode(std::string_view text) const;
+  // The pre-tokens encode() merges within, in order; they concatenate to text.
+  static std::vector<std::string_view> pretokens(std::string_view text);
   // ids -> bytes. Special tokens decode to their literal string "<|...|>".
   // An id >= vocab_size() throws.
   std::string decode(std::span<const uint32_t> ids) const;
@@ -62,6 +64,9 @@ class Tokenizer {
   uint32_t special(std::string_view name) const;
   uint32_t eot() const { return special("<|endoftext|>"); }
   const std::vector<std::string>& languages() const { return languages_; }
+  // Merge i joins ids (a, b) into id 256 + i; special i has id 256 + n_merges + i.
+  const std::vector<std::pair<uint32_t, uint32_t>>& merges() const { return merges_; }
+  const std::vector<std::string>& specials() const { return specials_; }
   // SHA-256 hex of the merges, specials and languages (the tokenizer's identity;
   // stored in every shard and checkpoint).
   const std::string& hash() const { return hash_; }
@@ -77,6 +82,13 @@ class Tokenizer {
   struct Impl;
   std::shared_ptr<const Impl> impl_;                    // merge-rank lookup etc.
 };
+
+// The pre-tokenizer as one regular expression (Oniguruma / Hugging Face
+// `tokenizers` syntax: \x{HEX} code points, classes, (?=...) look-ahead):
+// its successive leftmost matches are the chunks encode() splits a valid
+// UTF-8 text into, character classes included (generated from the same
+// classifier). Invalid UTF-8 has no counterpart: a regex runs on characters.
+std::string pretokenizer_regex();
 
 // Languages reserved by default: the 33 of datasets/text, en de fr es it pt ru
 // zh first, then the rest alphabetically. The order fixes the ids of <|xx|> tokens.

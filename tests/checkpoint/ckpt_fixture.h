@@ -43,7 +43,21 @@ struct TempDir {
   std::string operator/(const std::string& s) const { return (path / s).string(); }
 };
 
-// A model plus optimizer state for one rank of TP 1 / DP 1.
+// Every tensor of m holds more than one value: a tensor dropped, swapped with
+// another of its shape or left at its initial ones / zeros by a save, load or
+// export cannot go unnoticed by a test that compares the tensors.
+inline void expect_every_tensor_distinct(models::Gpt& m) {
+  const auto params = m.params();
+  for (const auto& t : m.param_table()) {
+    const float* p = params.data() + t.offset;
+    size_t n_equal = 0;
+    for (size_t i = 1; i < t.numel; ++i) n_equal += p[i] == p[0];
+    EXPECT_LT(n_equal, t.numel / 2) << t.name << " is (nearly) constant";
+  }
+}
+
+// A model plus optimizer state for one rank of TP 1 / DP 1. Every weight is
+// perturbed off its initial value (LayerNorm gains and all biases included).
 struct TinyState {
   models::Gpt model{tiny_config(), 1, 4};
   std::vector<float> m, v;
@@ -54,6 +68,12 @@ struct TinyState {
   explicit TinyState(uint64_t seed = 5) {
     model.init_weights(seed);
     const size_t n = model.n_params();
+    Rng noise(seed, 7);
+    for (const auto& t : model.param_table()) {  // wte's padding rows stay zero
+      const size_t n_real =
+          t.name == "wte.weight" ? size_t(tiny_config().vocab_size * tiny_config().n_embd) : t.numel;
+      for (size_t i = 0; i < n_real; ++i) model.params()[t.offset + i] += 0.05f * noise.normal();
+    }
     m.resize(n);
     v.resize(n);
     Rng rng(seed, 99);

@@ -3,18 +3,18 @@
 // a run wrote to metrics.jsonl. Header-only; include as "common/process.h".
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <array>
-#include <cstdio>
-#include <fstream>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <initializer_list>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace chorus::testing {
 
@@ -85,5 +85,20 @@ inline std::vector<double> metric(const std::string& run_dir, const std::string&
 
 // The "loss" of every row of <run_dir>/metrics.jsonl.
 inline std::vector<double> losses(const std::string& run_dir) { return metric(run_dir, "loss"); }
+
+// Column `key` of two runs' metrics.jsonl, into *a and *b, for comparing them
+// row by row. Succeeds only when each run logged exactly `rows` rows, so two
+// missing, empty or equally cut-short files never compare equal:
+//   ASSERT_TRUE(rows_to_compare(ref, run, "loss", 6, &a, &b));
+inline ::testing::AssertionResult rows_to_compare(const std::string& run_a, const std::string& run_b,
+                                                  const std::string& key, size_t rows, std::vector<double>* a,
+                                                  std::vector<double>* b) {
+  *a = metric(run_a, key);
+  *b = metric(run_b, key);
+  if (a->size() == rows && b->size() == rows) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "'" << key << "' rows to compare: expected " << rows << " in each run, got " << a->size()
+         << " in " << run_a << "/metrics.jsonl and " << b->size() << " in " << run_b << "/metrics.jsonl";
+}
 
 }  // namespace chorus::testing

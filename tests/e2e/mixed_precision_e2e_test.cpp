@@ -25,6 +25,7 @@ namespace fs = std::filesystem;
 using chorus::testing::losses;
 using chorus::testing::metric;
 using chorus::testing::mpirun;
+using chorus::testing::rows_to_compare;
 using chorus::testing::sh;
 
 namespace {
@@ -63,9 +64,8 @@ class MixedPrecision : public ::testing::Test {
   // The 16-bit curve against fp32: window means of the training loss (one
   // batch is noisy; a window of 20 averages it) and the final validation loss.
   static void expect_tracks_fp32(const std::string& lp, double window_tol, double val_tol) {
-    const auto a = losses(reference()), b = losses(lp);
-    ASSERT_EQ(a.size(), 200u);
-    ASSERT_EQ(b.size(), 200u);
+    std::vector<double> a, b;
+    ASSERT_TRUE(rows_to_compare(reference(), lp, "loss", 200, &a, &b));
     double worst = 0;
     for (size_t w = 0; w < 10; ++w) {
       double ma = 0, mb = 0;

@@ -29,9 +29,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using chorus::testing::losses;
-using chorus::testing::metric;
 using chorus::testing::mpirun;
+using chorus::testing::rows_to_compare;
 using chorus::testing::sh;
 
 std::map<std::string, std::vector<float>> read_params(const std::string& path) {
@@ -105,14 +104,13 @@ class Parallel : public ::testing::Test {
     Tolerance tol = tolerance(precision);
     tol.loss *= tol_factor, tol.grad_norm *= tol_factor, tol.params_global *= tol_factor;
     tol.params_tensor *= tol_factor;
-    auto a = losses(ref), b = losses(run_dir);
-    ASSERT_EQ(a.size(), 6u);
-    ASSERT_EQ(b.size(), a.size());
+    std::vector<double> a, b;
+    ASSERT_TRUE(rows_to_compare(ref, run_dir, "loss", 6, &a, &b));
     for (size_t i = 0; i < a.size(); ++i) EXPECT_LT(std::fabs(a[i] - b[i]) / std::fabs(a[i]), tol.loss) << "step " << i + 1;
     // The gradient norm before clipping, every step: the direct check of the
     // gradient's scale (mean over the global batch, TP shards counted once).
-    auto na = metric(ref, "grad_norm"), nb = metric(run_dir, "grad_norm");
-    ASSERT_EQ(na.size(), nb.size());
+    std::vector<double> na, nb;
+    ASSERT_TRUE(rows_to_compare(ref, run_dir, "grad_norm", 6, &na, &nb));
     double worst_norm = 0;
     for (size_t i = 0; i < na.size(); ++i) {
       const double rel = std::fabs(na[i] - nb[i]) / std::fabs(na[i]);

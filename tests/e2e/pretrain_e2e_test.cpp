@@ -89,10 +89,10 @@ TEST_F(E2E, SameSeedSameLosses) {
                " --run-dir " + (dir_ / "b").string() + " --steps 5 --peak-gflops 100");
   ASSERT_EQ(a.code, 0) << a.out;
   ASSERT_EQ(b.code, 0) << b.out;
-  std::ifstream fa(dir_ / "a" / "metrics.jsonl"), fb(dir_ / "b" / "metrics.jsonl");
-  std::string la, lb;
-  while (std::getline(fa, la) && std::getline(fb, lb))
-    EXPECT_EQ(nlohmann::json::parse(la)["loss"], nlohmann::json::parse(lb)["loss"]);
+  std::vector<double> la, lb;
+  ASSERT_TRUE(
+      chorus::testing::rows_to_compare((dir_ / "a").string(), (dir_ / "b").string(), "loss", 5, &la, &lb));
+  EXPECT_EQ(la, lb);
 }
 
 TEST_F(E2E, RefusesUnknownKeysBadValuesAndMismatchedData) {

@@ -17,6 +17,7 @@ using chorus::testing::losses;
 using chorus::testing::metric;
 using chorus::testing::mpirun;
 using chorus::testing::Result;
+using chorus::testing::rows_to_compare;
 using chorus::testing::sh;
 
 namespace {
@@ -109,7 +110,9 @@ TEST_F(SpeechE2E, ResumeIsExact) {
   const Result b = chorus::testing::chorus("checkpoint hash " + d + "/split");
   ASSERT_EQ(a.code, 0) << a.out;
   EXPECT_EQ(a.out.substr(0, 64), b.out.substr(0, 64)) << a.out << b.out;
-  EXPECT_EQ(losses(d + "/full"), losses(d + "/split"));
+  std::vector<double> la, lb;
+  ASSERT_TRUE(rows_to_compare(d + "/full", d + "/split", "loss", 8, &la, &lb));
+  EXPECT_EQ(la, lb);
 }
 
 TEST_F(SpeechE2E, DataAndTensorParallelEqualOneRank) {
@@ -122,12 +125,11 @@ TEST_F(SpeechE2E, DataAndTensorParallelEqualOneRank) {
   ASSERT_EQ(dp.code, 0) << dp.out;
   Result tp = finetune("tp2", common + "--batch 4 --tp 2", 2);
   ASSERT_EQ(tp.code, 0) << tp.out;
-  const auto g1 = metric(d + "/one", "grad_norm"), g2 = metric(d + "/dp2", "grad_norm"),
-             g3 = metric(d + "/tp2", "grad_norm");
-  const auto l1 = losses(d + "/one"), l2 = losses(d + "/dp2"), l3 = losses(d + "/tp2");
-  ASSERT_EQ(l1.size(), 4u);
-  ASSERT_EQ(l2.size(), 4u);
-  ASSERT_EQ(l3.size(), 4u);
+  std::vector<double> g1, g2, g3, l1, l2, l3;
+  ASSERT_TRUE(rows_to_compare(d + "/one", d + "/dp2", "grad_norm", 4, &g1, &g2));
+  ASSERT_TRUE(rows_to_compare(d + "/one", d + "/tp2", "grad_norm", 4, &g1, &g3));
+  ASSERT_TRUE(rows_to_compare(d + "/one", d + "/dp2", "loss", 4, &l1, &l2));
+  ASSERT_TRUE(rows_to_compare(d + "/one", d + "/tp2", "loss", 4, &l1, &l3));
   for (size_t i = 0; i < 4; ++i) {
     EXPECT_NEAR(l2[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "DP 2 step " << i;
     EXPECT_NEAR(l3[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "TP 2 step " << i;
@@ -144,10 +146,10 @@ TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
   for (const char* p : {"bf16", "fp16"}) {
     Result r = finetune(std::string("p") + p, common + "--precision " + p);
     ASSERT_EQ(r.code, 0) << r.out;
-    const auto a = losses(d + "/p32"), b = losses(d + "/p" + p);
-    ASSERT_EQ(a.size(), b.size());
+    std::vector<double> a, b, va, vb;
+    ASSERT_TRUE(rows_to_compare(d + "/p32", d + "/p" + p, "loss", 6, &a, &b));
     for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 0.03 * a[i]) << p << " step " << i;
-    const auto va = metric(d + "/p32", "val_loss"), vb = metric(d + "/p" + p, "val_loss");
+    ASSERT_TRUE(rows_to_compare(d + "/p32", d + "/p" + p, "val_loss", 6, &va, &vb));
     EXPECT_NEAR(vb.back(), va.back(), 0.03 * va.back()) << p;
   }
 }
