@@ -1,11 +1,14 @@
 // Small helpers shared by unit tests: a temporary directory removed at the
-// end, the message of the chorus::Error a call throws, and a substring check.
+// end, the message of the chorus::Error a call throws, a file's content, and
+// a substring check.
 // Header-only; include as "common/fixtures.h".
 #pragma once
 
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -47,6 +50,14 @@ std::string error_of(F&& f) {
   }
   ADD_FAILURE() << "expected chorus::Error";
   return "";
+}
+
+// The whole content of a file ("" if it cannot be read).
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
 }
 
 }  // namespace chorus::testing

@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/fixtures.h"
 #include "core/error.h"
 #include "core/fsync.h"
 #include "core/json_number.h"
@@ -24,12 +25,7 @@ using namespace chorus;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using chorus::testing::slurp;
 
 fs::path scratch(const char* name) {
   const fs::path d = fs::temp_directory_path() / (std::string("chorus_run_record_") + name + "_" +

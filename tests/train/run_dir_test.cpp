@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/fixtures.h"
 #include "core/error.h"
 #include "core/process_info.h"
 #include "dist/grid.h"
@@ -21,12 +22,7 @@ using namespace chorus;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using chorus::testing::slurp;
 
 class RunDirTest : public ::testing::Test {
  protected:
