@@ -72,8 +72,9 @@ int cmd_pretrain(int argc, char** argv, dist::Runtime& rt) {
               "and on a stop; --resume auto continues bit-exactly, also under another TP / DP / ZeRO layout.\n"
               "SIGTERM or SIGUSR1 on any rank: every rank finishes the step, a checkpoint is written and the\n"
               "job exits with code 75 (requeue and run again with --resume auto).\n"
-              "CHORUS_FAIL_AT, CHORUS_CKPT_KILL_AT, CHORUS_INJECT_INF and CHORUS_INJECT_NAN_LOSS in the\n"
-              "environment inject faults for the tests (docs/RELIABILITY.md): never set them.");
+              "CHORUS_FAIL_AT, CHORUS_CKPT_KILL_AT, CHORUS_INJECT_INF, CHORUS_INJECT_NAN_LOSS and\n"
+              "CHORUS_STEP_DELAY_MS in the environment inject faults for the tests (docs/RELIABILITY.md):\n"
+              "never set them.");
   add_pretrain_flags(o);
   o.allow_config();
   po::variables_map vm;

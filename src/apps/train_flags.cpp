@@ -174,7 +174,7 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
                reduce.c_str());
   p.grad_reduce_dtype = reduce == "bf16" ? dist::DType::bf16 : dist::DType::f32;
   for (const char* name :
-       {"CHORUS_FAIL_AT", "CHORUS_CKPT_KILL_AT", "CHORUS_INJECT_INF", "CHORUS_INJECT_NAN_LOSS"})
+       {"CHORUS_FAIL_AT", "CHORUS_CKPT_KILL_AT", "CHORUS_INJECT_INF", "CHORUS_INJECT_NAN_LOSS", "CHORUS_STEP_DELAY_MS"})
     if (const char* v = std::getenv(name))
       log_warn(
           "%s=%s is set: a fault-injection switch for the tests: this run gets faults on purpose "
@@ -182,6 +182,13 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
           name, v);
   p.inject_inf_grad = injected_fault("CHORUS_INJECT_INF");
   p.inject_nan_loss = injected_fault("CHORUS_INJECT_NAN_LOSS");
+  if (const char* d = std::getenv("CHORUS_STEP_DELAY_MS")) {
+    char* end = nullptr;
+    const long ms = std::strtol(d, &end, 10);
+    CHORUS_CHECK(end != d && *end == '\0' && ms >= 0 && ms <= 60000,
+                 "CHORUS_STEP_DELAY_MS: expected milliseconds from 0 to 60000, got '%s'", d);
+    p.step_delay_ms = static_cast<int>(ms);
+  }
   if (const char* f = std::getenv("CHORUS_FAIL_AT")) {
     CHORUS_CHECK(std::sscanf(f, "%d:%ld", &p.fail_rank, &p.fail_step) == 2,
                  "CHORUS_FAIL_AT: expected RANK:STEP, got '%s'", f);

@@ -3,12 +3,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "backend/cpu/gemm.h"
@@ -78,6 +80,7 @@ nlohmann::json TrainOptions::to_json() const {
                       {"save_every", save_every}, {"keep_last", keep_last}, {"resume", resume},
                       {"stop_at", stop_at}, {"handle_signals", handle_signals}}},
       {"system", {{"threads", omp_get_max_threads()}, {"gemm", backend::cpu::gemm_describe()}}}};
+  if (step_delay_ms > 0) j["fault_injection"]["step_delay_ms"] = step_delay_ms;
   if (fail_rank >= 0) j["fault_injection"]["fail_at"] = strfmt("%d:%lld", fail_rank, static_cast<long long>(fail_step));
   for (const auto& [name, f] : {std::pair{"inject_inf", &inject_inf_grad}, std::pair{"inject_nan_loss", &inject_nan_loss}})
     if (f->rank >= 0)
@@ -379,6 +382,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     const double loss_scale = scaler.scale();  // 1 unless fp16 loss scaling
     for (int micro = 0; micro < opt.grad_accum; ++micro)
       loss_sum += task.train_micro_batch(static_cast<float>(loss_scale / opt.grad_accum));
+    if (opt.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt.step_delay_ms));
     const double compute_secs = timer.seconds();  // this rank's own work, before it waits for the others
     CHORUS_CHECK(!(grid.world_rank() == opt.fail_rank && step == opt.fail_step),
                  "injected failure at step %lld (CHORUS_FAIL_AT)", static_cast<long long>(step));

@@ -115,6 +115,9 @@ struct TrainOptions {
   // (CHORUS_INJECT_NAN_LOSS="rank:step[:count]") at those steps.
   InjectedFault inject_inf_grad;
   InjectedFault inject_nan_loss;
+  // Slows every rank by this many milliseconds per step (CHORUS_STEP_DELAY_MS), so
+  // that a test can stop a tiny run mid-way however fast the machine is.
+  int step_delay_ms = 0;
 
   void validate() const;  // throws chorus::Error naming the flag
   // The shared part of <run_dir>/config.json.

@@ -15,7 +15,7 @@ TEST(Switches, PretrainHelpNamesThemAndARunWarnsWhenOneIsSet) {
   const Result help = chorus::testing::chorus("pretrain --help");
   ASSERT_EQ(help.code, 0) << help.out;
   for (const char* name :
-       {"CHORUS_FAIL_AT", "CHORUS_CKPT_KILL_AT", "CHORUS_INJECT_INF", "CHORUS_INJECT_NAN_LOSS"})
+       {"CHORUS_FAIL_AT", "CHORUS_CKPT_KILL_AT", "CHORUS_INJECT_INF", "CHORUS_INJECT_NAN_LOSS", "CHORUS_STEP_DELAY_MS"})
     EXPECT_NE(help.out.find(name), std::string::npos) << name << " not in:\n" << help.out;
   EXPECT_NE(help.out.find("docs/RELIABILITY.md"), std::string::npos) << help.out;
 
@@ -33,4 +33,13 @@ TEST(Switches, PretrainHelpNamesThemAndARunWarnsWhenOneIsSet) {
             std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("injected failure at step 1 (CHORUS_FAIL_AT)"), std::string::npos) << r.out;
+}
+
+TEST(Switches, AMalformedStepDelayIsRefusedNamingTheVariable) {
+  const Result r = chorus::testing::sh("CHORUS_STEP_DELAY_MS=20x " + std::string(CHORUS_BINARY) +
+                                       " pretrain --config " + std::string(CHORUS_SOURCE_DIR) +
+                                       "/configs/gpt-tiny.ini --tokenizer t.json --data d --run-dir r");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("CHORUS_STEP_DELAY_MS: expected milliseconds from 0 to 60000, got '20x'"), std::string::npos)
+      << r.out;
 }

@@ -21,7 +21,10 @@ set -uo pipefail
 chorus=$(realpath "${1:?usage: run_slurm_tests.sh CHORUS_BINARY}")
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$root/tests/slurm/slurm_cluster.sh"
-readonly SKIP=77 STEPS=200 deadline=$(( $(date +%s) + 200 ))
+# The jobs stopped mid-run sleep DELAY_MS per step (CHORUS_STEP_DELAY_MS, numerics
+# unchanged), so that a fast machine does not finish before the stop arrives:
+# Slurm takes seconds to pre-empt.
+readonly SKIP=77 STEPS=200 DELAY_MS=40 deadline=$(( $(date +%s) + 240 ))
 
 skip() { echo "SKIPPED: $*"; exit $SKIP; }
 failures=0
@@ -121,7 +124,7 @@ h_full_opt=$(hash "$tmp/full/step-00000200" --with-optimizer)
 # 2. to 4. Pre-empted mid-run, requeued, resumed: the same result.
 roundtrip() {  # NAME LAUNCHER STOP_COMMAND ($job is the job's id in it)
   local name=$1 launcher=$2 stop=$3 job h
-  job=$(CHORUS_LAUNCHER=$launcher submit "$name" pretrain.sbatch -- $(pretrain_flags "$name"))
+  job=$(CHORUS_LAUNCHER=$launcher CHORUS_STEP_DELAY_MS=$DELAY_MS submit "$name" pretrain.sbatch -- $(pretrain_flags "$name"))
   local sc=${stop//\$job/$job}
   echo "job $job: $STEPS steps ($launcher), '$sc' once 40 steps are logged"
   wait_rows "$tmp/$name" 40 "$(left)" && eval "$stop"
@@ -145,7 +148,7 @@ roundtrip term mpirun 'scancel --full --signal=TERM $job'
 roundtrip preempt srun 'sbatch --parsable -p urgent -n 2 -o /dev/null --wrap "sleep 1"' 
 
 # 5. A user's scancel: the ranks checkpoint, the job is not requeued.
-job=$(submit cancel pretrain.sbatch -- $(pretrain_flags cancel) --save-every 1000)
+job=$(CHORUS_STEP_DELAY_MS=$DELAY_MS submit cancel pretrain.sbatch -- $(pretrain_flags cancel) --save-every 1000)
 wait_rows "$tmp/cancel" 40 "$(left)" && scancel "$job"
 slurm_wait_state "$job" CANCELLED COMPLETED FAILED PENDING "$(left)"
 sleep 1
@@ -160,5 +163,5 @@ slurm_wait_state "$job" COMPLETED FAILED "$(left)"
 check "finetune-speech.sbatch ran chorus finetune-speech under srun (job $job)" \
   grep -q "usage: chorus finetune-speech" "$tmp/speech.out"
 
-echo "slurm tests: $failures failed, $(( 200 - $(left) )) s"
+echo "slurm tests: $failures failed, $(( 240 - $(left) )) s"
 [ $failures -eq 0 ]
