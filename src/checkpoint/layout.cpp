@@ -13,19 +13,6 @@ size_t TensorInfo::global_numel() const {
   return n;
 }
 
-std::vector<TensorInfo> tensor_table(const models::Gpt& model) {
-  std::vector<TensorInfo> out;
-  for (const auto& p : model.param_table()) {
-    TensorInfo t;
-    t.name = p.name;
-    t.global_shape = p.global_shape.empty() ? p.shape : p.global_shape;
-    t.tp_axis = p.tp_axis;
-    t.tp_parts = p.tp_parts;
-    out.push_back(std::move(t));
-  }
-  return out;
-}
-
 std::string Layout::describe() const { return strfmt("tp %d x dp %d, zero %d", tp, dp, zero); }
 
 void Layout::validate(const std::string& where) const {

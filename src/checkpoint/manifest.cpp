@@ -1,12 +1,15 @@
 #include "checkpoint/manifest.h"
 
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
 #include <ctime>
 #include <map>
 
 #include "checkpoint/durable.h"
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/json_parse.h"
 
 namespace chorus::checkpoint {
 
@@ -81,7 +84,15 @@ class Fields {
     if (v.is_number()) return v.get<double>();
     bad(key, "a number", v);
   }
-  float f32(const std::string& key) const { return static_cast<float>(f64(key)); }
+  // A value outside the float range would become Inf, which the next save
+  // writes as null (found by tests/fuzz/manifest_fuzz.cpp).
+  float f32(const std::string& key) const {
+    const double v = f64(key);
+    CHORUS_CHECK(std::abs(v) <= FLT_MAX,
+                 "checkpoint manifest '%s': field '%s' is %g, expected a float (|x| <= %g)", where_.c_str(),
+                 name(key).c_str(), v, static_cast<double>(FLT_MAX));
+    return static_cast<float>(v);
+  }
   bool boolean(const std::string& key) const {
     const json& v = at(key, "a boolean");
     if (v.is_boolean()) return v.get<bool>();
@@ -308,7 +319,7 @@ Manifest manifest_from_json(const json& j, const std::string& where) {
   }
   Fields lay = root.object("layout");
   m.layout.tp = lay.i32("tp", 1);
-  m.layout.dp = lay.i32("dp", 1);
+  m.layout.dp = lay.i32("dp", 1, INT32_MAX / m.layout.tp);  // tp x dp fits an int (world())
   m.layout.zero = lay.i32("zero", 0, 1);
   CHORUS_CHECK(lay.i32("world", 1) == m.layout.world(),
                "checkpoint manifest '%s': field 'layout.world' is %d, expected tp x dp = %d", where.c_str(),
@@ -401,8 +412,8 @@ Manifest read_manifest(const std::string& path) {
   }
   json j;
   try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
+    j = parse_json(text);
+  } catch (const std::exception& e) {  // json::exception, or chorus::Error: too deep
     throw CorruptCheckpoint(strfmt("checkpoint manifest '%s': not valid JSON (truncated or corrupt?): %s",
                                    path.c_str(), e.what()));
   }

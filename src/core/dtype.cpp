@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -95,29 +96,40 @@ bool detect_f16c() {
 
 }  // namespace
 
+namespace {
+// The uint16_t words of a bf16 / fp16 array (each struct is its one member).
+// Not &p->bits: for an empty array p may be null, and member access through a
+// null pointer is undefined behaviour (found by UBSan, tests/sanitize).
+template <class H>
+auto* bits_of(H* p) {
+  using Bits = std::conditional_t<std::is_const_v<H>, const uint16_t, uint16_t>;
+  return reinterpret_cast<Bits*>(p);
+}
+}  // namespace
+
 bool f16c_available() {
   static const bool yes = detect_f16c();
   return yes;
 }
 
 void convert(float* dst, const bf16* src, size_t n) {
-  const uint16_t* s = &src->bits;
+  const uint16_t* s = bits_of(src);
   chunked(n, [&](size_t b, size_t e) { bf16_to_f32_range(dst, s, b, e); });
 }
 
 void convert(bf16* dst, const float* src, size_t n) {
-  uint16_t* d = &dst->bits;
+  uint16_t* d = bits_of(dst);
   chunked(n, [&](size_t b, size_t e) { f32_to_bf16_range(d, src, b, e); });
 }
 
 void convert(float* dst, const fp16* src, size_t n) {
-  const uint16_t* s = &src->bits;
+  const uint16_t* s = bits_of(src);
   const bool hw = f16c_available();
   chunked(n, [&](size_t b, size_t e) { hw ? fp16_to_f32_f16c(dst, s, b, e) : fp16_to_f32_scalar(dst, s, b, e); });
 }
 
 void convert(fp16* dst, const float* src, size_t n) {
-  uint16_t* d = &dst->bits;
+  uint16_t* d = bits_of(dst);
   const bool hw = f16c_available();
   chunked(n, [&](size_t b, size_t e) { hw ? f32_to_fp16_f16c(d, src, b, e) : f32_to_fp16_scalar(d, src, b, e); });
 }
@@ -127,13 +139,13 @@ void convert(float* dst, const float* src, size_t n) {
   chunked(n, [&](size_t b, size_t e) { std::memcpy(dst + b, src + b, (e - b) * sizeof(float)); });
 }
 
-void convert_serial(float* dst, const bf16* src, size_t n) { bf16_to_f32_range(dst, &src->bits, 0, n); }
-void convert_serial(bf16* dst, const float* src, size_t n) { f32_to_bf16_range(&dst->bits, src, 0, n); }
+void convert_serial(float* dst, const bf16* src, size_t n) { bf16_to_f32_range(dst, bits_of(src), 0, n); }
+void convert_serial(bf16* dst, const float* src, size_t n) { f32_to_bf16_range(bits_of(dst), src, 0, n); }
 void convert_serial(float* dst, const fp16* src, size_t n) {
-  f16c_available() ? fp16_to_f32_f16c(dst, &src->bits, 0, n) : fp16_to_f32_scalar(dst, &src->bits, 0, n);
+  f16c_available() ? fp16_to_f32_f16c(dst, bits_of(src), 0, n) : fp16_to_f32_scalar(dst, bits_of(src), 0, n);
 }
 void convert_serial(fp16* dst, const float* src, size_t n) {
-  f16c_available() ? f32_to_fp16_f16c(&dst->bits, src, 0, n) : f32_to_fp16_scalar(&dst->bits, src, 0, n);
+  f16c_available() ? f32_to_fp16_f16c(bits_of(dst), src, 0, n) : f32_to_fp16_scalar(bits_of(dst), src, 0, n);
 }
 void convert_serial(float* dst, const float* src, size_t n) {
   if (dst != src && n > 0) std::memmove(dst, src, n * sizeof(float));

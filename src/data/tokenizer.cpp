@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/hash.h"
+#include "core/json_parse.h"
 #include "core/progress.h"
 
 namespace chorus::data {
@@ -722,8 +723,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
   const std::string text = read_file(path, "tokenizer file");
   json j;
   try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
+    j = parse_json(text);
+  } catch (const std::exception& e) {  // json::exception, or chorus::Error: too deep
     CHORUS_FAIL("tokenizer file '%s': invalid JSON: %s", path.c_str(), e.what());
   }
   const char* p = path.c_str();

@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <fstream>
+
 #include "checkpoint/layout.h"
 #include "ckpt_fixture.h"
 #include "core/hash.h"
@@ -69,6 +72,33 @@ TEST(Manifest, RefusesBadFieldsByName) {
       {"files[0].path", "plain file name"});
   expect_throw_with<chorus::Error>(
       [&] { manifest_from_json(with([](json& j) { j["layout"]["zero"] = 2; }), "m.json"); }, {"layout.zero"});
+  // Found by tests/fuzz: tp x dp overflowed int (UBSan), and a learning rate
+  // beyond the float range became Inf, saved as null.
+  expect_throw_with<chorus::Error>(
+      [&] {
+        manifest_from_json(with([](json& j) {
+                             j["layout"] = {{"tp", 65536}, {"dp", 65536}, {"zero", 0}, {"world", 1}};
+                           }),
+                           "m.json");
+      },
+      {"layout.dp", "is 65536", "[1, 32767]"});
+  expect_throw_with<chorus::Error>(
+      [&] { manifest_from_json(with([](json& j) { j["schedule"]["max_lr"] = 1e300; }), "m.json"); },
+      {"schedule.max_lr", "expected a float"});
+}
+
+// Found by tests/fuzz: the self-hash copies the whole JSON tree recursively,
+// so a manifest of nested brackets overflowed the stack (a crash).
+TEST(Manifest, RefusesDeeplyNestedJsonAsCorrupt) {
+  const std::string path = ::testing::TempDir() + "/deep_manifest.json";
+  json j = manifest_to_json(sample());
+  std::string text = j.dump();
+  const size_t depth = 200000;
+  text.insert(text.size() - 1, ",\"run_extra\":" + std::string(depth, '[') + std::string(depth, ']'));
+  std::ofstream(path) << text;
+  expect_throw_with<CorruptCheckpoint>(
+      [&] { read_manifest(path); }, {"deep_manifest.json", "not valid JSON", "nested deeper than 64 levels"});
+  std::remove(path.c_str());
 }
 
 TEST(Manifest, DetectsAnyEditThroughItsSelfHash) {

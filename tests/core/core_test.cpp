@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/json_parse.h"
 #include "core/rng.h"
 
 using namespace chorus;
@@ -64,5 +65,18 @@ TEST(Error, CheckNamesLocation) {
     // The location is kept apart from the message (core/error.h), relative to the tree.
     EXPECT_EQ(m.find("core_test.cpp"), std::string::npos) << m;
     EXPECT_EQ(e.where().rfind("tests/core/core_test.cpp:", 0), 0u) << e.where();
+  }
+}
+
+TEST(ParseJson, RefusesNestingDeeperThanTheLimit) {
+  EXPECT_EQ(chorus::parse_json("{\"a\": [[1]]}", 3)["a"][0][0], 1);
+  EXPECT_THROW(chorus::parse_json("{\"a\": [[1]]}", 2), chorus::Error);
+  EXPECT_THROW(chorus::parse_json("{\"a\": ", 3), nlohmann::json::exception);
+  const std::string deep = std::string(500000, '[') + std::string(500000, ']');  // no stack overflow
+  try {
+    chorus::parse_json(deep);
+    ADD_FAILURE() << "accepted";
+  } catch (const chorus::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper than 64 levels"), std::string::npos) << e.what();
   }
 }

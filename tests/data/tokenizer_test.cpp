@@ -507,5 +507,15 @@ TEST_F(TokenizerFiles, LoadRejectsBadFiles) {
   expect_corrupt("array.json", [](nlohmann::json& j) { j = nlohmann::json::array({1, 2}); }, {"object"});
 }
 
+// Found by tests/fuzz: the error message printed the deep value with a
+// recursive dump and overflowed the stack (a crash, not a refusal).
+TEST_F(TokenizerFiles, LoadRefusesDeeplyNestedJson) {
+  const std::string deep = path("deep.json");
+  const size_t depth = 200000;
+  write_all(deep, "{\"format\": \"chorus-bpe\", \"version\": 1, \"merges\": [" + std::string(depth, '[') +
+                      std::string(depth, ']') + "]}");
+  expect_load_error(deep, {"deep.json", "invalid JSON", "nested deeper than 64 levels"});
+}
+
 }  // namespace
 }  // namespace chorus::data
