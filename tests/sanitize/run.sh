@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sanitizer builds of the tests, every report fatal (docs/RELIABILITY.md,
-# "Sanitizers"). .ci/run runs asan after tests/run; tsan is run by hand (~8 min).
+# "Sanitizers"). .ci/run runs both after tests/run.
 #   tests/sanitize/run.sh asan [ctest args]  AddressSanitizer + UndefinedBehaviorSanitizer:
 #       every unit test (label unit: all but tests/dist, e2e, gpu, slurm), build dir build-asan
 #   tests/sanitize/run.sh tsan               ThreadSanitizer on the code that runs threads of
