@@ -56,6 +56,9 @@ void add_finetune_speech_flags(OptionSet& o) {
   o.add<int>("train", "eval-clips", 64, "val clips decoded (greedy) for val CER/WER at each evaluation (0 = none)");
   o.add<float>("train", "ctc-weight", 0.3f, "0.3", "weight of the encoder's CTC loss (0 = attention only)");
   o.add<int64_t>("optim", "freeze-decoder-steps", 0, "train only the new layers for the first N steps");
+  o.add<int64_t>("optim", "ctc-only-steps", 0,
+                 "train the encoder on the CTC loss alone for the first N steps (the decoder is not run: cheaper "
+                 "steps that align the encoder first)");
   o.add<float>("optim", "decoder-lr-scale", 1.0f, "1", "learning-rate factor of the pretrained decoder tensors");
   o.add<float>("optim", "new-lr-scale", 1.0f, "1", "learning-rate factor of the encoder and cross-attention");
   TrainFlagDefaults d;
@@ -89,6 +92,7 @@ train::FinetuneSpeechOptions read_finetune_speech_flags(const po::variables_map&
   CHORUS_CHECK(p.eval_batches >= 1 && p.eval_clips >= 0, "eval-batches: must be >= 1 (eval-clips >= 0)");
   p.ctc_weight = vm["ctc-weight"].as<float>();
   p.freeze_decoder_steps = vm["freeze-decoder-steps"].as<int64_t>();
+  p.ctc_only_steps = vm["ctc-only-steps"].as<int64_t>();
   p.decoder_lr_scale = vm["decoder-lr-scale"].as<float>();
   p.new_lr_scale = vm["new-lr-scale"].as<float>();
   CHORUS_CHECK(p.decoder_lr_scale >= 0 && p.new_lr_scale >= 0, "decoder-lr-scale / new-lr-scale: must be >= 0");

@@ -108,13 +108,18 @@ int hash_cmd(int argc, char** argv) {
       "exported from it.");
   o.add<std::string>("input", "dir", "", "checkpoint directory, save directory or weights file (positional)");
   o.add_switch("input", "with-optimizer", "include the Adam moments (exp_avg, exp_avg_sq) in the digest");
+  o.add<std::string>("input", "prefix", "",
+                     "digest only the tensors whose names start with this, named without it (e.g. 'decoder.' of a "
+                     "speech model against its GPT)");
   threads_option(o);
   o.positional("dir", 1);
   po::variables_map vm;
   if (!o.parse(argc, argv, vm)) return 0;
   apply_threads(vm);
   const std::string path = dir_arg(vm, "hash");
-  std::printf("%s  %s\n", checkpoint::hash(path, vm["with-optimizer"].as<bool>()).c_str(), path.c_str());
+  std::printf("%s  %s\n",
+              checkpoint::hash(path, vm["with-optimizer"].as<bool>(), vm["prefix"].as<std::string>()).c_str(),
+              path.c_str());
   return 0;
 }
 

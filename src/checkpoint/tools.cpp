@@ -157,29 +157,36 @@ std::vector<std::string> verify(const std::string& path, std::string* dir_out) {
   }
 }
 
-std::string hash(const std::string& path, bool with_optimizer) {
+std::string hash(const std::string& path, bool with_optimizer, const std::string& prefix) {
+  // The name a tensor is digested under ("" = left out).
+  auto named = [&](const std::string& name) { return name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : ""; };
+  auto checked = [&](const std::vector<View>& views) {
+    CHORUS_CHECK(!views.empty(), "hash: no tensor of '%s' has a name starting with '%s'", path.c_str(), prefix.c_str());
+    return digest(views);
+  };
   std::error_code ec;
   if (fs::is_regular_file(path, ec)) {
     CHORUS_CHECK(!with_optimizer, "hash: '%s' is a weights file: it holds no optimizer state", path.c_str());
     auto tensors = read_weights_tensors(path);
     std::vector<View> views;
-    for (const auto& t : tensors) views.push_back({t.name, t.shape, t.data.data(), t.data.size()});
-    return digest(views);
+    for (const auto& t : tensors)
+      if (const std::string n = named(t.name); !n.empty()) views.push_back({n, t.shape, t.data.data(), t.data.size()});
+    return checked(views);
   }
   const Loaded l = load_manifest(path);
   const GlobalState g = read_global(l.dir, l.manifest, with_optimizer);
   std::vector<View> views;
   for (size_t i = 0; i < l.manifest.tensors.size(); ++i) {
     const TensorInfo& t = l.manifest.tensors[i];
-    views.push_back({t.name, t.global_shape, g.params.data() + g.offsets[i], t.global_numel()});
+    const std::string n = named(t.name);
+    if (n.empty()) continue;
+    views.push_back({n, t.global_shape, g.params.data() + g.offsets[i], t.global_numel()});
     if (with_optimizer) {
-      views.push_back(
-          {"exp_avg/" + t.name, t.global_shape, g.exp_avg.data() + g.offsets[i], t.global_numel()});
-      views.push_back(
-          {"exp_avg_sq/" + t.name, t.global_shape, g.exp_avg_sq.data() + g.offsets[i], t.global_numel()});
+      views.push_back({"exp_avg/" + n, t.global_shape, g.exp_avg.data() + g.offsets[i], t.global_numel()});
+      views.push_back({"exp_avg_sq/" + n, t.global_shape, g.exp_avg_sq.data() + g.offsets[i], t.global_numel()});
     }
   }
-  return digest(views);
+  return checked(views);
 }
 
 Manifest reshard(const std::string& src, const std::string& out, const Layout& target) {

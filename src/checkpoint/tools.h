@@ -29,7 +29,10 @@ std::vector<std::string> verify(const std::string& path, std::string* dir = null
 // (all little-endian). with_optimizer adds the global Adam moments (as tensors
 // "exp_avg/<name>", "exp_avg_sq/<name>"). `path` may also be a weights file
 // (model.h5 or an export), which gives the same digest as its checkpoint.
-std::string hash(const std::string& path, bool with_optimizer);
+// prefix: only the tensors whose names start with it, named without it (so a
+// speech model's "decoder.h.0." part digests as a GPT's "h.0."); refused when
+// no tensor matches.
+std::string hash(const std::string& path, bool with_optimizer, const std::string& prefix = "");
 
 // Rewrites the checkpoint at src for another layout into out (a new
 // checkpoint directory, written as out.tmp and renamed). RNG states are kept

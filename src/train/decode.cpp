@@ -245,4 +245,19 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
   return out;
 }
 
+std::vector<std::string> ctc_greedy_batch(models::SpeechSeq2Seq& model, const models::SpeechBatch& b) {
+  models::SpeechEncoder& enc = model.encoder();
+  enc.forward(b.feats.data(), b.n_frames.data(), b.B, b.F);
+  const int V = enc.ctc_vocab();
+  std::vector<std::string> out(b.B);
+  std::vector<float> lp;
+  for (int i = 0; i < b.B; ++i) {
+    lp.resize(static_cast<size_t>(enc.memory_rows()) * V);  // every row of the batch; the clip's are the first
+    enc.ctc_log_probs(i, lp.data());
+    for (int32_t c : nn::ctc_greedy(lp.data(), enc.memory_len()[i], V, enc.ctc_blank()))
+      out[i].push_back(static_cast<char>(c - 1));  // class b + 1 is byte b
+  }
+  return out;
+}
+
 }  // namespace chorus::train

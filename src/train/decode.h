@@ -42,4 +42,8 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
                                          const models::SpeechBatch& b, const DecodeOptions& opt,
                                          const std::vector<std::string>& languages = {});
 
+// The CTC head's greedy (best path) transcripts of a batch, bytes as decoded
+// (a diagnostic of the encoder alone: no decoder is run).
+std::vector<std::string> ctc_greedy_batch(models::SpeechSeq2Seq& model, const models::SpeechBatch& b);
+
 }  // namespace chorus::train

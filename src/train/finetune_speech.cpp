@@ -112,9 +112,16 @@ class SpeechTask final : public TrainTask {
     build_batch(items, tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
   }
 
+  // The optimizer step the next micro-batch belongs to (consumed_ is restored on resume).
+  int64_t current_step() const {
+    return static_cast<int64_t>(consumed_ / (static_cast<uint64_t>(o_.batch) * grid_.dp_size() * o_.train.grad_accum));
+  }
+  bool ctc_only(int64_t step) const { return step < o_.ctc_only_steps; }
+
   double train_micro_batch(float loss_scale) override {
+    const bool with_decoder = !ctc_only(current_step());
     load_train_batch();
-    const models::SpeechLosses l = model_.forward(batch_, o_.ctc_weight);
+    const models::SpeechLosses l = model_.forward(batch_, o_.ctc_weight, with_decoder);
     model_.backward(loss_scale, o_.ctc_weight);
     last_att_ = l.att;
     last_ctc_ = l.ctc;
@@ -123,6 +130,12 @@ class SpeechTask final : public TrainTask {
 
   std::vector<LrGroup> lr_groups(int64_t step) const override {
     std::vector<LrGroup> g;
+    if (ctc_only(step)) {  // the decoder (cross-attention included) is not run: frozen
+      const size_t n_enc = model_.encoder_params(), n = n_enc + model_.decoder().n_params();
+      g.push_back({{n_enc, n}, 0.0f});
+      if (o_.new_lr_scale != 1.0f) g.push_back({{0, n_enc}, o_.new_lr_scale});
+      return g;
+    }
     const float old_scale = step < o_.freeze_decoder_steps && pretrained_ ? 0.0f : o_.decoder_lr_scale;
     if (old_scale != 1.0f)
       for (const auto& r : old_ranges_) g.push_back({r, old_scale});
@@ -170,7 +183,7 @@ class SpeechTask final : public TrainTask {
     nlohmann::json m = {{"val_loss", att + o_.ctc_weight * ctc}, {"val_att_loss", att}, {"val_ctc_loss", ctc}};
     if (o_.eval_clips > 0 && grid_.tp_size() == 1) {
       // CER / WER of greedy decoding: clips i with i % dp == dp rank, counts summed over DP.
-      eval::ErrorRates rates;
+      eval::ErrorRates rates, ctc_rates;
       const size_t n_clips = std::min<size_t>(val_.size(), o_.eval_clips);
       std::vector<size_t> mine;
       for (size_t i = grid_.dp_rank(); i < n_clips; i += grid_.dp_size()) mine.push_back(i);
@@ -180,16 +193,24 @@ class SpeechTask final : public TrainTask {
         std::vector<SpeechItem> items;
         for (size_t j = at; j < end; ++j) items.push_back(val_items(mine[j], mine[j] + 1)[0]);
         build_batch(items, tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
+        const auto ctc_hyp = ctc_greedy_batch(model_, batch_);
+        for (size_t j = at; j < end; ++j)
+          ctc_rates.add(val_.lang(mine[j]), std::string(val_.text(mine[j])), ctc_hyp[j - at]);
+        if (ctc_only(current_step())) continue;  // the decoder has not been trained yet
         const auto hyp = transcribe_batch(model_, tok_, batch_, dopt);
         for (size_t j = at; j < end; ++j)
           rates.add(val_.lang(mine[j]), std::string(val_.text(mine[j])), hyp[j - at].text);
       }
-      const eval::Totals t = rates.overall();
-      double c[4] = {static_cast<double>(t.chars.errors()), static_cast<double>(t.chars.ref_length),
-                     static_cast<double>(t.words.errors()), static_cast<double>(t.words.ref_length)};
+      const eval::Totals t = rates.overall(), tc = ctc_rates.overall();
+      double c[6] = {static_cast<double>(t.chars.errors()),  static_cast<double>(t.chars.ref_length),
+                     static_cast<double>(t.words.errors()),  static_cast<double>(t.words.ref_length),
+                     static_cast<double>(tc.chars.errors()), static_cast<double>(tc.chars.ref_length)};
       for (double& v : c) v = grid_.dp().all_reduce_scalar(v, dist::ReduceOp::sum);
-      m["val_cer"] = c[0] / std::max(1.0, c[1]);
-      m["val_wer"] = c[2] / std::max(1.0, c[3]);
+      if (!ctc_only(current_step())) {
+        m["val_cer"] = c[0] / std::max(1.0, c[1]);
+        m["val_wer"] = c[2] / std::max(1.0, c[3]);
+      }
+      m["val_ctc_cer"] = c[4] / std::max(1.0, c[5]);
     }
     return m;
   }
@@ -199,6 +220,7 @@ class SpeechTask final : public TrainTask {
     if (m.contains("val_cer"))
       s += strfmt(" | CER %.1f%% WER %.1f%%", 100 * m.at("val_cer").get<double>(),
                   100 * m.at("val_wer").get<double>());
+    if (m.contains("val_ctc_cer")) s += strfmt(" | CTC greedy CER %.1f%%", 100 * m.at("val_ctc_cer").get<double>());
     return s;
   }
 
@@ -212,10 +234,11 @@ class SpeechTask final : public TrainTask {
     const double avg_frames = 100.0 * train_.total_seconds() / std::max<size_t>(1, train_.size());
     return avg_frames * o_.batch * o_.train.grad_accum * grid_.dp_size();
   }
-  double flops_per_step() const override {
+  double flops_per_step(int64_t step) const override {
     const double avg_frames = 100.0 * train_.total_seconds() / std::max<size_t>(1, train_.size());
     return speech_flops_per_step(cfg_, avg_frames, o_.max_tokens,
-                                 static_cast<double>(o_.batch) * o_.train.grad_accum * grid_.dp_size());
+                                 static_cast<double>(o_.batch) * o_.train.grad_accum * grid_.dp_size(),
+                                 !ctc_only(step));
   }
   models::GptMemory memory() const override { return model_.memory(); }
   uint64_t consumed() const override { return consumed_; }
@@ -260,6 +283,7 @@ class SpeechTask final : public TrainTask {
             {"data", fs::absolute(o_.data_dir).string()}, {"init_decoder", o_.init_decoder},
             {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", json_float(o_.ctc_weight)},
             {"temperature", o_.temperature}, {"freeze_decoder_steps", o_.freeze_decoder_steps},
+            {"ctc_only_steps", o_.ctc_only_steps},
             {"decoder_lr_scale", json_float(o_.decoder_lr_scale)}, {"new_lr_scale", json_float(o_.new_lr_scale)},
             {"spec_augment", o_.spec_augment},
             {"augment", {{"n_freq_masks", a.n_freq_masks}, {"freq_width", a.freq_width},
@@ -321,6 +345,10 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   CHORUS_CHECK(opt.ctc_weight >= 0, "ctc-weight: must be >= 0, got %g", opt.ctc_weight);
   CHORUS_CHECK(opt.temperature > 0, "temperature: must be > 0, got %g", opt.temperature);
   CHORUS_CHECK(opt.freeze_decoder_steps >= 0, "freeze-decoder-steps: must be >= 0");
+  CHORUS_CHECK(opt.ctc_only_steps >= 0, "ctc-only-steps: must be >= 0, got %lld", static_cast<long long>(opt.ctc_only_steps));
+  CHORUS_CHECK(opt.ctc_only_steps == 0 || opt.ctc_weight > 0,
+               "ctc-only-steps: the CTC-only steps train the CTC loss alone, so ctc-weight must be > 0 (got %g)",
+               opt.ctc_weight);
   opt.encoder.validate();
   opt.train.validate();
   dist::ParallelGrid single = dist::ParallelGrid::single();

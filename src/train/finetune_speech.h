@@ -8,7 +8,10 @@
 // transcript. The decoder starts from a pretrained GPT (--init-decoder) or
 // from random weights ("none"). The encoder and cross-attention train at
 // lr x new_lr_scale, the pretrained decoder at lr x decoder_lr_scale and not
-// at all for the first freeze_decoder_steps steps. Validation: loss and, with
+// at all for the first freeze_decoder_steps steps. The first ctc_only_steps
+// steps train the encoder on the CTC loss alone (the decoder is not run: a
+// cheaper step that aligns the encoder before the cross-attention learns to
+// read it). Validation: loss and, with
 // TP = 1, greedy-decoding CER/WER on the first val clips.
 #pragma once
 
@@ -31,6 +34,7 @@ struct FinetuneSpeechOptions {
   float ctc_weight = 0.3f;          // joint CTC/attention weight
   double temperature = 1.0;         // language balancing (data/speech_sampler.h)
   int64_t freeze_decoder_steps = 0;
+  int64_t ctc_only_steps = 0;       // the first N steps: encoder + CTC only, the decoder neither run nor updated
   float decoder_lr_scale = 1.0f;    // pretrained decoder tensors
   float new_lr_scale = 1.0f;        // encoder + cross-attention
   bool spec_augment = true;

@@ -371,7 +371,6 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     log_info("nothing to train: the checkpoint is at step %lld and the run ends at step %lld",
              static_cast<long long>(start_step), static_cast<long long>(end_step));
   const double tokens_per_step = task.tokens_per_step();
-  const double flops_per_step = task.flops_per_step();
   int bad_in_a_row = 0;  // consecutive bad steps (divergence guard)
 
   for (int64_t step = start_step; step < end_step; ++step) {
@@ -424,7 +423,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     const double secs = timer.seconds();
     clock.add_step(secs);
     const double tok_s = tokens_per_step / secs;
-    const double mfu = flops_per_step / secs / (peak_gflops * 1e9 * grid.world_size());
+    const double mfu = task.flops_per_step(step) / secs / (peak_gflops * 1e9 * grid.world_size());
     if (step > start_step || end_step - start_step == 1) {
       tok_rates.push_back(tok_s);
       mfus.push_back(mfu);

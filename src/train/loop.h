@@ -164,7 +164,7 @@ class TrainTask {
   virtual const char* throughput_unit() const { return "tok/s"; }
   // Extra columns of this step's metrics.jsonl row (e.g. loss parts; rank 0's view).
   virtual nlohmann::json step_metrics() const { return nlohmann::json::object(); }
-  virtual double flops_per_step() const = 0;   // training FLOPs (MFU)
+  virtual double flops_per_step(int64_t step) const = 0;  // training FLOPs of that step (MFU)
   virtual models::GptMemory memory() const = 0;
 
   // Sampler state: global training samples consumed.

@@ -50,13 +50,13 @@ double pretrain_flops_per_step(const models::GptConfig& cfg, int seq_len, double
 }
 
 double speech_flops_per_step(const models::SpeechSeq2SeqConfig& cfg, double avg_frames, int max_tokens,
-                             double clips_per_step) {
+                             double clips_per_step, bool with_decoder) {
   const double enc = models::speech_encoder_flops(cfg.encoder, models::SpeechSeq2SeqConfig::kCtcVocab, 1,
                                                   static_cast<int>(avg_frames));
   const double dec = models::gpt_flops_per_token(cfg.decoder, max_tokens,
                                                  models::decoder_cross(cfg, cfg.encoder.max_frames)) *
                      max_tokens / 2;
-  return (enc + dec) * clips_per_step;
+  return (enc + (with_decoder ? dec : 0.0)) * clips_per_step;
 }
 
 JobPlan plan_pretrain(const PretrainOptions& o, const Layout& layout) {

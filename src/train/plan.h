@@ -60,9 +60,10 @@ struct JobPlan {
 double pretrain_flops_per_step(const models::GptConfig& cfg, int seq_len, double tokens_per_step);
 // Training FLOPs of one speech fine-tuning step of clips_per_step clips of
 // avg_frames frames (the encoder) and max_tokens decoder positions, half of
-// them counted as used (a transcript's typical length).
+// them counted as used (a transcript's typical length); with_decoder false: a
+// CTC-only step (the encoder alone).
 double speech_flops_per_step(const models::SpeechSeq2SeqConfig& cfg, double avg_frames, int max_tokens,
-                             double clips_per_step);
+                             double clips_per_step, bool with_decoder = true);
 
 // The plan of `pretrain` with o's model, batch, seq-len and grad-accum (o.model.vocab_size must be set).
 JobPlan plan_pretrain(const PretrainOptions& o, const Layout& layout);

@@ -83,7 +83,7 @@ class GptPretrainTask final : public TrainTask {
   double tokens_per_step() const override {
     return static_cast<double>(B_) * T_ * o_.train.grad_accum * grid_.dp_size();
   }
-  double flops_per_step() const override { return pretrain_flops_per_step(o_.model, T_, tokens_per_step()); }
+  double flops_per_step(int64_t) const override { return pretrain_flops_per_step(o_.model, T_, tokens_per_step()); }
   models::GptMemory memory() const override { return model_.memory(); }
   uint64_t consumed() const override { return train_loader_.consumed(); }
   void set_consumed(uint64_t n) override { train_loader_.set_consumed(n); }

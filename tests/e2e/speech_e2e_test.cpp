@@ -155,3 +155,37 @@ TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
 }
 
 }  // namespace
+
+// --ctc-only-steps: the first steps train the encoder on CTC alone (no
+// attention loss, the decoder untouched), then the joint loss; resume across
+// the switch is exact; validation reports the CTC head's greedy CER throughout
+// and the decoder's only after the switch.
+TEST_F(SpeechE2E, CtcOnlyStepsThenJointAndResumeAcrossTheSwitch) {
+  const std::string d = dir_.string();
+  const std::string flags = "--init-decoder " + d + "/gpt --batch 4 --eval-clips 4 --steps 6 --eval-every 2 "
+                            "--ctc-weight 0.5 --ctc-only-steps 3 ";
+  Result full = finetune("ctc_full", flags);
+  ASSERT_EQ(full.code, 0) << full.out;
+  const auto att = metric(d + "/ctc_full", "att_loss");
+  ASSERT_EQ(att.size(), 6u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(att[i], 0.0) << "step " << i + 1 << " ran the decoder";
+  for (int i = 3; i < 6; ++i) EXPECT_GT(att[i], 0.0) << "step " << i + 1 << " did not";
+  // Evaluations after steps 2, 4 and 6: the CTC head's CER at each, the decoder's after the switch.
+  const auto ctc_cer = metric(d + "/ctc_full", "val_ctc_cer"), cer = metric(d + "/ctc_full", "val_cer");
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(std::isfinite(ctc_cer[i]), i % 2 == 1) << "val_ctc_cer at step " << i + 1;
+    EXPECT_EQ(std::isfinite(cer[i]), i == 3 || i == 5) << "val_cer at step " << i + 1;
+  }
+  // The decoder did not move during the CTC-only steps: its tensors at step 2 are the GPT's.
+  ASSERT_EQ(finetune("ctc_split", flags + "--stop-at 2 --save-every 2").code, 0);
+  const Result dec = chorus::testing::chorus("checkpoint hash " + d + "/ctc_split --prefix decoder.h.0.mlp.");
+  const Result gpt = chorus::testing::chorus("checkpoint hash " + d + "/gpt --prefix h.0.mlp.");
+  ASSERT_EQ(dec.code, 0) << dec.out;
+  ASSERT_EQ(gpt.code, 0) << gpt.out;
+  EXPECT_EQ(dec.out.substr(0, 64), gpt.out.substr(0, 64)) << dec.out << gpt.out;
+  Result r = finetune("ctc_split", flags + "--resume auto");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const Result a = chorus::testing::chorus("checkpoint hash " + d + "/ctc_full");
+  const Result b = chorus::testing::chorus("checkpoint hash " + d + "/ctc_split");
+  EXPECT_EQ(a.out.substr(0, 64), b.out.substr(0, 64)) << a.out << b.out;
+}

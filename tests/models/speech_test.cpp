@@ -105,6 +105,45 @@ TEST(SpeechModel, JointLossGradientMatchesFiniteDifferences) {
   }
 }
 
+// A CTC-only step (--ctc-only-steps): the decoder is not run (no attention
+// loss, no decoder gradient) and the encoder's gradient is that of
+// ctc_weight x CTC alone, even where the cross-attention would feed it one.
+TEST(SpeechModel, CtcOnlyStepTrainsTheEncoderOnCtcAlone) {
+  SpeechSeq2SeqConfig c = tiny_config();
+  SpeechSeq2Seq m(c, 2, 12, 6, nullptr, chorus::Precision::fp32);
+  m.init_weights(4);
+  chorus::Rng rng(1, 2);
+  for (const auto& p : m.param_table())
+    if (p.name.find("crossattn.c_proj.weight") != std::string::npos)
+      for (size_t i = 0; i < p.numel; ++i) m.params()[p.offset + i] = 0.1f * rng.normal();
+  const SpeechBatch b = tiny_batch();
+  const float w = 0.7f;
+  const float ctc_full = m.forward(b, w).ctc;
+  auto loss = [&]() {
+    const auto l = m.forward(b, w, /*with_decoder=*/false);
+    EXPECT_EQ(l.att, 0.0f);
+    return static_cast<double>(w) * l.ctc;
+  };
+  m.zero_grad();
+  EXPECT_FLOAT_EQ(static_cast<float>(loss()) / w, ctc_full);
+  m.backward(1.0f, w);
+  const std::vector<float> g(m.grads().begin(), m.grads().end());
+  for (size_t i = m.encoder_params(); i < g.size(); ++i) ASSERT_EQ(g[i], 0.0f) << "decoder gradient at " << i;
+  double enc_norm = 0.0;
+  for (size_t i = 0; i < m.encoder_params(); ++i) enc_norm += static_cast<double>(g[i]) * g[i];
+  EXPECT_GT(enc_norm, 0.0);
+  chorus::testing::GradCheckOptions opt;
+  opt.eps = 3e-3;
+  opt.atol = 2e-3;
+  opt.rtol = 3e-2;
+  for (const auto& p : m.param_table()) {
+    if (p.name.rfind("encoder.", 0) != 0) continue;
+    opt.max_checks = 6;
+    chorus::testing::expect_grad_close(p.name, m.params().data() + p.offset, g.data() + p.offset, p.numel, loss,
+                                       opt);
+  }
+}
+
 TEST(SpeechModel, PaddingDoesNotChangeAClipsMemory) {
   SpeechSeq2SeqConfig c = tiny_config();
   SpeechSeq2Seq m(c, 2, 12, 6, nullptr, chorus::Precision::fp32);

@@ -72,14 +72,18 @@ GptMemory speech_seq2seq_memory(const SpeechSeq2SeqConfig& cfg, int max_batch, i
   return m;
 }
 
-SpeechLosses SpeechSeq2Seq::forward(const SpeechBatch& b, float ctc_weight) {
+SpeechLosses SpeechSeq2Seq::forward(const SpeechBatch& b, float ctc_weight, bool with_decoder) {
+  CHORUS_CHECK(with_decoder || ctc_weight > 0.0f, "SpeechSeq2Seq::forward: without the decoder, a CTC weight > 0 is needed");
   SpeechLosses l;
   encoder_->forward(b.feats.data(), b.n_frames.data(), b.B, b.F);
-  decoder_->set_memory(encoder_->memory(), encoder_->memory_len(), encoder_->memory_rows());
-  l.att = decoder_->forward(b.tokens.data(), b.targets.data(), b.B, b.T);
+  if (with_decoder) {
+    decoder_->set_memory(encoder_->memory(), encoder_->memory_len(), encoder_->memory_rows());
+    l.att = decoder_->forward(b.tokens.data(), b.targets.data(), b.B, b.T);
+  }
   if (ctc_weight > 0.0f)
     l.ctc = encoder_->ctc_loss(b.ctc_targets.data(), b.ctc_off.data(), b.ctc_len.data(), 1.0f, &l.ctc_infeasible);
   last_ = &b;
+  last_with_decoder_ = with_decoder;
   return l;
 }
 
@@ -88,8 +92,12 @@ void SpeechSeq2Seq::backward(float loss_scale, float ctc_weight) {
   if (ctc_weight > 0.0f)  // redo the CTC gradient at this scale (cheap next to the model)
     encoder_->ctc_loss(last_->ctc_targets.data(), last_->ctc_off.data(), last_->ctc_len.data(),
                        loss_scale * ctc_weight);
-  decoder_->backward(loss_scale);
-  encoder_->backward(decoder_->memory_grad(), ctc_weight > 0.0f);
+  if (last_with_decoder_) {
+    decoder_->backward(loss_scale);
+    encoder_->backward(decoder_->memory_grad(), ctc_weight > 0.0f);
+  } else {
+    encoder_->backward(nullptr, true);
+  }
   last_ = nullptr;
 }
 

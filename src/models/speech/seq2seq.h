@@ -76,7 +76,9 @@ class SpeechSeq2Seq {
   void zero_grad();
   GptMemory memory() const;
   // Forward and (train) backward of loss_scale * (att + ctc_weight * ctc). Collective over TP.
-  SpeechLosses forward(const SpeechBatch& b, float ctc_weight);
+  // with_decoder false: the encoder and its CTC loss only (att = 0; the decoder
+  // is not run and gets no gradient), for CTC-only warm-up steps.
+  SpeechLosses forward(const SpeechBatch& b, float ctc_weight, bool with_decoder = true);
   void backward(float loss_scale, float ctc_weight);
 
  private:
@@ -87,6 +89,7 @@ class SpeechSeq2Seq {
   std::vector<ParamSpec> table_;
   size_t n_encoder_ = 0;
   const SpeechBatch* last_ = nullptr;
+  bool last_with_decoder_ = true;
 };
 
 }  // namespace chorus::models
