@@ -18,6 +18,7 @@
 #include "checkpoint/weights.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/strfmt.h"
 #include "core/timer.h"
 #include "data/speech_shard.h"
 #include "data/tokenizer.h"
@@ -351,9 +352,12 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   j["checkpoint"] = rec.dir;
   if (vm["json"].as<bool>())
     std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
-  else
-    std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d)\n", rates.table().c_str(),
-                ts / std::max(as, 1e-9), as, ts, dopt.beam);
+  else {
+    std::string per_lang;
+    for (const auto& [lang, v] : rtf) per_lang += strfmt(" %s %.3f", lang.c_str(), v.first / std::max(v.second, 1e-9));
+    std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d); per language:%s\n",
+                rates.table().c_str(), ts / std::max(as, 1e-9), as, ts, dopt.beam, per_lang.c_str());
+  }
   if (!vm["out"].as<std::string>().empty()) {
     nlohmann::json full = j;
     full["transcripts"] = rows;

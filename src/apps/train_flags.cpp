@@ -70,8 +70,12 @@ void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
                 "a step whose global gradient norm (before clipping, after loss-scale unscaling) is above this is "
                 "a bad step (see --max-bad-steps; 0 = only non-finite norms are)");
   o.add<float>("optim", "lr", d.lr, strfmt("%g", d.lr), "peak learning rate");
-  o.add<float>("optim", "min-lr", d.min_lr, strfmt("%g", d.min_lr), "final learning rate of the cosine decay");
+  o.add<float>("optim", "min-lr", d.min_lr, strfmt("%g", d.min_lr), "final learning rate (end of the decay)");
   o.add<int64_t>("optim", "warmup", d.warmup, "linear warmup steps");
+  o.add<std::string>("optim", "schedule", "cosine",
+                     "learning-rate schedule after the warmup: cosine (decay to --min-lr at --steps) or wsd "
+                     "(warmup-stable-decay: --lr until the last --decay-frac of the steps, then linear to --min-lr)");
+  o.add<double>("optim", "decay-frac", 0.2, "0.2", "wsd: the share of --steps spent decaying, in [0, 1]");
   o.add<float>("optim", "weight-decay", 0.1f, "0.1", "AdamW decoupled weight decay (matrices and embeddings only)");
   o.add<float>("optim", "beta1", 0.9f, "0.9", "AdamW beta1");
   o.add<float>("optim", "beta2", 0.95f, "0.95", "AdamW beta2");
@@ -127,6 +131,8 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   p.lr = vm["lr"].as<float>();
   p.min_lr = vm["min-lr"].as<float>();
   p.warmup = vm["warmup"].as<int64_t>();
+  p.schedule = optim::parse_schedule(vm["schedule"].as<std::string>());
+  p.decay_frac = vm["decay-frac"].as<double>();
   p.adamw.weight_decay = vm["weight-decay"].as<float>();
   p.adamw.beta1 = vm["beta1"].as<float>();
   p.adamw.beta2 = vm["beta2"].as<float>();

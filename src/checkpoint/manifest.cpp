@@ -185,7 +185,9 @@ json manifest_to_json(const Manifest& m) {
                    {"max_lr", m.schedule.max_lr},
                    {"min_lr", m.schedule.min_lr},
                    {"warmup", m.schedule.warmup},
-                   {"total_steps", m.schedule.total_steps}};
+                   {"total_steps", m.schedule.total_steps},
+                   {"kind", m.schedule.kind},
+                   {"decay_frac", m.schedule.decay_frac}};
   j["optimizer"] = {{"type", m.optimizer.type},
                     {"t", m.optimizer.t},
                     {"beta1", m.optimizer.beta1},
@@ -294,6 +296,11 @@ Manifest manifest_from_json(const json& j, const std::string& where) {
   m.schedule.min_lr = sc.f32("min_lr");
   m.schedule.warmup = sc.i64("warmup");
   m.schedule.total_steps = sc.i64("total_steps");
+  if (sc.has("kind")) m.schedule.kind = sc.str("kind");
+  CHORUS_CHECK(m.schedule.kind == "cosine" || m.schedule.kind == "wsd",
+               "checkpoint manifest '%s': field 'schedule.kind' is '%s', expected 'cosine' or 'wsd'", where.c_str(),
+               m.schedule.kind.c_str());
+  if (sc.has("decay_frac")) m.schedule.decay_frac = sc.f64("decay_frac");
   Fields o = root.object("optimizer");
   m.optimizer.type = o.str("type");
   CHORUS_CHECK(m.optimizer.type == "adamw",

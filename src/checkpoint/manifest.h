@@ -64,6 +64,8 @@ struct ScheduleState {
   float max_lr = 0, min_lr = 0;
   int64_t warmup = 0;
   int64_t total_steps = 0;
+  std::string kind = "cosine";  // optim::schedule_name (absent in older manifests: cosine)
+  double decay_frac = 0.2;      // wsd only
 };
 
 struct OptimizerState {

@@ -57,7 +57,7 @@ void TrainOptions::validate() const {
   CHORUS_CHECK(watchdog_timeout_s == 0 || watchdog_timeout_s >= 1,
                "watchdog-timeout: must be 0 (off) or at least 1 second, got %g", watchdog_timeout_s);
   loss_scaler.validate();
-  optim::CosineSchedule{lr, min_lr, warmup, steps}.validate();
+  lr_schedule().validate();
 }
 
 nlohmann::json TrainOptions::to_json() const {
@@ -65,6 +65,7 @@ nlohmann::json TrainOptions::to_json() const {
   const auto& ls = loss_scaler;
   nlohmann::json j = {
       {"grad_accum", grad_accum}, {"steps", steps}, {"seed", seed}, {"lr", f(lr)}, {"min_lr", f(min_lr)},
+      {"schedule", optim::schedule_name(schedule)}, {"decay_frac", decay_frac},
       {"warmup", warmup}, {"grad_clip", f(grad_clip)}, {"weight_decay", f(adamw.weight_decay)},
       {"beta1", f(adamw.beta1)}, {"beta2", f(adamw.beta2)}, {"eps", f(adamw.eps)},
       {"precision", precision_name(precision)}, {"loss_scaling", ls.enabled},
@@ -172,6 +173,9 @@ void warn_differences(const checkpoint::Manifest& m, const checkpoint::Manifest&
   if (m.schedule.max_lr != o.lr) warn("lr", num(m.schedule.max_lr), num(o.lr));
   if (m.schedule.min_lr != o.min_lr) warn("min-lr", num(m.schedule.min_lr), num(o.min_lr));
   if (m.schedule.warmup != o.warmup) warn("warmup", num(m.schedule.warmup), num(o.warmup));
+  if (m.schedule.kind != optim::schedule_name(o.schedule)) warn("schedule", m.schedule.kind, optim::schedule_name(o.schedule));
+  if (o.schedule == optim::ScheduleKind::wsd && m.schedule.decay_frac != o.decay_frac)
+    warn("decay-frac", num(m.schedule.decay_frac), num(o.decay_frac));
   if (m.sampler.seed != o.seed) warn("seed (data order)", num(m.sampler.seed), num(o.seed));
   if (m.sampler.seq_len != now.sampler.seq_len) warn("seq-len", num(m.sampler.seq_len), num(now.sampler.seq_len));
   if (m.sampler.samples_per_step != now.sampler.samples_per_step)
@@ -224,7 +228,7 @@ std::vector<checkpoint::TensorInfo> tensor_infos(const std::vector<models::Param
 
 TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   opt.validate();
-  const optim::CosineSchedule schedule{opt.lr, opt.min_lr, opt.warmup, opt.steps};
+  const optim::LrSchedule schedule = opt.lr_schedule();
 
   // Installed first: a pre-emption warning during start-up (loading a large
   // checkpoint) must not kill the process; it is acted on after the first step.
@@ -333,7 +337,8 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     meta.tokens_seen = tokens_seen;
     meta.sampler.consumed = task.consumed();
     meta.sampler.seed = opt.seed;
-    meta.schedule = {steps_done, opt.lr, opt.min_lr, opt.warmup, opt.steps};
+    meta.schedule = {steps_done, opt.lr, opt.min_lr, opt.warmup, opt.steps, optim::schedule_name(opt.schedule),
+                     opt.decay_frac};
     meta.optimizer.t = steps_done;  // AdamW's t for step s is s + 1
     meta.optimizer.beta1 = opt.adamw.beta1;
     meta.optimizer.beta2 = opt.adamw.beta2;

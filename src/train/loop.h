@@ -22,6 +22,7 @@
 #include "dist/grid.h"
 #include "models/gpt/gpt.h"
 #include "optim/adamw.h"
+#include "optim/schedule.h"
 #include "optim/loss_scaler.h"
 
 namespace chorus::train {
@@ -62,6 +63,8 @@ struct TrainOptions {
   float lr = 6e-4f;
   float min_lr = 6e-5f;
   int64_t warmup = 100;
+  optim::ScheduleKind schedule = optim::ScheduleKind::cosine;
+  double decay_frac = 0.2;        // wsd: the last decay_frac x steps decay linearly to min_lr
   float grad_clip = 1.0f;         // <= 0: no clipping
   optim::AdamWConfig adamw;
   // Mixed precision (docs/DESIGN.md "Mixed precision"): the dtype of
@@ -120,6 +123,7 @@ struct TrainOptions {
   int step_delay_ms = 0;
 
   void validate() const;  // throws chorus::Error naming the flag
+  optim::LrSchedule lr_schedule() const { return {lr, min_lr, warmup, steps, schedule, decay_frac}; }
   // The shared part of <run_dir>/config.json.
   nlohmann::json to_json() const;
 };

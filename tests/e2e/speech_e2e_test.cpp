@@ -10,6 +10,8 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include "common/process.h"
 
 namespace fs = std::filesystem;
@@ -87,6 +89,12 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
   Result e = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json");
   ASSERT_EQ(e.code, 0) << e.out;
   EXPECT_NE(e.out.find("\"rtf\""), std::string::npos) << e.out;
+  const auto j = nlohmann::json::parse(e.out.substr(e.out.find('{')));
+  for (const char* lang : {"de", "en", "overall"}) EXPECT_GT(j["rtf"][lang].get<double>(), 0.0) << lang << e.out;
+  Result text = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv");
+  ASSERT_EQ(text.code, 0) << text.out;
+  EXPECT_NE(text.out.find("; per language: de "), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find(" en "), std::string::npos) << text.out;
 }
 
 TEST_F(SpeechE2E, RefusesADecoderWithAnotherTokenizer) {

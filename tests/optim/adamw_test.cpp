@@ -63,8 +63,8 @@ TEST(Clip, GlobalNormAndScaling) {
   EXPECT_NEAR(g[0] / g[1], 0.75, 1e-6);  // direction kept
 }
 
-TEST(CosineSchedule, WarmupPeakAndFloor) {
-  CosineSchedule s{1.0f, 0.1f, 10, 110};
+TEST(LrSchedule, CosineWarmupPeakAndFloor) {
+  LrSchedule s{1.0f, 0.1f, 10, 110};
   EXPECT_FLOAT_EQ(s.lr_at(0), 0.1f);
   EXPECT_FLOAT_EQ(s.lr_at(9), 1.0f);
   EXPECT_FLOAT_EQ(s.lr_at(10), 1.0f);
@@ -72,6 +72,28 @@ TEST(CosineSchedule, WarmupPeakAndFloor) {
   EXPECT_NEAR(s.lr_at(110), 0.1f, 1e-7);
   EXPECT_NEAR(s.lr_at(500), 0.1f, 1e-7);
   for (int64_t i = 10; i < 110; ++i) EXPECT_LE(s.lr_at(i + 1), s.lr_at(i) + 1e-7f);
-  EXPECT_THROW((CosineSchedule{1.0f, 2.0f, 0, 10}.validate()), chorus::Error);
-  EXPECT_THROW((CosineSchedule{1.0f, 0.0f, -1, 10}.validate()), chorus::Error);
+  EXPECT_THROW((LrSchedule{1.0f, 2.0f, 0, 10}.validate()), chorus::Error);
+  EXPECT_THROW((LrSchedule{1.0f, 0.0f, -1, 10}.validate()), chorus::Error);
+}
+
+// Warmup-stable-decay: the peak from the end of the warmup until the last
+// decay_frac x steps, then a straight line that reaches min_lr at the last step.
+TEST(LrSchedule, WsdHoldsThePeakThenDecaysLinearly) {
+  const LrSchedule s{1.0f, 0.1f, 10, 110, ScheduleKind::wsd, 0.2};  // decay over steps 88..109
+  EXPECT_FLOAT_EQ(s.lr_at(0), 0.1f);
+  EXPECT_FLOAT_EQ(s.lr_at(9), 1.0f);
+  for (int64_t i = 10; i < 88; ++i) ASSERT_FLOAT_EQ(s.lr_at(i), 1.0f) << "step " << i;
+  EXPECT_LT(s.lr_at(88), 1.0f);
+  EXPECT_NEAR(s.lr_at(88) - s.lr_at(89), s.lr_at(100) - s.lr_at(101), 1e-6);  // linear
+  EXPECT_NEAR(s.lr_at(109), 0.1f, 1e-6);
+  EXPECT_NEAR(s.lr_at(98), 1.0f - 0.9f * 11.0f / 22.0f, 1e-6);  // half way down
+  EXPECT_FLOAT_EQ(s.lr_at(200), 0.1f);
+  // The decay never reaches into the warmup; decay_frac 0 stays at the peak.
+  const LrSchedule all{1.0f, 0.0f, 10, 20, ScheduleKind::wsd, 1.0};
+  EXPECT_FLOAT_EQ(all.lr_at(9), 1.0f);
+  EXPECT_LT(all.lr_at(10), 1.0f);
+  EXPECT_FLOAT_EQ((LrSchedule{1.0f, 0.0f, 0, 20, ScheduleKind::wsd, 0.0}.lr_at(19)), 1.0f);
+  EXPECT_THROW((LrSchedule{1.0f, 0.0f, 0, 20, ScheduleKind::wsd, 1.5}.validate()), chorus::Error);
+  EXPECT_EQ(parse_schedule("wsd"), ScheduleKind::wsd);
+  EXPECT_THROW(parse_schedule("linear"), chorus::Error);
 }
