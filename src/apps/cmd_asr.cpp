@@ -52,6 +52,9 @@ void add_finetune_speech_flags(OptionSet& o) {
                 "language balancing: language l drawn with probability p_l^(1/T) (1 = as in the data; large = "
                 "uniform over languages)");
   o.add_switch("data", "no-spec-augment", "train without SpecAugment");
+  o.add<int>("data", "bucket-batches", 1,
+             "length bucketing: sort each pool of N global batches' clips by length and cut it into batches of "
+             "similar clips, taken in a random order (less padding, the same clips; 1 = off)");
   o.add<int>("train", "batch", 8, "clips per micro-batch (per data-parallel rank)");
   o.add<int>("train", "eval-batches", 4, "validation micro-batches for the val loss");
   o.add<int>("train", "eval-clips", 64, "val clips decoded (greedy) for val CER/WER at each evaluation (0 = none)");
@@ -87,6 +90,7 @@ train::FinetuneSpeechOptions read_finetune_speech_flags(const po::variables_map&
   p.max_tokens = vm["max-tokens"].as<int>();
   p.temperature = vm["temperature"].as<double>();
   p.spec_augment = !vm["no-spec-augment"].as<bool>();
+  p.bucket_batches = vm["bucket-batches"].as<int>();
   p.batch = vm["batch"].as<int>();
   p.eval_batches = vm["eval-batches"].as<int>();
   p.eval_clips = vm["eval-clips"].as<int>();

@@ -162,4 +162,43 @@ void SpeechSampler::batch_indices(uint64_t consumed, int global_batch, int dp_ra
   cursor_counts_ = std::move(counts);
 }
 
+LengthBucketer::LengthBucketer(const SpeechSampler& sampler, std::vector<uint32_t> lengths, uint64_t seed,
+                               int pool_batches)
+    : sampler_(sampler), lengths_(std::move(lengths)), seed_(seed), pool_batches_(pool_batches) {
+  CHORUS_CHECK(pool_batches >= 1, "bucket-batches: expected >= 1 (1 = no bucketing), got %d", pool_batches);
+  CHORUS_CHECK(lengths_.size() == sampler.n_clips(), "LengthBucketer: %zu lengths for %zu clips", lengths_.size(),
+               sampler.n_clips());
+}
+
+void LengthBucketer::batch_indices(uint64_t consumed, int global_batch, int dp_rank, int dp, size_t* out) {
+  CHORUS_CHECK(global_batch > 0 && consumed % static_cast<uint64_t>(global_batch) == 0,
+               "LengthBucketer: consumed %llu is not a multiple of the global batch %d",
+               static_cast<unsigned long long>(consumed), global_batch);
+  if (pool_batches_ == 1) return sampler_.batch_indices(consumed, global_batch, dp_rank, dp, out);
+  const uint64_t G = static_cast<uint64_t>(global_batch), P = G * static_cast<uint64_t>(pool_batches_);
+  const uint64_t batch = consumed / G, pool = batch / pool_batches_;
+  if (pool != pool_ || global_batch != pool_g_) {
+    std::vector<size_t> clips(P);
+    sampler_.batch_indices(pool * P, static_cast<int>(P), 0, 1, clips.data());
+    std::vector<uint32_t> order(P);
+    for (uint32_t j = 0; j < P; ++j) order[j] = j;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](uint32_t a, uint32_t b) { return lengths_[clips[a]] < lengths_[clips[b]]; });
+    std::vector<uint32_t> perm(pool_batches_);
+    for (int k = 0; k < pool_batches_; ++k) perm[k] = static_cast<uint32_t>(k);
+    Rng rng(seed_ ^ 0x6275636b6574ull, pool);
+    for (int k = pool_batches_ - 1; k > 0; --k) std::swap(perm[k], perm[rng.next_u64() % static_cast<uint64_t>(k + 1)]);
+    pool_clips_.resize(P);
+    for (int k = 0; k < pool_batches_; ++k)
+      for (uint64_t j = 0; j < G; ++j) pool_clips_[k * G + j] = clips[order[perm[k] * G + j]];
+    pool_ = pool;
+    pool_g_ = global_batch;
+  }
+  CHORUS_CHECK(dp > 0 && dp_rank >= 0 && dp_rank < dp && global_batch % dp == 0,
+               "LengthBucketer: dp rank %d of %d for a global batch of %d", dp_rank, dp, global_batch);
+  const uint64_t local = G / static_cast<uint64_t>(dp);
+  const size_t* b = pool_clips_.data() + (batch % pool_batches_) * G + static_cast<uint64_t>(dp_rank) * local;
+  std::copy(b, b + local, out);
+}
+
 }  // namespace chorus::data

@@ -91,4 +91,34 @@ class SpeechSampler {
   mutable std::vector<std::vector<uint32_t>> lang_perm_;
 };
 
+// Length bucketing on top of a SpeechSampler, so that a batch's clips have
+// similar lengths and little of it is padding. The global batches come in
+// pools of `pool_batches`: pool p holds the clips of global sample indices
+// [p*P, (p+1)*P), P = pool_batches x G, as the sampler gives them. They are
+// sorted by length (ties by position in the pool) and cut into pool_batches
+// batches of G consecutive clips, which are taken in the order of a
+// permutation drawn with Rng(seed ^ 0x6275636b6574, p). So the clips used are
+// exactly the sampler's (each pool is a reordering of P of its indices), and
+// global batch b is still a pure function of (seed, b): resume is exact and
+// DP ranks take contiguous slices of the same global batch as without
+// bucketing. pool_batches 1 = the sampler's order.
+class LengthBucketer {
+ public:
+  // lengths[c]: clip c's length (any unit; samples). pool_batches >= 1.
+  LengthBucketer(const SpeechSampler& sampler, std::vector<uint32_t> lengths, uint64_t seed, int pool_batches);
+  int pool_batches() const { return pool_batches_; }
+  // As SpeechSampler::batch_indices; `consumed` must be a multiple of global_batch.
+  void batch_indices(uint64_t consumed, int global_batch, int dp_rank, int dp, size_t* out);
+
+ private:
+  const SpeechSampler& sampler_;
+  std::vector<uint32_t> lengths_;
+  uint64_t seed_;
+  int pool_batches_;
+  // Cache: the last pool's batches in the order they are taken.
+  uint64_t pool_ = UINT64_MAX;
+  int pool_g_ = 0;
+  std::vector<size_t> pool_clips_;  // pool_batches_ x G
+};
+
 }  // namespace chorus::data

@@ -73,6 +73,7 @@ class SpeechTask final : public TrainTask {
         train_(o.data_dir, "train", tok.hash()),
         val_(o.data_dir, "val", tok.hash()),
         sampler_(train_, o.train.seed, o.temperature),
+        bucketer_(sampler_, clip_lengths(train_), o.train.seed, o.bucket_batches),
         model_(cfg, o.batch, cfg.encoder.max_frames, o.max_tokens, &grid.tp(), o.train.precision) {
     for (const auto& p : model_.param_table()) {
       const bool is_new = p.name.rfind("encoder.", 0) == 0 || p.name.find(".ln_x.") != std::string::npos ||
@@ -92,7 +93,7 @@ class SpeechTask final : public TrainTask {
   void load_train_batch() {
     const int G = o_.batch * grid_.dp_size();
     idx_.resize(o_.batch);
-    sampler_.batch_indices(consumed_, G, grid_.dp_rank(), grid_.dp_size(), idx_.data());
+    bucketer_.batch_indices(consumed_, G, grid_.dp_rank(), grid_.dp_size(), idx_.data());
     std::vector<SpeechItem> items(o_.batch);
     const uint64_t first = consumed_ + static_cast<uint64_t>(grid_.dp_rank()) * o_.batch;
 #pragma omp parallel for schedule(dynamic, 1)
@@ -268,9 +269,13 @@ class SpeechTask final : public TrainTask {
     std::string langs;
     for (const auto& l : train_.languages()) langs += (langs.empty() ? "" : " ") + l;
     log_info("data: %zu train clips (%.2f h; %s), %zu val clips; batch %d clips x accum %d x dp %d; language "
-             "temperature %g; CTC weight %g",
+             "temperature %g; CTC weight %g%s",
              train_.size(), train_.total_seconds() / 3600, langs.c_str(), val_.size(), o_.batch,
-             o_.train.grad_accum, grid_.dp_size(), o_.temperature, o_.ctc_weight);
+             o_.train.grad_accum, grid_.dp_size(), o_.temperature, o_.ctc_weight,
+             o_.bucket_batches > 1 ? strfmt("; length buckets over %d batches", o_.bucket_batches).c_str() : "");
+    if (o_.ctc_only_steps > 0)
+      log_info("steps 1-%lld: CTC only (the decoder is not run and stays as loaded)",
+               static_cast<long long>(o_.ctc_only_steps));
   }
 
   nlohmann::json config_json() const override {
@@ -283,7 +288,7 @@ class SpeechTask final : public TrainTask {
             {"data", fs::absolute(o_.data_dir).string()}, {"init_decoder", o_.init_decoder},
             {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", json_float(o_.ctc_weight)},
             {"temperature", o_.temperature}, {"freeze_decoder_steps", o_.freeze_decoder_steps},
-            {"ctc_only_steps", o_.ctc_only_steps},
+            {"ctc_only_steps", o_.ctc_only_steps}, {"bucket_batches", o_.bucket_batches},
             {"decoder_lr_scale", json_float(o_.decoder_lr_scale)}, {"new_lr_scale", json_float(o_.new_lr_scale)},
             {"spec_augment", o_.spec_augment},
             {"augment", {{"n_freq_masks", a.n_freq_masks}, {"freq_width", a.freq_width},
@@ -300,11 +305,17 @@ class SpeechTask final : public TrainTask {
   bool pretrained_;
   data::SpeechDataset train_, val_;
   data::SpeechSampler sampler_;
+  data::LengthBucketer bucketer_;
   audio::LogMel mel_;
   models::SpeechSeq2Seq model_;
   models::SpeechBatch batch_;
   std::vector<size_t> idx_;
   uint64_t consumed_ = 0;
+  static std::vector<uint32_t> clip_lengths(const data::SpeechDataset& d) {
+    std::vector<uint32_t> n(d.size());
+    for (size_t i = 0; i < d.size(); ++i) n[i] = static_cast<uint32_t>(d.n_samples(i));
+    return n;
+  }
   std::vector<optim::Range> new_ranges_, old_ranges_;
   float last_att_ = 0, last_ctc_ = 0;
 };

@@ -33,6 +33,7 @@ struct FinetuneSpeechOptions {
   int max_tokens = 128;             // decoder positions per clip (prompt + transcript + end)
   float ctc_weight = 0.3f;          // joint CTC/attention weight
   double temperature = 1.0;         // language balancing (data/speech_sampler.h)
+  int bucket_batches = 1;           // length bucketing over pools of this many batches (1 = off)
   int64_t freeze_decoder_steps = 0;
   int64_t ctc_only_steps = 0;       // the first N steps: encoder + CTC only, the decoder neither run nor updated
   float decoder_lr_scale = 1.0f;    // pretrained decoder tensors

@@ -200,3 +200,52 @@ TEST(SpeechSampler, FromADataset) {
   EXPECT_EQ(ds.lang(s.clip_at(0)), ds.languages()[ds.lang_id(s.clip_at(0))]);
   std::filesystem::remove_all(dir);
 }
+
+// Length bucketing: the same clips as the sampler, each pool cut into batches
+// of neighbouring lengths, DP slices of the same global batch, 1 = the sampler.
+TEST(LengthBucketer, ReordersEachPoolIntoBatchesOfSimilarLength) {
+  const auto langs = two_languages(300, 100);
+  const SpeechSampler s(langs, 5, 2.0);
+  std::vector<uint32_t> len(langs.size());
+  for (size_t c = 0; c < len.size(); ++c) len[c] = static_cast<uint32_t>((c * 7919) % 1000);
+  const int G = 8, pool = 6;
+  LengthBucketer b(s, len, 5, pool);
+  bool shuffled = false;
+  for (int p = 0; p < 3; ++p) {
+    std::vector<size_t> want(G * pool), got;
+    s.batch_indices(static_cast<uint64_t>(p) * G * pool, G * pool, 0, 1, want.data());
+    std::vector<std::pair<uint32_t, uint32_t>> ranges;  // (min, max) length of each batch
+    for (int k = 0; k < pool; ++k) {
+      std::vector<size_t> one(G), halves(G);
+      const uint64_t consumed = (static_cast<uint64_t>(p) * pool + k) * G;
+      b.batch_indices(consumed, G, 0, 1, one.data());
+      b.batch_indices(consumed, G, 0, 2, halves.data());
+      b.batch_indices(consumed, G, 1, 2, halves.data() + G / 2);
+      EXPECT_EQ(halves, one) << "DP slices of batch " << k;
+      got.insert(got.end(), one.begin(), one.end());
+      uint32_t lo = UINT32_MAX, hi = 0;
+      for (size_t c : one) lo = std::min(lo, len[c]), hi = std::max(hi, len[c]);
+      if (!ranges.empty() && lo < ranges.back().first) shuffled = true;
+      ranges.push_back({lo, hi});
+    }
+    std::vector<size_t> a = want, c = got;
+    std::sort(a.begin(), a.end());
+    std::sort(c.begin(), c.end());
+    EXPECT_EQ(c, a) << "pool " << p << " is not a reordering of the sampler's clips";
+    std::sort(ranges.begin(), ranges.end());
+    for (size_t k = 1; k < ranges.size(); ++k)
+      EXPECT_LE(ranges[k - 1].second, ranges[k].first) << "batches of pool " << p << " overlap in length";
+  }
+  EXPECT_TRUE(shuffled) << "batches taken in length order in every pool";
+  // A fresh bucketer (as after a resume) gives the same batch; 1 = the sampler's order.
+  LengthBucketer again(s, len, 5, pool), off(s, len, 5, 1);
+  std::vector<size_t> x(G), y(G), z(G), w(G);
+  b.batch_indices(13 * G, G, 0, 1, x.data());
+  again.batch_indices(13 * G, G, 0, 1, y.data());
+  EXPECT_EQ(x, y);
+  off.batch_indices(13 * G, G, 0, 1, z.data());
+  s.batch_indices(13 * G, G, 0, 1, w.data());
+  EXPECT_EQ(z, w);
+  EXPECT_THROW(LengthBucketer(s, len, 5, 0), chorus::Error);
+  EXPECT_THROW(b.batch_indices(3, G, 0, 1, x.data()), chorus::Error);
+}

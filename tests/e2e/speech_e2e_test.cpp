@@ -126,7 +126,7 @@ TEST_F(SpeechE2E, ResumeIsExact) {
 TEST_F(SpeechE2E, DataAndTensorParallelEqualOneRank) {
   const std::string d = dir_.string();
   const std::string common = "--init-decoder none --dec-n-layer 2 --dec-n-embd 64 --dec-n-head 4 --dec-context 64 "
-                             "--no-spec-augment --eval-clips 0 --steps 4 --eval-every 4 ";
+                             "--no-spec-augment --eval-clips 0 --steps 4 --eval-every 4 --bucket-batches 3 ";
   Result one = finetune("one", common + "--batch 4");
   ASSERT_EQ(one.code, 0) << one.out;
   Result dp = finetune("dp2", common + "--batch 2", 2);
@@ -171,7 +171,7 @@ TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
 TEST_F(SpeechE2E, CtcOnlyStepsThenJointAndResumeAcrossTheSwitch) {
   const std::string d = dir_.string();
   const std::string flags = "--init-decoder " + d + "/gpt --batch 4 --eval-clips 4 --steps 6 --eval-every 2 "
-                            "--ctc-weight 0.5 --ctc-only-steps 3 ";
+                            "--ctc-weight 0.5 --ctc-only-steps 3 --bucket-batches 2 ";
   Result full = finetune("ctc_full", flags);
   ASSERT_EQ(full.code, 0) << full.out;
   const auto att = metric(d + "/ctc_full", "att_loss");
