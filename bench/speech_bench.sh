@@ -5,23 +5,31 @@
 # on one 10 s clip, random weights. Prints both real-time factors (compute
 # seconds / audio seconds; lower is faster) and their ratio.
 #   THREADS (2), TOKENS (64), ROUNDS (3), D (384), HEADS (6), ENC_LAYERS (4),
-#   DEC_LAYERS (4), VOCAB (8192: the tokenizer Chorus trains), PEER_VOCAB (51865: the
-#   peer's prompt uses Whisper's token ids, so it cannot run a smaller vocabulary;
-#   its LM head is then 6.3x larger than ours: say so next to any figure)
+#   DEC_LAYERS (4), VOCAB (51865: Whisper's, so both LM heads are the same size; the
+#   tokenizer is then trained on datasets/text-large), PEER_VOCAB (51865: the peer's
+#   prompt uses Whisper's token ids, so it cannot run a smaller vocabulary)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 launch/setup >/dev/null
 chorus=${CHORUS_BUILD_DIR:-$root/build}/bin/chorus
 threads=${THREADS:-2}; tokens=${TOKENS:-64}; rounds=${ROUNDS:-3}
-d=${D:-384}; heads=${HEADS:-6}; enc=${ENC_LAYERS:-4}; dec=${DEC_LAYERS:-4}; vocab=${VOCAB:-8192}
+d=${D:-384}; heads=${HEADS:-6}; enc=${ENC_LAYERS:-4}; dec=${DEC_LAYERS:-4}; vocab=${VOCAB:-51865}
 peer_vocab=${PEER_VOCAB:-51865}
 peer=${PEER:-$root/../shared/bench/peers/torch_whisper_bench.py}
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-torch >/dev/null
 fi
-"$chorus" train-tokenizer --input datasets/text --vocab "$vocab" --out "$work/tok.json" >/dev/null 2>&1
+text=datasets/text
+if [ "$vocab" -gt 16384 ]; then  # datasets/text is too small for that many merges
+  mkdir -p "$work/text"
+  for f in datasets/text-large/*.txt.xz; do xz -dc "$f" > "$work/text/$(basename "$f" .xz)"; done
+  text=$work/text
+fi
+"$chorus" train-tokenizer --input "$text" --vocab "$vocab" --out "$work/tok.json" >/dev/null 2>&1
+[ "$(grep -m1 -o '"vocab_size": *[0-9]*' "$work/tok.json" | grep -o '[0-9]*$' || echo "$vocab")" = "$vocab" ] ||
+  echo "warning: the tokenizer has fewer than $vocab tokens" >&2
 sox -n -r 16000 -c 1 -b 16 "$work/clip.wav" synth 10 pinknoise vol 0.3
 printf 'clip.wav\ten\tsome text for the shard\n' > "$work/m.tsv"
 for s in train val; do
