@@ -16,8 +16,10 @@ using chorus::testing::expect_grad_close;
 using chorus::testing::random_vector;
 using chorus::testing::weighted_sum;
 
-TEST(Gemm, AllTransposesMatchNaive) {
-  const int M = 37, N = 29, K = 45;
+// Every transpose and stride, for a full GEMM and for the matrix-vector shapes
+// (M == 1, N == 1) that take the gemv path.
+void check_gemm_shape(int M, int N, int K) {
+  SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K);
   for (int ta = 0; ta < 2; ++ta) {
     for (int tb = 0; tb < 2; ++tb) {
       // Strided storage (leading dimensions larger than the logical width).
@@ -45,9 +47,23 @@ TEST(Gemm, AllTransposesMatchNaive) {
   }
 }
 
+TEST(Gemm, AllTransposesMatchNaive) { check_gemm_shape(37, 29, 45); }
+
+TEST(Gemm, MatrixVectorShapesMatchNaive) {
+  check_gemm_shape(1, 29, 45);
+  check_gemm_shape(37, 1, 45);
+  check_gemm_shape(1, 1, 45);
+  check_gemm_shape(1, 300, 7);
+}
+
 TEST(Gemm, BetaZeroOverwritesNaN) {
   std::vector<float> A(6, 1.0f), B(6, 1.0f), C(4, std::numeric_limits<float>::quiet_NaN());
   backend::cpu::gemm(false, false, 2, 2, 3, 1.0f, A.data(), 3, B.data(), 2, 0.0f, C.data(), 2);
+  for (float c : C) EXPECT_EQ(c, 3.0f);
+  // The gemv shapes too (one row, one column).
+  std::fill(C.begin(), C.end(), std::numeric_limits<float>::quiet_NaN());
+  backend::cpu::gemm(false, true, 1, 2, 3, 1.0f, A.data(), 3, B.data(), 3, 0.0f, C.data(), 2);
+  backend::cpu::gemm(false, false, 2, 1, 3, 1.0f, A.data(), 3, B.data(), 1, 0.0f, C.data() + 2, 1);
   for (float c : C) EXPECT_EQ(c, 3.0f);
 }
 
