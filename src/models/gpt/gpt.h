@@ -52,6 +52,11 @@ struct ParamSpec {
   size_t offset = 0;            // into params()/grads(), in floats (local)
   size_t numel = 0;             // local
   bool decay = false;           // AdamW weight decay (matrices and embeddings only)
+  // A hidden 2-D weight matrix of a transformer block (attention QKV / output,
+  // MLP up / down, cross-attention q / kv / output): the tensors Muon updates
+  // with --optimizer muon (docs/OPTIMIZERS.md). Embeddings, the LM / CTC head,
+  // LayerNorms, biases and conv weights are not: AdamW keeps them.
+  bool hidden_matrix = false;
   // Tensor-parallel layout (nn/tp_shard.h): global shape, sharded axis
   // (-1 = replicated on every TP rank) and parts (3 for the fused QKV):
   //   wte (Vp, C)            axis 0       vocab-parallel rows
