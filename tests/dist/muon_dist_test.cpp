@@ -2,8 +2,8 @@
 // every TP split the models use (fused q|k|v rows, row-parallel columns,
 // column-parallel rows, replicated) among AdamW tensors, trained for a few
 // steps on DP x TP layouts with and without ZeRO-1, must give the parameters
-// (reassembled from the TP shards) and the momentum that one rank gets from
-// the DP-averaged gradients, and identical parameters on every DP rank.
+// (reassembled from the TP shards) that one rank gets from the DP-averaged
+// gradients, and identical parameters on every DP rank.
 // Matrices are cut by the ZeRO-1 chunk boundaries on purpose (odd sizes).
 #include <gtest/gtest.h>
 

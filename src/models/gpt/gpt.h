@@ -7,8 +7,8 @@
 // the same size for their gradients, one for activations sized once for
 // (max_batch, max_seq) at construction. A training step allocates nothing.
 // The parameter table names every tensor (GPT-2 dotted names) with its shape,
-// offset and whether weight decay applies, so the optimizer, checkpoints and
-// ZeRO / TP slicing are flat ranges over the same buffer.
+// offset, weight decay and hidden-matrix (Muon) tags, so the optimizer, checkpoints
+// and ZeRO / TP slicing are flat ranges over the same buffer.
 //
 // Tensor parallelism (Megatron layout, docs/PARALLELISM.md): with a TP group
 // of T > 1 ranks each rank holds only its shard of the split tensors (the
