@@ -80,6 +80,17 @@ void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
   o.add<float>("optim", "beta1", 0.9f, "0.9", "AdamW beta1");
   o.add<float>("optim", "beta2", 0.95f, "0.95", "AdamW beta2");
   o.add<float>("optim", "eps", 1e-8f, "1e-8", "AdamW epsilon");
+  o.add<std::string>("optim", "optimizer", "adamw",
+                     "adamw (AdamW on every tensor) | muon (Muon: Nesterov momentum orthogonalised by 5 "
+                     "Newton-Schulz steps, for the hidden 2-D weight matrices of the transformer blocks - attention "
+                     "QKV and output, MLP up and down, cross-attention, the speech encoder's blocks - with no "
+                     "weight decay; AdamW with --lr, --weight-decay, --beta1/2 keeps embeddings, heads, LayerNorms, "
+                     "biases and convolutions). Recorded in the checkpoint: a run resumes only with the optimizer "
+                     "it was trained with (docs/OPTIMIZERS.md)");
+  o.add<float>("optim", "muon-lr", 0.02f, "0.02",
+               "Muon's peak learning rate (--optimizer muon); it follows the --schedule of --lr: muon-lr * "
+               "lr(step) / lr. Each update is scaled by max(1, rows/cols)^0.5");
+  o.add<float>("optim", "muon-momentum", 0.95f, "0.95", "Muon's (Nesterov) momentum, in [0, 1)");
   o.add<float>("optim", "grad-clip", 1.0f, "1.0", "clip the global gradient norm to this (0 = off)");
   o.add<int>("parallel", "tp", 1, "tensor-parallel degree (divides the ranks, heads, MLP width, padded vocab)");
   o.add<int>("parallel", "zero", 0, "1 = ZeRO-1: shard optimizer state over data-parallel ranks");
@@ -138,6 +149,9 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   p.adamw.beta2 = vm["beta2"].as<float>();
   p.adamw.eps = vm["eps"].as<float>();
   p.grad_clip = vm["grad-clip"].as<float>();
+  p.optimizer = optim::parse_optimizer(vm["optimizer"].as<std::string>());
+  p.muon.lr = vm["muon-lr"].as<float>();
+  p.muon.momentum = vm["muon-momentum"].as<float>();
   p.peak_gflops = vm["peak-gflops"].as<double>();
   p.max_memory_gib = vm["max-memory"].as<double>();
   // Flags where 0 means "off" / "measure": a negative value is refused, not read as 0.

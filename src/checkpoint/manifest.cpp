@@ -196,6 +196,11 @@ json manifest_to_json(const Manifest& m) {
                     {"weight_decay", m.optimizer.weight_decay},
                     {"grad_clip", m.optimizer.grad_clip},
                     {"masters", "model"}};
+  if (m.optimizer.type == "muon") {
+    j["optimizer"]["muon_lr"] = m.optimizer.muon_lr;
+    j["optimizer"]["muon_momentum"] = m.optimizer.muon_momentum;
+    j["optimizer"]["muon_nesterov"] = m.optimizer.muon_nesterov;
+  }
   j["loss_scaler"] = {{"enabled", m.loss_scaler.enabled},
                       {"scale", m.loss_scaler.scale},
                       {"good_steps", m.loss_scaler.good_steps},
@@ -302,10 +307,15 @@ Manifest manifest_from_json(const json& j, const std::string& where) {
                m.schedule.kind.c_str());
   if (sc.has("decay_frac")) m.schedule.decay_frac = sc.f64("decay_frac");
   Fields o = root.object("optimizer");
-  m.optimizer.type = o.str("type");
-  CHORUS_CHECK(m.optimizer.type == "adamw",
-               "checkpoint manifest '%s': field 'optimizer.type' is '%s', expected 'adamw'", where.c_str(),
+  if (o.has("type")) m.optimizer.type = o.str("type");
+  CHORUS_CHECK(m.optimizer.type == "adamw" || m.optimizer.type == "muon",
+               "checkpoint manifest '%s': field 'optimizer.type' is '%s', expected 'adamw' or 'muon'", where.c_str(),
                m.optimizer.type.c_str());
+  if (m.optimizer.type == "muon") {
+    m.optimizer.muon_lr = o.f32("muon_lr");
+    m.optimizer.muon_momentum = o.f32("muon_momentum");
+    if (o.has("muon_nesterov")) m.optimizer.muon_nesterov = o.boolean("muon_nesterov");
+  }
   m.optimizer.t = o.i64("t");
   m.optimizer.beta1 = o.f32("beta1");
   m.optimizer.beta2 = o.f32("beta2");

@@ -69,9 +69,14 @@ struct ScheduleState {
 };
 
 struct OptimizerState {
+  // "adamw" | "muon" (optim::optimizer_name; absent: adamw). With muon the
+  // optimizer files' exp_avg holds Muon's momentum in the Muon matrices'
+  // ranges (their exp_avg_sq stays 0), AdamW's moments elsewhere.
   std::string type = "adamw";
   int64_t t = 0;  // AdamW updates taken (bias correction)
   float beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0, grad_clip = 0;
+  float muon_lr = 0, muon_momentum = 0;  // muon only
+  bool muon_nesterov = true;
 };
 
 struct LossScalerState {

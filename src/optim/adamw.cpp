@@ -7,8 +7,13 @@
 
 namespace chorus::optim {
 
-AdamW::AdamW(size_t n, std::vector<DecayRange> decay, const AdamWConfig& cfg)
-    : cfg_(cfg), decay_(std::move(decay)), m_(n, 0.0f), v_(n, 0.0f) {
+AdamW::AdamW(size_t n, std::vector<DecayRange> decay, const AdamWConfig& cfg, std::vector<Range> skip)
+    : cfg_(cfg), decay_(std::move(decay)), skip_(std::move(skip)), m_(n, 0.0f), v_(n, 0.0f) {
+  std::sort(skip_.begin(), skip_.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  for (size_t i = 0; i < skip_.size(); ++i)
+    CHORUS_CHECK(skip_[i].begin <= skip_[i].end && skip_[i].end <= n && (i == 0 || skip_[i].begin >= skip_[i - 1].end),
+                 "AdamW: skipped range [%zu, %zu) overlaps another or exceeds the buffer of %zu floats",
+                 skip_[i].begin, skip_[i].end, n);
   std::sort(decay_.begin(), decay_.end(), [](const DecayRange& a, const DecayRange& b) { return a.begin < b.begin; });
   size_t prev_end = 0;
   for (const auto& r : decay_) {
@@ -24,6 +29,18 @@ AdamW::AdamW(size_t n, std::vector<DecayRange> decay, const AdamWConfig& cfg)
 
 void AdamW::update_range(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1,
                          float bc2) {
+  size_t pos = begin;
+  for (const Range& s : skip_) {
+    if (s.end <= pos) continue;
+    if (s.begin >= end) break;
+    if (pos < s.begin) update_span(p, g, pos, s.begin, lr, wd, bc1, bc2);
+    pos = std::max(pos, s.end);
+  }
+  if (pos < end) update_span(p, g, pos, end, lr, wd, bc1, bc2);
+}
+
+void AdamW::update_span(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1,
+                        float bc2) {
   const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps;
   float* m = m_.data();
   float* v = v_.data();

@@ -35,8 +35,11 @@ struct LrScaleRange {
 
 class AdamW {
  public:
-  // n: length of the parameter buffer; decay: ranges that get weight decay.
-  AdamW(size_t n, std::vector<DecayRange> decay, const AdamWConfig& cfg);
+  // n: length of the parameter buffer; decay: ranges that get weight decay;
+  // skip: ranges another optimizer updates (Muon's matrices): step() leaves
+  // their parameters and both moments untouched, so m() there is free for
+  // that optimizer's own state.
+  AdamW(size_t n, std::vector<DecayRange> decay, const AdamWConfig& cfg, std::vector<Range> skip = {});
 
   // One update with learning rate lr. t is the 1-based count of updates taken
   // so far including this one (bias correction). params -= lr * (m_hat /
@@ -52,13 +55,16 @@ class AdamW {
   size_t size() const { return m_.size(); }
 
  private:
+  // update_span over [begin, end) minus the skip ranges.
   void update_range(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1,
                     float bc2);
+  void update_span(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1, float bc2);
   // update_range over [begin, end) split where lr_scales change the learning rate.
   void update_scaled(float* p, const float* g, size_t begin, size_t end, float lr, float wd, float bc1, float bc2,
                      std::span<const LrScaleRange> lr_scales);
   AdamWConfig cfg_;
   std::vector<DecayRange> decay_;
+  std::vector<Range> skip_;  // sorted, non-overlapping
   std::vector<float> m_, v_;
 };
 

@@ -7,6 +7,17 @@
 //           AdamW on its contiguous chunk of the buffer only (its fp32 masters
 //           and Adam moments), then all-gather the updated parameters.
 //           Optimizer memory per rank falls by the DP degree.
+// With Muon (cfg.kind == muon, optim/muon.h, docs/OPTIMIZERS.md) the ranges of
+// cfg.muon_matrices are updated by Muon instead of AdamW, its momentum held in
+// AdamW's first-moment buffer at the same positions (one checkpoint format):
+//   zero 0: every DP rank orthogonalises every matrix (the same averaged
+//           gradients, so the same result as one rank);
+//   zero 1: each rank updates the momentum of the Muon elements of its chunk,
+//           the Nesterov inputs are all-gathered over DP, matrix k (in table
+//           order) is orthogonalised and applied by DP rank k % dp only, and
+//           broadcast from it to the other DP ranks afterwards;
+//   TP:     a sharded matrix is gathered over the TP group, orthogonalised as
+//           the whole matrix, and each rank keeps its shard of the result.
 // Gradients of TP-replicated tensors are first averaged over the TP group.
 // The global gradient norm counts tensors sharded over TP on every TP rank
 // and TP-replicated tensors (LayerNorm, row-parallel biases, wpe) once, so it
@@ -21,6 +32,7 @@
 #include "core/dtype.h"
 #include "dist/communicator.h"
 #include "optim/adamw.h"
+#include "optim/muon.h"
 
 namespace chorus::optim {
 
@@ -34,6 +46,11 @@ struct DistributedOptimizerConfig {
   // to 8 mantissa bits before and after the sum, about 0.4% relative error per
   // element, and the sum rounds at each combine).
   dist::DType grad_reduce_dtype = dist::DType::f32;
+  // adamw: AdamW everywhere; muon: Muon on muon_matrices (this rank's view of
+  // the model's hidden matrices), AdamW on the rest.
+  OptimizerKind kind = OptimizerKind::adamw;
+  MuonConfig muon;
+  std::vector<MuonMatrix> muon_matrices;
 };
 
 struct StepOptions {
@@ -46,6 +63,9 @@ struct StepOptions {
   // Ranges of the (whole, unsharded) buffer with their own learning-rate
   // factor (0 = frozen); the rest trains at lr.
   std::vector<LrScaleRange> lr_scales;
+  // Muon's learning rate for this step (the schedule applied to its peak);
+  // an lr_scales range scales it too, and must then cover whole matrices.
+  float muon_lr = 0.0f;
 };
 
 struct StepStats {
@@ -89,6 +109,8 @@ class DistributedOptimizer {
   // Bytes of optimizer state (Adam moments) held by this rank.
   size_t state_bytes() const { return adam_state_bytes(adamw_->size()); }
   AdamW& adamw() { return *adamw_; }
+  // The matrices Muon updates (empty with AdamW), sorted by offset.
+  const std::vector<MuonMatrix>& muon_matrices() const { return muon_; }
 
  private:
   double sum_squares(const float* g, Range r) const;  // TP-aware, over buffer range r
@@ -104,6 +126,19 @@ class DistributedOptimizer {
   // Averages grads over DP (zero 0) in buckets, in the configured dtype.
   void all_reduce_grads(std::span<float> grads);
 
+  // Muon: m = mu m + g and g = the Nesterov input, elementwise over n floats.
+  void muon_momentum(float* m, float* g, size_t n) const;
+  // Muon: u (this rank's shard of matrix mm, in place) becomes its shard of
+  // the orthogonalised whole matrix. Collective over TP for sharded matrices.
+  void orthogonalise(const MuonMatrix& mm, float* u);
+  // The lr_scales factor of a whole matrix (1 if no range touches it).
+  float muon_lr_scale(const MuonMatrix& mm, std::span<const LrScaleRange> lr_scales) const;
+  void apply_muon(std::span<float> params, std::span<float> grads, const StepOptions& so);
+
+  std::vector<MuonMatrix> muon_;
+  std::vector<float> ns_gather_;   // every TP rank's shard of one matrix
+  std::vector<float> ns_global_;   // one whole matrix
+  std::vector<float> ns_scratch_;  // newton_schulz5's
   std::vector<float> grad_shard_;  // zero 1: this rank's reduced gradient chunk
   std::vector<bf16> reduce_buf_;   // bf16 reduction: the rounded gradients (a bucket, or all with zero 1)
   std::vector<bf16> reduce_shard_; // bf16 reduction with zero 1: the reduced chunk

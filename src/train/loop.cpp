@@ -53,6 +53,10 @@ void TrainOptions::validate() const {
                "bad-grad-norm: must be a finite number >= 0 (0 = only non-finite norms are bad), got %g",
                bad_grad_norm);
   CHORUS_CHECK(zero_stage == 0 || zero_stage == 1, "zero: must be 0 or 1, got %d", zero_stage);
+  CHORUS_CHECK(muon.lr >= 0 && std::isfinite(muon.lr), "muon-lr: must be a finite number >= 0, got %g", muon.lr);
+  CHORUS_CHECK(muon.momentum >= 0 && muon.momentum < 1, "muon-momentum: must be in [0, 1), got %g", muon.momentum);
+  CHORUS_CHECK(optimizer != optim::OptimizerKind::muon || lr > 0,
+               "lr: must be > 0 with --optimizer muon (Muon's rate follows lr's schedule as muon-lr * lr(step) / lr)");
   CHORUS_CHECK(bucket_mb > 0, "bucket-mb: must be > 0, got %g", bucket_mb);
   CHORUS_CHECK(watchdog_timeout_s == 0 || watchdog_timeout_s >= 1,
                "watchdog-timeout: must be 0 (off) or at least 1 second, got %g", watchdog_timeout_s);
@@ -68,6 +72,7 @@ nlohmann::json TrainOptions::to_json() const {
       {"schedule", optim::schedule_name(schedule)}, {"decay_frac", decay_frac},
       {"warmup", warmup}, {"grad_clip", f(grad_clip)}, {"weight_decay", f(adamw.weight_decay)},
       {"beta1", f(adamw.beta1)}, {"beta2", f(adamw.beta2)}, {"eps", f(adamw.eps)},
+      {"optimizer", optim::optimizer_name(optimizer)},
       {"precision", precision_name(precision)}, {"loss_scaling", ls.enabled},
       {"loss_scaler", {{"init_scale", ls.init_scale}, {"growth", ls.growth}, {"growth_interval", ls.growth_interval},
                        {"backoff", ls.backoff}, {"min_scale", ls.min_scale}, {"max_scale", ls.max_scale}}},
@@ -81,6 +86,9 @@ nlohmann::json TrainOptions::to_json() const {
                       {"save_every", save_every}, {"keep_last", keep_last}, {"resume", resume},
                       {"stop_at", stop_at}, {"handle_signals", handle_signals}}},
       {"system", {{"threads", omp_get_max_threads()}, {"gemm", backend::cpu::gemm_describe()}}}};
+  if (optimizer == optim::OptimizerKind::muon)
+    j["muon"] = {{"lr", f(muon.lr)}, {"momentum", f(muon.momentum)}, {"nesterov", muon.nesterov},
+                 {"ns_steps", muon.ns_steps}};
   if (step_delay_ms > 0) j["fault_injection"]["step_delay_ms"] = step_delay_ms;
   if (fail_rank >= 0) j["fault_injection"]["fail_at"] = strfmt("%d:%lld", fail_rank, static_cast<long long>(fail_step));
   for (const auto& [name, f] : {std::pair{"inject_inf", &inject_inf_grad}, std::pair{"inject_nan_loss", &inject_nan_loss}})
@@ -187,6 +195,12 @@ void warn_differences(const checkpoint::Manifest& m, const checkpoint::Manifest&
          strfmt("(%g, %g, %g, %g)", m.optimizer.beta1, m.optimizer.beta2, m.optimizer.eps, m.optimizer.weight_decay),
          strfmt("(%g, %g, %g, %g)", o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay));
   if (m.optimizer.grad_clip != o.grad_clip) warn("grad-clip", num(m.optimizer.grad_clip), num(o.grad_clip));
+  if (o.optimizer == optim::OptimizerKind::muon &&
+      (m.optimizer.muon_lr != o.muon.lr || m.optimizer.muon_momentum != o.muon.momentum ||
+       m.optimizer.muon_nesterov != o.muon.nesterov))
+    warn("Muon (muon-lr, muon-momentum, nesterov)",
+         strfmt("(%g, %g, %d)", m.optimizer.muon_lr, m.optimizer.muon_momentum, m.optimizer.muon_nesterov ? 1 : 0),
+         strfmt("(%g, %g, %d)", o.muon.lr, o.muon.momentum, o.muon.nesterov ? 1 : 0));
 }
 
 // Why a step is bad (the divergence guard), in rising order of severity.
@@ -226,6 +240,17 @@ std::vector<checkpoint::TensorInfo> tensor_infos(const std::vector<models::Param
 
 }  // namespace
 
+std::vector<optim::MuonMatrix> muon_matrices(const std::vector<models::ParamSpec>& table) {
+  std::vector<optim::MuonMatrix> out;
+  for (const auto& p : table) {
+    if (!p.hidden_matrix) continue;
+    CHORUS_CHECK(p.global_shape.size() == 2, "Muon: tensor '%s' is marked a hidden matrix but has %zu dimensions",
+                 p.name.c_str(), p.global_shape.size());
+    out.push_back({p.name, p.offset, p.numel, p.global_shape[0], p.global_shape[1], p.tp_axis, p.tp_parts});
+  }
+  return out;
+}
+
 TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   opt.validate();
   const optim::LrSchedule schedule = opt.lr_schedule();
@@ -250,10 +275,21 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   ocfg.bucket_floats = std::max<size_t>(1, static_cast<size_t>(opt.bucket_mb * (1 << 20) / sizeof(float)));
   ocfg.grad_clip = opt.grad_clip;
   ocfg.grad_reduce_dtype = opt.grad_reduce_dtype;
+  ocfg.kind = opt.optimizer;
+  ocfg.muon = opt.muon;
+  if (opt.optimizer == optim::OptimizerKind::muon) ocfg.muon_matrices = muon_matrices(task.param_table());
   optim::DistributedOptimizer optimizer(task.params().size(), decay, replicated, ocfg, grid.dp(), grid.tp());
 
   const double peak_gflops = opt.peak_gflops > 0 ? opt.peak_gflops : backend::cpu::measure_sgemm_gflops();
   task.log_setup();
+  if (opt.optimizer == optim::OptimizerKind::muon) {
+    size_t n_muon = 0;
+    for (const auto& mm : optimizer.muon_matrices()) n_muon += mm.numel;
+    log_info("optimizer: Muon (lr %g, momentum %g%s, %d Newton-Schulz steps) on %zu hidden matrices (%.1f%% of "
+             "this rank's parameters), AdamW (lr %g) on the rest",
+             opt.muon.lr, opt.muon.momentum, opt.muon.nesterov ? " Nesterov" : "", opt.muon.ns_steps,
+             optimizer.muon_matrices().size(), 100.0 * n_muon / std::max<size_t>(1, task.params().size()), opt.lr);
+  }
   log_info("layout: %s, zero %d; %.0f tokens per step", grid.describe().c_str(), opt.zero_stage,
            task.tokens_per_step());
   const models::GptMemory mem0 = task.memory();
@@ -294,6 +330,15 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
                                                 identity.tokenizer_hash, ck);
     if (loaded) {
       const checkpoint::Manifest& m = loaded->manifest;
+      // Muon's momentum and AdamW's moments share the exp_avg slots: the
+      // state of one optimizer is not the other's, so the switch is refused.
+      // Every rank read the same manifest: one report, no abort.
+      if (m.optimizer.type != optim::optimizer_name(opt.optimizer))
+        throw AgreedError(strfmt("resume: checkpoint %s was trained with --optimizer %s and this run has --optimizer "
+                                 "%s; its optimizer state cannot continue under another optimizer (resume with "
+                                 "--optimizer %s, or start a new run)",
+                                 loaded->path.c_str(), m.optimizer.type.c_str(), optim::optimizer_name(opt.optimizer),
+                                 m.optimizer.type.c_str()));
       start_step = m.step;
       tokens_seen = m.tokens_seen;
       resumed_from = loaded->path;
@@ -345,6 +390,10 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     meta.optimizer.eps = opt.adamw.eps;
     meta.optimizer.weight_decay = opt.adamw.weight_decay;
     meta.optimizer.grad_clip = opt.grad_clip;
+    meta.optimizer.type = optim::optimizer_name(opt.optimizer);
+    meta.optimizer.muon_lr = opt.muon.lr;
+    meta.optimizer.muon_momentum = opt.muon.momentum;
+    meta.optimizer.muon_nesterov = opt.muon.nesterov;
     const optim::LossScalerSnapshot ls = scaler.snapshot();
     meta.loss_scaler = {ls.enabled, ls.scale, ls.good_steps, ls.skipped_steps};
     meta.precision = precision_name(opt.precision);
@@ -398,6 +447,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     const float lr = schedule.lr_at(step);
     optim::StepOptions so{loss_scale, scaler.enabled(), {}};
     for (const LrGroup& g : task.lr_groups(step)) so.lr_scales.push_back({g.range, g.lr_scale});
+    so.muon_lr = opt.muon.lr * (opt.lr > 0 ? lr / opt.lr : 0.0f);  // Muon's peak, on the same schedule
     const optim::StepStats st = optimizer.reduce(task.grads(), so);
     // The divergence guard: a bad step changes no parameter or moment on any
     // rank; its data stays consumed (a retry would diverge the same way) and

@@ -22,6 +22,7 @@
 #include "dist/grid.h"
 #include "models/gpt/gpt.h"
 #include "optim/adamw.h"
+#include "optim/muon.h"
 #include "optim/schedule.h"
 #include "optim/loss_scaler.h"
 
@@ -67,6 +68,11 @@ struct TrainOptions {
   double decay_frac = 0.2;        // wsd: the last decay_frac x steps decay linearly to min_lr
   float grad_clip = 1.0f;         // <= 0: no clipping
   optim::AdamWConfig adamw;
+  // --optimizer: adamw everywhere, or muon on the model's hidden matrices
+  // (ParamSpec::hidden_matrix) and AdamW on the rest (docs/OPTIMIZERS.md).
+  // Muon's learning rate follows the same schedule, scaled to muon.lr at the peak.
+  optim::OptimizerKind optimizer = optim::OptimizerKind::adamw;
+  optim::MuonConfig muon;
   // Mixed precision (docs/DESIGN.md "Mixed precision"): the dtype of
   // activations and the compute copy of the weights; masters, gradients and
   // Adam state stay fp32. Loss scaling is meant for fp16 (loss_scaler.enabled).
@@ -185,6 +191,10 @@ class TrainTask {
   // Task-specific entries of config.json.
   virtual nlohmann::json config_json() const = 0;
 };
+
+// The tensors of a parameter table that Muon updates (the hidden matrices,
+// ParamSpec::hidden_matrix), as the optimizer sees them; in table order.
+std::vector<optim::MuonMatrix> muon_matrices(const std::vector<models::ParamSpec>& table);
 
 struct TrainResult {
   int64_t steps_done = 0;

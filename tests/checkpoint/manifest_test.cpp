@@ -87,6 +87,32 @@ TEST(Manifest, RefusesBadFieldsByName) {
       {"schedule.max_lr", "expected a float"});
 }
 
+// The optimizer's type: adamw or muon (with Muon's settings); a manifest
+// without the key (older ones) means adamw; anything else is refused by name.
+TEST(Manifest, RecordsTheOptimizer) {
+  Manifest m = sample();
+  m.optimizer.type = "muon";
+  m.optimizer.muon_lr = 0.02f;
+  m.optimizer.muon_momentum = 0.95f;
+  const Manifest b = manifest_from_json(json::parse(manifest_to_json(m).dump()), "test");
+  EXPECT_EQ(b.optimizer.type, "muon");
+  EXPECT_EQ(b.optimizer.muon_lr, 0.02f);
+  EXPECT_EQ(b.optimizer.muon_momentum, 0.95f);
+  EXPECT_TRUE(b.optimizer.muon_nesterov);
+  auto rehash = [](json j) {
+    j.erase("manifest_sha256");
+    j["manifest_sha256"] = chorus::sha256_hex(j.dump());
+    return j;
+  };
+  json old = manifest_to_json(sample());
+  old["optimizer"].erase("type");
+  EXPECT_EQ(manifest_from_json(rehash(old), "old.json").optimizer.type, "adamw");
+  json bad = manifest_to_json(sample());
+  bad["optimizer"]["type"] = "sgd";
+  expect_throw_with<chorus::Error>([&] { manifest_from_json(rehash(bad), "m.json"); },
+                                   {"m.json", "optimizer.type", "sgd", "'adamw' or 'muon'"});
+}
+
 // Found by tests/fuzz: the self-hash copies the whole JSON tree recursively,
 // so a manifest of nested brackets overflowed the stack (a crash).
 TEST(Manifest, RefusesDeeplyNestedJsonAsCorrupt) {

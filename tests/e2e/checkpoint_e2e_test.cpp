@@ -132,6 +132,28 @@ TEST_F(Ckpt, ExactResumeGradAccum) {
   exact_resume("accum", 1, "--batch 4 --grad-accum 2");
   exact_resume("dp2accum", 2, "--batch 2 --grad-accum 2 --zero 1");
 }
+// Muon's momentum lives in the exp_avg slots of its matrices: the same exact resume.
+TEST_F(Ckpt, ExactResumeMuon) { exact_resume("muon", 1, "--batch 8 --optimizer muon"); }
+TEST_F(Ckpt, ExactResumeMuonDp2xTp2Zero1) { exact_resume("muon_dp2tp2", 4, "--batch 4 --tp 2 --zero 1 --optimizer muon"); }
+// The optimizer is recorded (config.json, the manifest) and a resume with the
+// other one is refused, naming the checkpoint and both optimizers.
+TEST_F(Ckpt, ResumeWithAnotherOptimizerIsRefused) {
+  for (const auto& [trained, other] : {std::pair{"muon", "adamw"}, std::pair{"adamw", "muon"}}) {
+    SCOPED_TRACE(std::string("trained with ") + trained);
+    const std::string run = path(std::string("switch_") + trained);
+    pretrain(1, run, std::string("--batch 8 --stop-at 2 --optimizer ") + trained);
+    const std::string ckpt = run + "/step-00000002";
+    EXPECT_EQ(manifest(ckpt).optimizer.type, trained);
+    std::ifstream cfg(run + "/config.json");
+    EXPECT_EQ(nlohmann::json::parse(cfg).at("optimizer").get<std::string>(), trained);
+    const Result r = pretrain(1, run, std::string("--batch 8 --resume auto --optimizer ") + other, 1);
+    EXPECT_NE(r.out.find(ckpt), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(std::string("trained with --optimizer ") + trained + " and this run has --optimizer " + other),
+              std::string::npos)
+        << r.out;
+    EXPECT_EQ(manifest(ckpt).optimizer.type, trained) << "the refused run changed nothing";
+  }
+}
 TEST_F(Ckpt, ExactResumeTensorParallel2) { exact_resume("tp2", 2, "--batch 8 --tp 2"); }
 TEST_F(Ckpt, ExactResumeDp2xTp2Zero1) { exact_resume("dp2tp2", 4, "--batch 4 --tp 2 --zero 1"); }
 // Mixed precision: the fp32 masters, Adam state and (fp16) the loss scaler's

@@ -5,7 +5,7 @@
 // sum for an average doubles it, which AdamW and clipping would hide from the
 // loss) and the same final parameters — in fp32, bf16 and fp16 (each layout
 // against one rank in the same precision); and a rank that fails mid-step
-// ends the whole job.
+// ends the whole job. The same for --optimizer muon (fp32).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -63,11 +63,14 @@ class Parallel : public ::testing::Test {
     ASSERT_EQ(chorus::testing::make_corpus(dir_, {"en", "fr"}, 512), "");
   }
 
-  // One rank, global batch 8, in `precision` (made once per precision).
-  static const std::string& reference(const std::string& precision) {
-    auto it = references_.find(precision);
+  // One rank, global batch 8, in `precision` with `optimizer` (made once per pair).
+  static const std::string& reference(const std::string& precision, const std::string& optimizer = "adamw") {
+    const std::string key = precision + "_" + optimizer;
+    auto it = references_.find(key);
     if (it == references_.end())
-      it = references_.emplace(precision, run("single_" + precision, 1, "--batch 8 --precision " + precision)).first;
+      it = references_
+               .emplace(key, run("single_" + key, 1, "--batch 8 --precision " + precision + " --optimizer " + optimizer))
+               .first;
     return it->second;
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
@@ -99,8 +102,8 @@ class Parallel : public ::testing::Test {
   }
 
   static void expect_same_as_reference(const std::string& run_dir, const std::string& precision = "fp32",
-                                       double tol_factor = 1.0) {
-    const std::string& ref = reference(precision);
+                                       double tol_factor = 1.0, const std::string& optimizer = "adamw") {
+    const std::string& ref = reference(precision, optimizer);
     Tolerance tol = tolerance(precision);
     tol.loss *= tol_factor, tol.grad_norm *= tol_factor, tol.params_global *= tol_factor;
     tol.params_tensor *= tol_factor;
@@ -160,6 +163,22 @@ std::map<std::string, std::string> Parallel::references_;
 }  // namespace
 
 TEST_F(Parallel, DataParallel2) { expect_same_as_reference(run("dp2", 2, "--batch 4")); }
+// Muon (docs/OPTIMIZERS.md): DP orthogonalises the averaged gradients' momentum,
+// ZeRO-1 distributes whole matrices over the DP ranks, TP orthogonalises the
+// whole matrix gathered from its shards: each equals one rank's Muon run.
+TEST_F(Parallel, MuonDataParallel2) {
+  expect_same_as_reference(run("muon_dp2", 2, "--batch 4 --optimizer muon"), "fp32", 1.0, "muon");
+}
+TEST_F(Parallel, MuonZero1Dp2) {
+  expect_same_as_reference(run("muon_zero1", 2, "--batch 4 --zero 1 --optimizer muon"), "fp32", 1.0, "muon");
+}
+TEST_F(Parallel, MuonTensorParallel2) {
+  expect_same_as_reference(run("muon_tp2", 2, "--batch 8 --tp 2 --optimizer muon"), "fp32", 1.0, "muon");
+}
+TEST_F(Parallel, MuonZero1Dp2xTp2) {
+  expect_same_as_reference(run("muon_zero1tp2", 4, "--batch 4 --tp 2 --zero 1 --optimizer muon"), "fp32", 1.0,
+                           "muon");
+}
 TEST_F(Parallel, TensorParallel2) { expect_same_as_reference(run("tp2", 2, "--batch 8 --tp 2")); }
 TEST_F(Parallel, Dp2xTp2) { expect_same_as_reference(run("dp2tp2", 4, "--batch 4 --tp 2")); }
 TEST_F(Parallel, Zero1Dp2) { expect_same_as_reference(run("zero1", 2, "--batch 4 --zero 1")); }

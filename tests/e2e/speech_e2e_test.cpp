@@ -1,6 +1,6 @@
 // The whole speech path on tiny data: a synthesised corpus (espeak-ng) ->
 // prepare-speech -> a tiny GPT pretrained -> finetune-speech from it -> resume
-// exactness -> DP 2 and TP 2 equal one rank -> bf16 / fp16 track fp32 ->
+// exactness -> DP 2 and TP 2 equal one rank (AdamW and Muon) -> bf16 / fp16 track fp32 ->
 // transcribe -> evaluate.
 #include <gtest/gtest.h>
 
@@ -65,6 +65,30 @@ class SpeechE2E : public ::testing::Test {
                             "--warmup 2 --lr 2e-3 --quiet " +
                             "--threads 1 " + extra;
     return sh(cmd);
+  }
+  // One rank vs DP 2 and TP 2: runs prefix + one / dp2 / tp2, with extra flags.
+  static void expect_layouts_equal(const std::string& prefix, const std::string& extra) {
+    const std::string d = dir_.string() + "/" + prefix;
+    const std::string common = "--init-decoder none --dec-n-layer 2 --dec-n-embd 64 --dec-n-head 4 --dec-context 64 "
+                               "--no-spec-augment --eval-clips 0 --steps 4 --eval-every 4 --bucket-batches 3 " +
+                               extra + " ";
+    Result one = finetune(prefix + "one", common + "--batch 4");
+    ASSERT_EQ(one.code, 0) << one.out;
+    Result dp = finetune(prefix + "dp2", common + "--batch 2", 2);
+    ASSERT_EQ(dp.code, 0) << dp.out;
+    Result tp = finetune(prefix + "tp2", common + "--batch 4 --tp 2", 2);
+    ASSERT_EQ(tp.code, 0) << tp.out;
+    std::vector<double> g1, g2, g3, l1, l2, l3;
+    ASSERT_TRUE(rows_to_compare(d + "one", d + "dp2", "grad_norm", 4, &g1, &g2));
+    ASSERT_TRUE(rows_to_compare(d + "one", d + "tp2", "grad_norm", 4, &g1, &g3));
+    ASSERT_TRUE(rows_to_compare(d + "one", d + "dp2", "loss", 4, &l1, &l2));
+    ASSERT_TRUE(rows_to_compare(d + "one", d + "tp2", "loss", 4, &l1, &l3));
+    for (size_t i = 0; i < 4; ++i) {
+      EXPECT_NEAR(l2[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "DP 2 step " << i;
+      EXPECT_NEAR(l3[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "TP 2 step " << i;
+      EXPECT_NEAR(g2[i], g1[i], 1e-3 * g1[i]) << "DP 2 grad norm step " << i;
+      EXPECT_NEAR(g3[i], g1[i], 1e-3 * g1[i]) << "TP 2 grad norm step " << i;
+    }
   }
   static inline fs::path dir_;
   static inline std::string error_;
@@ -134,27 +158,12 @@ TEST_F(SpeechE2E, ResumeIsExact) {
   EXPECT_EQ(la, lb);
 }
 
-TEST_F(SpeechE2E, DataAndTensorParallelEqualOneRank) {
-  const std::string d = dir_.string();
-  const std::string common = "--init-decoder none --dec-n-layer 2 --dec-n-embd 64 --dec-n-head 4 --dec-context 64 "
-                             "--no-spec-augment --eval-clips 0 --steps 4 --eval-every 4 --bucket-batches 3 ";
-  Result one = finetune("one", common + "--batch 4");
-  ASSERT_EQ(one.code, 0) << one.out;
-  Result dp = finetune("dp2", common + "--batch 2", 2);
-  ASSERT_EQ(dp.code, 0) << dp.out;
-  Result tp = finetune("tp2", common + "--batch 4 --tp 2", 2);
-  ASSERT_EQ(tp.code, 0) << tp.out;
-  std::vector<double> g1, g2, g3, l1, l2, l3;
-  ASSERT_TRUE(rows_to_compare(d + "/one", d + "/dp2", "grad_norm", 4, &g1, &g2));
-  ASSERT_TRUE(rows_to_compare(d + "/one", d + "/tp2", "grad_norm", 4, &g1, &g3));
-  ASSERT_TRUE(rows_to_compare(d + "/one", d + "/dp2", "loss", 4, &l1, &l2));
-  ASSERT_TRUE(rows_to_compare(d + "/one", d + "/tp2", "loss", 4, &l1, &l3));
-  for (size_t i = 0; i < 4; ++i) {
-    EXPECT_NEAR(l2[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "DP 2 step " << i;
-    EXPECT_NEAR(l3[i], l1[i], 1e-4 * std::abs(l1[i]) + 1e-5) << "TP 2 step " << i;
-    EXPECT_NEAR(g2[i], g1[i], 1e-3 * g1[i]) << "DP 2 grad norm step " << i;
-    EXPECT_NEAR(g3[i], g1[i], 1e-3 * g1[i]) << "TP 2 grad norm step " << i;
-  }
+TEST_F(SpeechE2E, DataAndTensorParallelEqualOneRank) { expect_layouts_equal("", ""); }
+// Muon on the encoder blocks, the decoder blocks and the cross-attention
+// (whole matrices under TP), through CTC-only steps (the decoder frozen: an
+// lr group of 0 over whole Muon matrices) and then joint training.
+TEST_F(SpeechE2E, MuonDataAndTensorParallelEqualOneRank) {
+  expect_layouts_equal("muon_", "--optimizer muon --ctc-only-steps 2");
 }
 
 TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {

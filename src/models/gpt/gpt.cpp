@@ -460,8 +460,9 @@ Table build_table(const GptConfig& cfg, int n_tp, CrossAttentionConfig cross) {
   size_t offset = 0;
   // tp_axis / tp_parts describe the Megatron split (nn/tp_shard.h); `shape`,
   // `numel` and `offset` are this rank's shard (TP = 1: shape == global_shape).
+  constexpr bool kHidden = true;  // ParamSpec::hidden_matrix (Muon's tensors)
   auto add = [&](std::string name, std::vector<int64_t> shape, bool decay, Init init, int tp_axis = -1,
-                 int tp_parts = 1) {
+                 int tp_parts = 1, bool hidden_matrix = false) {
     ParamSpec spec;
     spec.name = std::move(name);
     spec.global_shape = shape;
@@ -472,6 +473,7 @@ Table build_table(const GptConfig& cfg, int n_tp, CrossAttentionConfig cross) {
     spec.decay = decay;
     spec.tp_axis = tp_axis;
     spec.tp_parts = tp_parts;
+    spec.hidden_matrix = hidden_matrix;
     offset += spec.numel;
     t.specs.push_back(std::move(spec));
     t.init.push_back(init);
@@ -484,26 +486,26 @@ Table build_table(const GptConfig& cfg, int n_tp, CrossAttentionConfig cross) {
     const std::string h = "h." + std::to_string(l) + ".";
     add(h + "ln_1.weight", {C}, false, Init::kOne);
     add(h + "ln_1.bias", {C}, false, Init::kZero);
-    add(h + "attn.c_attn.weight", {3 * C, C}, true, Init::kNormal, 0, 3);  // column-parallel, q|k|v
+    add(h + "attn.c_attn.weight", {3 * C, C}, true, Init::kNormal, 0, 3, kHidden);  // column-parallel, q|k|v
     add(h + "attn.c_attn.bias", {3 * C}, false, Init::kZero, 0, 3);
-    add(h + "attn.c_proj.weight", {C, C}, true, Init::kResidualNormal, 1);  // row-parallel
+    add(h + "attn.c_proj.weight", {C, C}, true, Init::kResidualNormal, 1, 1, kHidden);  // row-parallel
     add(h + "attn.c_proj.bias", {C}, false, Init::kZero);
     add(h + "ln_2.weight", {C}, false, Init::kOne);
     add(h + "ln_2.bias", {C}, false, Init::kZero);
-    add(h + "mlp.c_fc.weight", {4 * C, C}, true, Init::kNormal, 0);  // column-parallel
+    add(h + "mlp.c_fc.weight", {4 * C, C}, true, Init::kNormal, 0, 1, kHidden);  // column-parallel
     add(h + "mlp.c_fc.bias", {4 * C}, false, Init::kZero, 0);
-    add(h + "mlp.c_proj.weight", {C, 4 * C}, true, Init::kResidualNormal, 1);  // row-parallel
+    add(h + "mlp.c_proj.weight", {C, 4 * C}, true, Init::kResidualNormal, 1, 1, kHidden);  // row-parallel
     add(h + "mlp.c_proj.bias", {C}, false, Init::kZero);
     if (cross.enabled()) {
       const int64_t Ca = cross.n_state;
       add(h + "ln_x.weight", {C}, false, Init::kOne);
       add(h + "ln_x.bias", {C}, false, Init::kZero);
-      add(h + "crossattn.q.weight", {C, C}, true, Init::kNormal, 0);  // column-parallel
+      add(h + "crossattn.q.weight", {C, C}, true, Init::kNormal, 0, 1, kHidden);  // column-parallel
       add(h + "crossattn.q.bias", {C}, false, Init::kZero, 0);
-      add(h + "crossattn.kv.weight", {2 * C, Ca}, true, Init::kNormal, 0, 2);  // column-parallel, k|v
+      add(h + "crossattn.kv.weight", {2 * C, Ca}, true, Init::kNormal, 0, 2, kHidden);  // column-parallel, k|v
       add(h + "crossattn.kv.bias", {2 * C}, false, Init::kZero, 0, 2);
       // Zero: at step 0 the decoder computes exactly what the pretrained GPT does.
-      add(h + "crossattn.c_proj.weight", {C, C}, true, Init::kZero, 1);  // row-parallel
+      add(h + "crossattn.c_proj.weight", {C, C}, true, Init::kZero, 1, 1, kHidden);  // row-parallel
       add(h + "crossattn.c_proj.bias", {C}, false, Init::kZero);
     }
   }

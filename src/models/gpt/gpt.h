@@ -7,8 +7,8 @@
 // the same size for their gradients, one for activations sized once for
 // (max_batch, max_seq) at construction. A training step allocates nothing.
 // The parameter table names every tensor (GPT-2 dotted names) with its shape,
-// offset and whether weight decay applies, so the optimizer, checkpoints and
-// ZeRO / TP slicing are flat ranges over the same buffer.
+// offset, weight decay and hidden-matrix (Muon) tags, so the optimizer, checkpoints
+// and ZeRO / TP slicing are flat ranges over the same buffer.
 //
 // Tensor parallelism (Megatron layout, docs/PARALLELISM.md): with a TP group
 // of T > 1 ranks each rank holds only its shard of the split tensors (the
@@ -52,6 +52,11 @@ struct ParamSpec {
   size_t offset = 0;            // into params()/grads(), in floats (local)
   size_t numel = 0;             // local
   bool decay = false;           // AdamW weight decay (matrices and embeddings only)
+  // A hidden 2-D weight matrix of a transformer block (attention QKV / output,
+  // MLP up / down, cross-attention q / kv / output): the tensors Muon updates
+  // with --optimizer muon (docs/OPTIMIZERS.md). Embeddings, the LM / CTC head,
+  // LayerNorms, biases and conv weights are not: AdamW keeps them.
+  bool hidden_matrix = false;
   // Tensor-parallel layout (nn/tp_shard.h): global shape, sharded axis
   // (-1 = replicated on every TP rank) and parts (3 for the fused QKV):
   //   wte (Vp, C)            axis 0       vocab-parallel rows

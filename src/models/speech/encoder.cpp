@@ -329,8 +329,9 @@ Table build_table(const SpeechEncoderConfig& cfg, int ctc_vocab, int n_tp) {
   const int64_t d = cfg.n_embd, M = cfg.n_mels, V = ctc_vocab;
   Table t;
   size_t offset = 0;
+  constexpr bool kHidden = true;  // ParamSpec::hidden_matrix (Muon's tensors)
   auto add = [&](std::string name, std::vector<int64_t> shape, bool decay, Init init, int tp_axis = -1,
-                 int tp_parts = 1) {
+                 int tp_parts = 1, bool hidden_matrix = false) {
     ParamSpec spec;
     spec.name = std::move(name);
     spec.global_shape = shape;
@@ -341,6 +342,7 @@ Table build_table(const SpeechEncoderConfig& cfg, int ctc_vocab, int n_tp) {
     spec.decay = decay;
     spec.tp_axis = tp_axis;
     spec.tp_parts = tp_parts;
+    spec.hidden_matrix = hidden_matrix;
     offset += spec.numel;
     t.specs.push_back(std::move(spec));
     t.init.push_back(init);
@@ -353,15 +355,15 @@ Table build_table(const SpeechEncoderConfig& cfg, int ctc_vocab, int n_tp) {
     const std::string h = "blocks." + std::to_string(l) + ".";
     add(h + "ln_1.weight", {d}, false, Init::kOne);
     add(h + "ln_1.bias", {d}, false, Init::kZero);
-    add(h + "attn.c_attn.weight", {3 * d, d}, true, Init::kNormal, 0, 3);
+    add(h + "attn.c_attn.weight", {3 * d, d}, true, Init::kNormal, 0, 3, kHidden);
     add(h + "attn.c_attn.bias", {3 * d}, false, Init::kZero, 0, 3);
-    add(h + "attn.c_proj.weight", {d, d}, true, Init::kResidualNormal, 1);
+    add(h + "attn.c_proj.weight", {d, d}, true, Init::kResidualNormal, 1, 1, kHidden);
     add(h + "attn.c_proj.bias", {d}, false, Init::kZero);
     add(h + "ln_2.weight", {d}, false, Init::kOne);
     add(h + "ln_2.bias", {d}, false, Init::kZero);
-    add(h + "mlp.c_fc.weight", {4 * d, d}, true, Init::kNormal, 0);
+    add(h + "mlp.c_fc.weight", {4 * d, d}, true, Init::kNormal, 0, 1, kHidden);
     add(h + "mlp.c_fc.bias", {4 * d}, false, Init::kZero, 0);
-    add(h + "mlp.c_proj.weight", {d, 4 * d}, true, Init::kResidualNormal, 1);
+    add(h + "mlp.c_proj.weight", {d, 4 * d}, true, Init::kResidualNormal, 1, 1, kHidden);
     add(h + "mlp.c_proj.bias", {d}, false, Init::kZero);
   }
   add("ln_post.weight", {d}, false, Init::kOne);
