@@ -140,8 +140,7 @@ struct LoadedRecognizer {
   std::string dir;
 };
 
-LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok_override, int max_batch,
-                                 Precision decode_weights) {
+LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok_override, int max_batch) {
   LoadedRecognizer r;
   r.dir = checkpoint::resolve_checkpoint_dir(path);
   const auto m = checkpoint::read_manifest((fs::path(r.dir) / "manifest.json").string());
@@ -171,7 +170,6 @@ LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok
   st.model_type = "speech";
   st.model_extra = cfg.extra_json();
   checkpoint::load_checkpoint(grid, r.dir, 0, cfg.decoder, r.tok.hash(), st);
-  r.model->decoder().set_decode_weights(decode_weights);
   return r;
 }
 
@@ -232,17 +230,7 @@ void add_decode_flags(OptionSet& o) {
   o.add<int>("decode", "min-new-tokens", 0, "no <|endoftext|> (and no repetition stop) before this many tokens: "
                                             "a fixed output length for speed benchmarks");
   o.add<int>("decode", "batch", 8, "clips decoded together");
-  o.add<std::string>("decode", "decode-weights", "fp32",
-                     "the decoder's weights while decoding: fp32 (as trained) or bf16 (rounded copies of the block "
-                     "matrices and the LM head; sums stay fp32): half the bytes read per token, so faster, with "
-                     "slightly different scores");
   o.add<int>("system", "threads", 0, "OpenMP threads (0 = all cores)");
-}
-
-Precision decode_weights_flag(const po::variables_map& vm) {
-  const std::string v = vm["decode-weights"].as<std::string>();
-  CHORUS_CHECK(v == "fp32" || v == "bf16", "decode-weights: expected fp32 or bf16, got '%s'", v.c_str());
-  return parse_precision(v, "decode-weights");
 }
 
 train::DecodeOptions read_decode_flags(const po::variables_map& vm) {
@@ -287,7 +275,7 @@ int cmd_transcribe(int argc, char** argv, dist::Runtime& rt) {
     }
   CHORUS_CHECK(!clips.empty(), "wav: give WAV files (positional) or --manifest TSV");
   auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
-                             vm["batch"].as<int>(), decode_weights_flag(vm));
+                             vm["batch"].as<int>());
   double secs = 0;
   std::vector<double> dur;
   const auto t = run_clips(rec, clips, dopt, vm["batch"].as<int>(), &secs, &dur);
@@ -332,7 +320,7 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   const auto clips = read_manifest_clips(vm["manifest"].as<std::string>());
   CHORUS_CHECK(!clips.empty(), "manifest '%s': no clips", vm["manifest"].as<std::string>().c_str());
   auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
-                             vm["batch"].as<int>(), decode_weights_flag(vm));
+                             vm["batch"].as<int>());
   eval::ErrorRates rates;
   std::map<std::string, std::pair<double, double>> rtf;  // lang -> (decode s, audio s)
   nlohmann::json rows = nlohmann::json::array();
@@ -365,15 +353,13 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   }
   j["rtf"]["overall"] = ts / std::max(as, 1e-9);
   j["checkpoint"] = rec.dir;
-  j["decode"] = {{"beam", dopt.beam}, {"ctc_weight", dopt.ctc_weight}, {"weights", vm["decode-weights"].as<std::string>()}};
   if (vm["json"].as<bool>())
     std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   else {
     std::string per_lang;
     for (const auto& [lang, v] : rtf) per_lang += strfmt(" %s %.3f", lang.c_str(), v.first / std::max(v.second, 1e-9));
-    std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d, %s weights); per language:%s\n",
-                rates.table().c_str(), ts / std::max(as, 1e-9), as, ts, dopt.beam,
-                vm["decode-weights"].as<std::string>().c_str(), per_lang.c_str());
+    std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d); per language:%s\n",
+                rates.table().c_str(), ts / std::max(as, 1e-9), as, ts, dopt.beam, per_lang.c_str());
   }
   if (!vm["out"].as<std::string>().empty()) {
     nlohmann::json full = j;

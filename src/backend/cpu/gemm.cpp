@@ -11,7 +11,6 @@
 #include <immintrin.h>
 #endif
 
-#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstdint>
@@ -571,32 +570,6 @@ template void gemm_mixed<bf16>(bool, bool, int, int, int, float, const bf16*, in
                                float*, int);
 template void gemm_mixed<fp16>(bool, bool, int, int, int, float, const fp16*, int, const fp16*, int, float,
                                float*, int);
-
-void gemm_bf16_weights(int M, int N, int K, const float* A, int lda, const bf16* W, int ldw, float beta, float* C,
-                       int ldc) {
-  if (M <= 0 || N <= 0) return;
-  CHORUS_CHECK(K >= 0 && lda >= K && ldw >= K && ldc >= N,
-               "gemm_bf16_weights: bad shape (M=%d N=%d K=%d lda=%d ldw=%d ldc=%d)", M, N, K, lda, ldw, ldc);
-  // Rows per panel: the fp32 panel (rows x K) stays in L2 (~256 KB) next to A.
-  const int rows = std::clamp(static_cast<int>((256u << 10) / (sizeof(float) * std::max(K, 1))), 16, 512);
-  const int n_panels = (N + rows - 1) / rows;
-  SerialBlasScope serial;  // one BLAS thread per panel: the OpenMP team splits the panels
-  // Small weights (a decoder block's matrices) run on the calling thread: a
-  // fork and barrier per product cost more than they save there.
-  const bool parallel = !omp_in_parallel() && static_cast<size_t>(N) * K * M >= (size_t{1} << 21);
-#pragma omp parallel if (parallel)
-  {
-    thread_local Scratch panel;
-#pragma omp for schedule(static)
-    for (int p = 0; p < n_panels; ++p) {
-      const int n0 = p * rows, nr = std::min(rows, N - n0);
-      float* w = panel.get(static_cast<size_t>(nr) * K);
-      for (int r = 0; r < nr; ++r)
-        convert_serial(w + static_cast<size_t>(r) * K, W + static_cast<size_t>(n0 + r) * ldw, K);
-      gemm(false, true, M, nr, K, 1.0f, A, lda, w, K, beta, C + n0, ldc);
-    }
-  }
-}
 
 namespace detail {
 

@@ -80,17 +80,6 @@ template <typename T>
 void gemm_mixed(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const T* A, int lda, const T* B,
                 int ldb, float beta, float* C, int ldc);
 
-// C (M, N) fp32 = A (M, K) fp32 @ W^T + beta * C, with the weight W (N, K)
-// stored in bf16 (row n at W + n * ldw): inference with weights rounded to
-// bf16, where the weight's bytes are the cost (decoding a token reads every
-// decoder matrix once; the LM head dominates). W is converted to fp32 in
-// L2-sized panels of rows, each multiplied at once, so the fp32 copy never
-// reaches memory: half the bytes of an fp32 weight, fp32 products and sums.
-// Runs everywhere (the conversion is a shift); OpenMP over the panels.
-// beta == 0 overwrites C even if C holds NaN.
-void gemm_bf16_weights(int M, int N, int K, const float* A, int lda, const bf16* W, int ldw, float beta, float* C,
-                       int ldc);
-
 namespace detail {
 // For tests: runs the oneDNN wrapper (memory descriptors, strides, alpha, beta,
 // primitive cache) on fp32 operands, so its argument handling can be checked on

@@ -22,7 +22,6 @@
 
 #include "backend/cpu/arena.h"
 #include "backend/cpu/buffer.h"
-#include "backend/cpu/gemm.h"
 #include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -198,12 +197,6 @@ struct Gpt::State {
   ModelView<bf16> p_bf16;
   ModelView<fp16> p_fp16;
   bool compute_stale = true;
-
-  // set_decode_weights(bf16): the decode matrices rounded to bf16 (only the
-  // matrices of dec16 are set); empty = decode with the fp32 masters.
-  cpu::AlignedBuffer dec16_buf;
-  ModelView<bf16> dec16;
-  bool decode_bf16 = false;
 
   // Activation buffer, sized once for (max_batch, max_seq) in the compute dtype
   // (only the table of that dtype is bound).
@@ -1015,42 +1008,6 @@ void Gpt::reorder_cache(const int* src) {
   }
 }
 
-void Gpt::set_decode_weights(Precision p) {
-  State& s = *s_;
-  CHORUS_CHECK(p == Precision::fp32 || p == Precision::bf16, "Gpt::set_decode_weights: fp32 or bf16, got %s",
-               precision_name(p));
-  s.dec16_buf = cpu::AlignedBuffer();
-  s.dec16 = ModelView<bf16>{};
-  s.decode_bf16 = p == Precision::bf16;
-  if (!s.decode_bf16) return;
-  const size_t C = cfg_.n_embd, Vp = cfg_.padded_vocab();
-  const bool cross = s.cross.enabled();
-  const size_t per_layer = (3 + 1 + 4 + 4 + (cross ? 2 : 0)) * C * C;
-  const size_t n = Vp * C + cfg_.n_layer * per_layer;
-  s.dec16_buf = cpu::AlignedBuffer((n + 1) / 2);
-  bf16* at = reinterpret_cast<bf16*>(s.dec16_buf.data());
-  auto take = [&](const float* src, size_t count) {
-    bf16* dst = at;
-    convert(dst, src, count);
-    at += count;
-    return dst;
-  };
-  s.dec16.wte = take(s.p.wte, Vp * C);
-  s.dec16.layers.resize(cfg_.n_layer);
-  for (int l = 0; l < cfg_.n_layer; ++l) {
-    const LayerView<float>& w = s.p.layers[l];
-    LayerView<bf16>& d = s.dec16.layers[l];
-    d.attn_w = take(w.attn_w, 3 * C * C);
-    d.proj_w = take(w.proj_w, C * C);
-    d.fc_w = take(w.fc_w, 4 * C * C);
-    d.fcproj_w = take(w.fcproj_w, 4 * C * C);
-    if (cross) {
-      d.xq_w = take(w.xq_w, C * C);
-      d.xproj_w = take(w.xproj_w, C * C);
-    }
-  }
-}
-
 const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   State& s = *s_;
   CHORUS_CHECK(s.tp == nullptr, "generate runs on one rank: this model is a TP = %d shard", s.tp_size);
@@ -1066,31 +1023,14 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   const size_t ctx = cfg_.context;
   const size_t layer_stride = static_cast<size_t>(B) * ctx * C;
 
-  // out (B, OC) = in (B, IC) @ weight^T + bias (+ residual), with the fp32
-  // master w32 or its bf16 copy w16 (set_decode_weights).
-  auto mm = [&](float* out, const float* in, const float* w32, const bf16* w16, const float* bias, int IC, int OC,
-                const float* residual) {
-    if (!s.decode_bf16) {
-      nn::matmul_forward<float>(out, in, w32, bias, B, IC, OC, residual);
-      return;
-    }
-    float beta = 0.0f;
-    if (bias != nullptr || residual != nullptr) {
-      cpu::add_row_broadcast(out, residual, bias, B, OC);
-      beta = 1.0f;
-    }
-    cpu::gemm_bf16_weights(B, OC, IC, in, IC, w16, IC, beta, out, OC);
-  };
-  static const LayerView<bf16> kNone{};
   // (B, 1) sequence at position pos: wpe row pos.
   nn::embedding_forward<float>(s.dec_x, tokens, s.p.wte, s.p.wpe + static_cast<size_t>(pos) * C, B, 1, C);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerView<float>& w = s.p.layers[l];
-    const LayerView<bf16>& h = s.decode_bf16 ? s.dec16.layers[l] : kNone;
     float* kc = s.k_cache + l * layer_stride;
     float* vc = s.v_cache + l * layer_stride;
     nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln1_w, w.ln1_b, B, C);
-    mm(s.dec_qkv, s.dec_ln, w.attn_w, h.attn_w, w.attn_b, C, 3 * C, nullptr);
+    nn::matmul_forward(s.dec_qkv, s.dec_ln, w.attn_w, w.attn_b, B, C, 3 * C);
     for (int b = 0; b < B; ++b) {
       const float* row = s.dec_qkv + static_cast<size_t>(b) * 3 * C;
       const size_t at = (static_cast<size_t>(b) * ctx + pos) * C;
@@ -1099,23 +1039,23 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
     }
     nn::attention_decode(s.dec_y, s.dec_scores, s.dec_qkv, 3 * static_cast<size_t>(C), kc, vc, ctx * C, B,
                          pos + 1, C, NH);
-    mm(s.dec_x, s.dec_y, w.proj_w, h.proj_w, w.proj_b, C, C, /*residual=*/s.dec_x);
+    nn::matmul_forward(s.dec_x, s.dec_y, w.proj_w, w.proj_b, B, C, C, /*residual=*/s.dec_x);
     if (s.cross.enabled()) {
       const size_t seq = static_cast<size_t>(s.cross.max_len) * 2 * C;
       const float* kv = s.x_kv + l * static_cast<size_t>(B) * seq;
       nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.lnx_w, w.lnx_b, B, C);
-      mm(s.dec_q, s.dec_ln, w.xq_w, h.xq_w, w.xq_b, C, C, nullptr);
+      nn::matmul_forward(s.dec_q, s.dec_ln, w.xq_w, w.xq_b, B, C, C);
       nn::mha_decode(s.dec_y, s.dec_scores, s.dec_q, C, kv, kv + C, 2 * static_cast<size_t>(C), seq,
                      s.dec_mem_len.data(), B, s.dec_S, C, NH);
-      mm(s.dec_x, s.dec_y, w.xproj_w, h.xproj_w, w.xproj_b, C, C, /*residual=*/s.dec_x);
+      nn::matmul_forward(s.dec_x, s.dec_y, w.xproj_w, w.xproj_b, B, C, C, /*residual=*/s.dec_x);
     }
     nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln2_w, w.ln2_b, B, C);
-    mm(s.dec_fch, s.dec_ln, w.fc_w, h.fc_w, w.fc_b, C, 4 * C, nullptr);
+    nn::matmul_forward(s.dec_fch, s.dec_ln, w.fc_w, w.fc_b, B, C, 4 * C);
     nn::gelu_forward(s.dec_fch, s.dec_fch, static_cast<size_t>(B) * 4 * C);
-    mm(s.dec_x, s.dec_fch, w.fcproj_w, h.fcproj_w, w.fcproj_b, 4 * C, C, /*residual=*/s.dec_x);
+    nn::matmul_forward(s.dec_x, s.dec_fch, w.fcproj_w, w.fcproj_b, B, 4 * C, C, /*residual=*/s.dec_x);
   }
   nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, s.p.lnf_w, s.p.lnf_b, B, C);
-  mm(s.dec_logits, s.dec_ln, s.p.wte, s.dec16.wte, nullptr, C, Vp, nullptr);
+  nn::matmul_forward<float>(s.dec_logits, s.dec_ln, s.p.wte, nullptr, B, C, Vp);
   s.n_cached = pos + 1;
   return s.dec_logits;
 }

@@ -232,12 +232,6 @@ class Gpt {
   // Beam search: sequence b of the cache becomes a copy of sequence src[b]
   // (self-attention cache, cross keys/values and their lengths).
   void reorder_cache(const int* src);
-  // The weights decode_step multiplies with: fp32 (the masters, default) or
-  // bf16 (a copy of every block matrix and the LM head rounded to bf16, made
-  // here from the current masters; activations, biases, LayerNorms, the KV
-  // cache and all sums stay fp32). Decoding reads each weight once per token,
-  // so bf16 halves its memory traffic. Call again after the weights change.
-  void set_decode_weights(Precision p);
 
  private:
   template <typename T>
