@@ -42,7 +42,8 @@ echo "== $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(grep -o
 echo "== shapes: d $d, $heads heads, encoder $enc x, decoder $dec x, vocab $vocab (peer $peer_vocab); 10 s clip; greedy, $tokens tokens; $threads threads"
 ours=(); theirs=()
 for r in $(seq "$rounds"); do
-  o=$("$chorus" transcribe --checkpoint "$work/run" --threads "$threads" --batch 1 --lang en \
+  # attention alone (--ctc-weight 0): the peer has no CTC head
+  o=$("$chorus" transcribe --checkpoint "$work/run" --threads "$threads" --batch 1 --lang en --ctc-weight 0 \
         --min-new-tokens "$tokens" --max-new-tokens "$tokens" "$work/clip.wav" 2>&1 | sed -n 's/.*real-time factor \([0-9.]*\).*/\1/p')
   ours+=("$o")
   t=$(OMP_WAIT_POLICY=passive /usr/bin/python3 "$peer" --what infer --seconds 10 --gen_tokens "$tokens" \
