@@ -155,6 +155,30 @@ TEST_F(SpeechE2E, MuonDataAndTensorParallelEqualOneRank) {
   expect_layouts_equal("muon_", "--optimizer muon --ctc-only-steps 2");
 }
 
+// Muon honours a frozen decoder (--freeze-decoder-steps: an lr group of 0
+// while the decoder has gradients): its block matrices at step 2 are the
+// GPT's, while the encoder's moved.
+TEST_F(SpeechE2E, MuonLeavesAFrozenDecoderUnchanged) {
+  const std::string d = dir_.string();
+  ASSERT_EQ(finetune("muon_frozen", "--init-decoder " + d + "/gpt --batch 4 --eval-clips 0 --steps 4 "
+                                    "--optimizer muon --freeze-decoder-steps 2 --stop-at 2 --save-every 2")
+                .code,
+            0);
+  const Result dec = chorus::testing::chorus("checkpoint hash " + d + "/muon_frozen --prefix decoder.h.0.mlp.");
+  const Result gpt = chorus::testing::chorus("checkpoint hash " + d + "/gpt --prefix h.0.mlp.");
+  ASSERT_EQ(dec.code, 0) << dec.out;
+  ASSERT_EQ(gpt.code, 0) << gpt.out;
+  EXPECT_EQ(dec.out.substr(0, 64), gpt.out.substr(0, 64)) << dec.out << gpt.out;
+  ASSERT_EQ(finetune("muon_frozen0", "--init-decoder " + d + "/gpt --batch 4 --eval-clips 0 --steps 4 "
+                                     "--optimizer muon --freeze-decoder-steps 2 --stop-at 1 --save-every 1")
+                .code,
+            0);
+  const Result e1 = chorus::testing::chorus("checkpoint hash " + d + "/muon_frozen0 --prefix encoder.blocks.0.");
+  const Result e2 = chorus::testing::chorus("checkpoint hash " + d + "/muon_frozen --prefix encoder.blocks.0.");
+  ASSERT_EQ(e1.code, 0) << e1.out;
+  EXPECT_NE(e1.out.substr(0, 64), e2.out.substr(0, 64)) << "the encoder did not train";
+}
+
 TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
   const std::string d = dir_.string();
   const std::string common = "--init-decoder " + d + "/gpt --batch 4 --no-spec-augment --eval-clips 0 --steps 6 "
