@@ -34,6 +34,9 @@ train::InjectedFault injected_fault(const char* name) {
 void add_train_flags(OptionSet& o, const TrainFlagDefaults& d) {
   o.add<int64_t>("train", "steps", d.steps, "optimizer steps; the LR schedule is built for this many");
   o.add<int>("train", "grad-accum", 1, "micro-batches accumulated per optimizer step");
+  o.add<int64_t>("train", "batch-warmup", 0,
+                 "batch-size warmup: over the first N steps the micro-batches per step ramp linearly from 1 to "
+                 "--grad-accum (so the global batch from batch x dp to batch x grad-accum x dp); 0 = off");
   o.add<uint64_t>("train", "seed", 1337, "seed for initialisation, data order and sampling");
   o.add<std::string>("train", "run-dir", d.run_dir, "output directory of this run");
   o.add<int64_t>("train", "stop-at", 0,
@@ -134,6 +137,7 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   train::TrainOptions p;
   p.steps = vm["steps"].as<int64_t>();
   p.grad_accum = vm["grad-accum"].as<int>();
+  p.batch_warmup = vm["batch-warmup"].as<int64_t>();
   p.seed = vm["seed"].as<uint64_t>();
   p.run_dir = vm["run-dir"].as<std::string>();
   p.eval_every = vm["eval-every"].as<int64_t>();

@@ -115,7 +115,7 @@ class SpeechTask final : public TrainTask {
 
   // The optimizer step the next micro-batch belongs to (consumed_ is restored on resume).
   int64_t current_step() const {
-    return static_cast<int64_t>(consumed_ / (static_cast<uint64_t>(o_.batch) * grid_.dp_size() * o_.train.grad_accum));
+    return o_.train.step_after_micro_batches(consumed_ / (static_cast<uint64_t>(o_.batch) * grid_.dp_size()));
   }
   bool ctc_only(int64_t step) const { return step < o_.ctc_only_steps; }
 

@@ -37,6 +37,10 @@ namespace fs = std::filesystem;
 void TrainOptions::validate() const {
   const auto ll = [](int64_t v) { return static_cast<long long>(v); };
   CHORUS_CHECK(grad_accum >= 1, "grad-accum: must be >= 1, got %d", grad_accum);
+  CHORUS_CHECK(batch_warmup >= 0, "batch-warmup: must be >= 0 (0 = off), got %lld", ll(batch_warmup));
+  CHORUS_CHECK(batch_warmup == 0 || grad_accum > 1,
+               "batch-warmup: ramps the micro-batches per step from 1 to --grad-accum, so it needs --grad-accum > 1 "
+               "(got --grad-accum %d)", grad_accum);
   CHORUS_CHECK(steps >= 1, "steps: must be >= 1, got %lld", ll(steps));
   CHORUS_CHECK(eval_every >= 0, "eval-every: must be >= 0, got %lld", ll(eval_every));
   CHORUS_CHECK(log_every >= 1, "log-every: must be >= 1, got %d", log_every);
@@ -64,11 +68,35 @@ void TrainOptions::validate() const {
   lr_schedule().validate();
 }
 
+int TrainOptions::accum_at(int64_t step) const {
+  if (batch_warmup <= 0 || step >= batch_warmup) return grad_accum;
+  const int64_t n = (static_cast<int64_t>(grad_accum) * (step + 1) + batch_warmup - 1) / batch_warmup;
+  return static_cast<int>(std::clamp<int64_t>(n, 1, grad_accum));
+}
+
+uint64_t TrainOptions::micro_batches_before(int64_t step) const {
+  const int64_t ramp = std::min(step, batch_warmup);
+  uint64_t n = 0;
+  for (int64_t s = 0; s < ramp; ++s) n += static_cast<uint64_t>(accum_at(s));
+  return n + static_cast<uint64_t>(step - ramp) * static_cast<uint64_t>(grad_accum);
+}
+
+int64_t TrainOptions::step_after_micro_batches(uint64_t micro_batches) const {
+  uint64_t done = 0;
+  int64_t s = 0;
+  for (; s < batch_warmup; ++s) {
+    const uint64_t next = done + static_cast<uint64_t>(accum_at(s));
+    if (next > micro_batches) return s;
+    done = next;
+  }
+  return s + static_cast<int64_t>((micro_batches - done) / static_cast<uint64_t>(grad_accum));
+}
+
 nlohmann::json TrainOptions::to_json() const {
   const auto f = json_float;  // 0.9, not 0.8999999761581421
   const auto& ls = loss_scaler;
   nlohmann::json j = {
-      {"grad_accum", grad_accum}, {"steps", steps}, {"seed", seed}, {"lr", f(lr)}, {"min_lr", f(min_lr)},
+      {"grad_accum", grad_accum}, {"batch_warmup", batch_warmup}, {"steps", steps}, {"seed", seed}, {"lr", f(lr)}, {"min_lr", f(min_lr)},
       {"schedule", optim::schedule_name(schedule)}, {"decay_frac", decay_frac},
       {"warmup", warmup}, {"grad_clip", f(grad_clip)}, {"weight_decay", f(adamw.weight_decay)},
       {"beta1", f(adamw.beta1)}, {"beta2", f(adamw.beta2)}, {"eps", f(adamw.eps)},
@@ -399,6 +427,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     meta.precision = precision_name(opt.precision);
     meta.layout.zero = opt.zero_stage;
     meta.run["grad_accum"] = opt.grad_accum;
+    meta.run["batch_warmup"] = opt.batch_warmup;
     meta.run["seed"] = opt.seed;
     meta.run["steps"] = opt.steps;
     meta.run["run_dir"] = fs::absolute(opt.run_dir).string();
@@ -433,8 +462,9 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     task.zero_grad();
     double loss_sum = 0.0;
     const double loss_scale = scaler.scale();  // 1 unless fp16 loss scaling
-    for (int micro = 0; micro < opt.grad_accum; ++micro)
-      loss_sum += task.train_micro_batch(static_cast<float>(loss_scale / opt.grad_accum));
+    const int accum = opt.accum_at(step);  // opt.grad_accum after the batch warmup
+    for (int micro = 0; micro < accum; ++micro)
+      loss_sum += task.train_micro_batch(static_cast<float>(loss_scale / accum));
     if (opt.step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(opt.step_delay_ms));
     const double compute_secs = timer.seconds();  // this rank's own work, before it waits for the others
     CHORUS_CHECK(!(grid.world_rank() == opt.fail_rank && step == opt.fail_step),
@@ -443,7 +473,7 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     if (opt.inject_nan_loss.at(grid.world_rank(), step)) loss_sum = std::numeric_limits<double>::quiet_NaN();
     // Gradients are synchronised once per optimizer step, after the last micro-batch.
     const float loss =
-        static_cast<float>(grid.dp().all_reduce_scalar(loss_sum / opt.grad_accum, dist::ReduceOp::avg));
+        static_cast<float>(grid.dp().all_reduce_scalar(loss_sum / accum, dist::ReduceOp::avg));
     const float lr = schedule.lr_at(step);
     optim::StepOptions so{loss_scale, scaler.enabled(), {}};
     for (const LrGroup& g : task.lr_groups(step)) so.lr_scales.push_back({g.range, g.lr_scale});
@@ -477,13 +507,16 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     const double norm = st.grad_norm;
     const double secs = timer.seconds();
     clock.add_step(secs);
-    const double tok_s = tokens_per_step / secs;
-    const double mfu = task.flops_per_step(step) / secs / (peak_gflops * 1e9 * grid.world_size());
+    // The task reports a full step (opt.grad_accum micro-batches); a batch-warmup step does accum of them.
+    const double step_share = static_cast<double>(accum) / opt.grad_accum;
+    const double step_tokens = tokens_per_step * step_share;
+    const double tok_s = step_tokens / secs;
+    const double mfu = task.flops_per_step(step) * step_share / secs / (peak_gflops * 1e9 * grid.world_size());
     if (step > start_step || end_step - start_step == 1) {
       tok_rates.push_back(tok_s);
       mfus.push_back(mfu);
     }
-    tokens_seen += static_cast<uint64_t>(tokens_per_step);
+    tokens_seen += static_cast<uint64_t>(step_tokens);
     if (step == start_step) result.first_loss = loss;
     result.last_loss = loss;
     result.steps_done = step + 1;

@@ -59,6 +59,17 @@ struct InjectedFault {
 struct TrainOptions {
   std::string run_dir;            // metrics.jsonl, config.json and the final weights go here
   int grad_accum = 1;             // micro-batches per optimizer step
+  // Batch-size warmup: over the first batch_warmup steps the micro-batches of a
+  // step ramp linearly from 1 to grad_accum (accum_at); 0 = off. The global
+  // batch grows with them, as large-batch recipes start small.
+  int64_t batch_warmup = 0;
+  // Micro-batches of optimizer step `step` (0-based): ceil(grad_accum x (step + 1) / batch_warmup)
+  // during the batch warmup, grad_accum after it.
+  int accum_at(int64_t step) const;
+  // Micro-batches of the steps before `step`, and the step a run is in after
+  // `micro_batches` micro-batches (their inverse: a data sampler's consumed count -> step).
+  uint64_t micro_batches_before(int64_t step) const;
+  int64_t step_after_micro_batches(uint64_t micro_batches) const;
   int64_t steps = 1000;           // optimizer steps (the LR schedule's length)
   uint64_t seed = 1337;           // init, data order and sampling
   float lr = 6e-4f;

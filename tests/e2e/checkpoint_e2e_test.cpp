@@ -132,6 +132,30 @@ TEST_F(Ckpt, ExactResumeGradAccum) {
   exact_resume("accum", 1, "--batch 4 --grad-accum 2");
   exact_resume("dp2accum", 2, "--batch 2 --grad-accum 2 --zero 1");
 }
+// Batch-size warmup: steps 1..4 do 1, 2, 3, 4 micro-batches, then 4; the
+// first step is exactly a run without accumulation, and a stop inside the ramp
+// resumes bit-exactly.
+TEST_F(Ckpt, BatchWarmupRampsTheBatchAndResumesExactly) {
+  exact_resume("bwarm", 1, "--batch 2 --grad-accum 4 --batch-warmup 4");
+  const std::string full = path("bwarm_full"), plain = path("bwarm_plain");
+  std::vector<double> tokens;
+  std::ifstream in(full + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto row = nlohmann::json::parse(line);
+    if (row.contains("tokens") && row.contains("loss")) tokens.push_back(row["tokens"].get<double>());
+  }
+  ASSERT_EQ(tokens.size(), 6u);
+  const double micro = tokens[0];  // one micro-batch: batch 2 x seq
+  const std::vector<double> want = {1, 3, 6, 10, 14, 18};  // cumulative micro-batches
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(tokens[i], want[i] * micro) << "step " << i + 1;
+  pretrain(1, plain, "--batch 2");
+  EXPECT_EQ(loss_at(full, 1), loss_at(plain, 1));
+  std::vector<double> na, nb;  // the gradient of step 1 is one micro-batch's mean, not a quarter of it
+  ASSERT_TRUE(rows_to_compare(full, plain, "grad_norm", 6, &na, &nb));
+  EXPECT_EQ(na[0], nb[0]);
+  EXPECT_NE(loss_at(full, 2), loss_at(plain, 2)) << "step 2 averages two micro-batches";
+  EXPECT_EQ(manifest(full + "/step-00000006").sampler.consumed, 18u * 2u) << "samples of 18 micro-batches of 2";
+}
 // Muon's momentum lives in the exp_avg slots of its matrices: the same exact resume.
 TEST_F(Ckpt, ExactResumeMuon) { exact_resume("muon", 1, "--batch 8 --optimizer muon"); }
 TEST_F(Ckpt, ExactResumeMuonDp2xTp2Zero1) { exact_resume("muon_dp2tp2", 4, "--batch 4 --tp 2 --zero 1 --optimizer muon"); }

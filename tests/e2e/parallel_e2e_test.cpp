@@ -179,6 +179,16 @@ TEST_F(Parallel, MuonZero1Dp2xTp2) {
   expect_same_as_reference(run("muon_zero1tp2", 4, "--batch 4 --tp 2 --zero 1 --optimizer muon"), "fp32", 1.0,
                            "muon");
 }
+// Muon with a bf16 / fp16 compute copy: orthogonalisation runs on the fp32
+// masters' momentum, so the layouts still equal one rank at that precision.
+TEST_F(Parallel, MuonZero1Dp2xTp2Bf16) {
+  expect_same_as_reference(run("muon_zero1tp2_bf16", 4, "--batch 4 --tp 2 --zero 1 --optimizer muon --precision bf16"),
+                           "bf16", 1.0, "muon");
+}
+TEST_F(Parallel, MuonTensorParallel2Fp16) {
+  expect_same_as_reference(run("muon_tp2_fp16", 2, "--batch 8 --tp 2 --optimizer muon --precision fp16"), "fp16",
+                           1.0, "muon");
+}
 TEST_F(Parallel, TensorParallel2) { expect_same_as_reference(run("tp2", 2, "--batch 8 --tp 2")); }
 TEST_F(Parallel, Dp2xTp2) { expect_same_as_reference(run("dp2tp2", 4, "--batch 4 --tp 2")); }
 TEST_F(Parallel, Zero1Dp2) { expect_same_as_reference(run("zero1", 2, "--batch 4 --zero 1")); }

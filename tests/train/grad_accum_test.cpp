@@ -8,6 +8,8 @@
 #include "core/rng.h"
 #include "models/gpt/gpt.h"
 #include "optim/adamw.h"
+#include "core/error.h"
+#include "train/loop.h"
 
 using namespace chorus;
 
@@ -73,5 +75,36 @@ TEST(GradAccum, MicroBatchesEqualOneBigBatch) {
     if (std::fabs(g1[i]) > 1e-3 * gmax) {
       ASSERT_NEAR(p1[i], p4[i], 1e-5) << "param " << i;
     }
+  }
+}
+
+// Batch-size warmup (--batch-warmup): the micro-batches of a step ramp
+// linearly from 1 to --grad-accum, and a sampler's consumed count maps back to
+// the step it is in (the speech task's stage switch uses that inverse).
+TEST(BatchWarmup, MicroBatchesRampAndMapBackToTheirStep) {
+  train::TrainOptions o;
+  o.grad_accum = 4;
+  o.batch_warmup = 6;
+  const std::vector<int> want = {1, 2, 2, 3, 4, 4, 4, 4};  // ceil(4 (s + 1) / 6), then 4
+  for (int64_t s = 0; s < static_cast<int64_t>(want.size()); ++s) EXPECT_EQ(o.accum_at(s), want[s]) << "step " << s;
+  uint64_t before = 0;
+  for (int64_t s = 0; s < 12; ++s) {
+    EXPECT_EQ(o.micro_batches_before(s), before) << "step " << s;
+    for (int m = 0; m < o.accum_at(s); ++m) EXPECT_EQ(o.step_after_micro_batches(before + m), s) << "step " << s;
+    before += static_cast<uint64_t>(o.accum_at(s));
+  }
+  o.batch_warmup = 0;  // off: every step does grad_accum micro-batches
+  for (int64_t s = 0; s < 5; ++s) EXPECT_EQ(o.accum_at(s), 4);
+  EXPECT_EQ(o.micro_batches_before(5), 20u);
+  EXPECT_EQ(o.step_after_micro_batches(19), 4);
+  EXPECT_EQ(o.step_after_micro_batches(20), 5);
+  o.run_dir = "x";
+  o.batch_warmup = 3;
+  o.grad_accum = 1;
+  try {
+    o.validate();
+    ADD_FAILURE() << "batch-warmup with grad-accum 1 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("batch-warmup"), std::string::npos) << e.what();
   }
 }
