@@ -1,0 +1,98 @@
+// Decoding's matrix-vector products, fp32 (backend::cpu::gemm, which sends
+// M = 1 to cblas_sgemv) against weight-only int8 (backend::cpu::gemv_int8),
+// on the shapes of the speech bench's decoder (d 384) and its 51,865-token
+// LM head. Prints microseconds per product, effective weight bandwidth and the
+// speed-up, per thread count. Build: cmake --build build --target int8_gemv_bench;
+// run: build/bin/int8_gemv_bench [threads...] (default 1 2).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/gemm.h"
+#include "backend/cpu/int8.h"
+#include "backend/cpu/ops.h"
+
+using namespace chorus::backend::cpu;
+
+namespace {
+
+template <class F>
+double best_us(F f, double min_secs = 0.3) {
+  f();
+  double best = 1e30, spent = 0;
+  while (spent < min_secs) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::min(best, s);
+    spent += s;
+  }
+  return best * 1e6;
+}
+
+// The int8 kernel's loop on fp32 weights (four AVX-512 accumulators, OpenMP
+// over rows): the check that the speed-up is the bytes, not a slow sgemv.
+__attribute__((target("avx512f"))) void gemv_f32_same_loop(const float* W, int rows, int cols, const float* x,
+                                                           float* y) {
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < rows; ++r) {
+    const float* w = W + static_cast<size_t>(r) * cols;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int c = 0;
+    for (; c + 64 <= cols; c += 64) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 32), _mm512_loadu_ps(x + c + 32), a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 48), _mm512_loadu_ps(x + c + 48), a3);
+    }
+    float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; c < cols; ++c) acc += w[c] * x[c];
+    y[r] = acc;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> threads;
+  for (int i = 1; i < argc; ++i) threads.push_back(std::atoi(argv[i]));
+  if (threads.empty()) threads = {1, 2};
+  std::printf("cpu: %s\nint8 path: %s\n", cpu_features_string().c_str(), gemv_int8_path());
+  struct Shape {
+    const char* what;
+    int rows, cols;
+  };
+  const Shape shapes[] = {{"attn qkv (3C, C)", 1152, 384}, {"mlp up (4C, C)", 1536, 384},
+                          {"mlp down (C, 4C)", 384, 1536}, {"lm head (V, C)", 51904, 384}};
+  std::mt19937 g(1);
+  std::normal_distribution<float> n(0.0f, 0.02f);
+  const bool avx512 = cpu_features().avx512f;
+  std::printf("%-18s %7s %10s %10s %10s %10s %10s %9s %9s\n", "product", "threads", "sgemv us", "f32loop us",
+              "int8 us", "sgemv GB/s", "int8 GB/s", "vs sgemv", "vs loop");
+  for (int t : threads) {
+    set_n_threads(t);
+    for (const Shape& s : shapes) {
+      std::vector<float> W(static_cast<size_t>(s.rows) * s.cols), x(s.cols), y(s.rows);
+      for (float& v : W) v = n(g);
+      for (float& v : x) v = n(g);
+      std::vector<int8_t> q(W.size());
+      std::vector<float> scale(s.rows);
+      quantize_rows_int8(W.data(), s.rows, s.cols, s.cols, q.data(), scale.data());
+      // y (1, rows) = x (1, cols) @ W^T: the decode step's call.
+      const double f32 = best_us([&] { gemm(false, true, 1, s.rows, s.cols, 1.0f, x.data(), s.cols, W.data(), s.cols,
+                                            0.0f, y.data(), s.rows); });
+      const double loop =
+          avx512 ? best_us([&] { gemv_f32_same_loop(W.data(), s.rows, s.cols, x.data(), y.data()); }) : 0.0;
+      const double i8 = best_us([&] { gemv_int8(q.data(), scale.data(), s.rows, s.cols, x.data(), y.data()); });
+      const double bytes32 = 4.0 * W.size(), bytes8 = 1.0 * W.size() + 4.0 * s.rows;
+      std::printf("%-18s %7d %10.1f %10.1f %10.1f %10.1f %10.1f %8.2fx %8.2fx\n", s.what, t, f32, loop, i8,
+                  bytes32 / f32 / 1e3, bytes8 / i8 / 1e3, f32 / i8, avx512 ? loop / i8 : 0.0);
+    }
+  }
+  return 0;
+}

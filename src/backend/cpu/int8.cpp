@@ -1,0 +1,100 @@
+#include "backend/cpu/int8.h"
+
+// GCC 12's AVX-512 conversion intrinsics build on _mm512_undefined_*(), which
+// -Wmaybe-uninitialized reports as uninitialised (a known false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cpu/gemm.h"
+#include "core/error.h"
+
+namespace chorus::backend::cpu {
+
+void quantize_rows_int8(const float* W, int rows, int cols, size_t ld, int8_t* q, float* scale) {
+  CHORUS_CHECK(rows >= 0 && cols >= 0 && ld >= static_cast<size_t>(cols),
+               "quantize_rows_int8: bad shape rows %d cols %d ld %zu", rows, cols, ld);
+  for (int r = 0; r < rows; ++r) {
+    const float* w = W + static_cast<size_t>(r) * ld;
+    float amax = 0.0f;
+    for (int c = 0; c < cols; ++c) {
+      CHORUS_CHECK(std::isfinite(w[c]), "quantize_rows_int8: row %d column %d is %g (weights must be finite)", r, c,
+                   static_cast<double>(w[c]));
+      amax = std::max(amax, std::fabs(w[c]));
+    }
+    const float s = amax / 127.0f;
+    scale[r] = s;
+    int8_t* qr = q + static_cast<size_t>(r) * cols;
+    const float inv = s > 0.0f ? 1.0f / s : 0.0f;
+    for (int c = 0; c < cols; ++c) {
+      const float v = std::nearbyint(w[c] * inv);
+      qr[c] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+  }
+}
+
+void dequantize_rows_int8(const int8_t* q, const float* scale, int rows, int cols, float* W) {
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) {
+      const size_t i = static_cast<size_t>(r) * cols + c;
+      W[i] = scale[r] * static_cast<float>(q[i]);
+    }
+}
+
+namespace {
+
+inline float dot_portable(const int8_t* q, const float* x, int cols) {
+  float acc = 0.0f;
+  for (int c = 0; c < cols; ++c) acc += static_cast<float>(q[c]) * x[c];
+  return acc;
+}
+
+__attribute__((target("avx512f"))) float dot_avx512(const int8_t* q, const float* x, int cols) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  int c = 0;
+  const auto codes = [&](int at) {  // 16 int8 codes -> 16 fp32
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + at))));
+  };
+  for (; c + 64 <= cols; c += 64) {
+    a0 = _mm512_fmadd_ps(codes(c), _mm512_loadu_ps(x + c), a0);
+    a1 = _mm512_fmadd_ps(codes(c + 16), _mm512_loadu_ps(x + c + 16), a1);
+    a2 = _mm512_fmadd_ps(codes(c + 32), _mm512_loadu_ps(x + c + 32), a2);
+    a3 = _mm512_fmadd_ps(codes(c + 48), _mm512_loadu_ps(x + c + 48), a3);
+  }
+  for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(codes(c), _mm512_loadu_ps(x + c), a0);
+  float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  for (; c < cols; ++c) acc += static_cast<float>(q[c]) * x[c];
+  return acc;
+}
+
+template <class Dot>
+void gemv_rows(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta, Dot dot) {
+  CHORUS_CHECK(rows >= 0 && cols >= 0, "gemv_int8: bad shape rows %d cols %d", rows, cols);
+#pragma omp parallel for schedule(static) if (static_cast<size_t>(rows) * cols > (1u << 16))
+  for (int r = 0; r < rows; ++r) {
+    const float v = scale[r] * dot(q + static_cast<size_t>(r) * cols, x, cols);
+    y[r] = beta == 0.0f ? v : beta * y[r] + v;
+  }
+}
+
+bool use_avx512() { return cpu_features().avx512f; }
+
+}  // namespace
+
+void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
+                         float beta) {
+  gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable);
+}
+
+void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta) {
+  if (use_avx512())
+    gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx512);
+  else
+    gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable);
+}
+
+const char* gemv_int8_path() { return use_avx512() ? "avx512" : "portable"; }
+
+}  // namespace chorus::backend::cpu

@@ -1,0 +1,32 @@
+// Weight-only int8 quantisation for inference (issue 10): a weight matrix
+// W (rows, cols), row-major as Linear weights are (out, in), stored as int8
+// codes q with one fp32 scale per output row (per-output-channel, symmetric):
+//   scale[r] = max_c |W[r, c]| / 127,  q[r, c] = round(W[r, c] / scale[r]) in [-127, 127],
+// so |W - scale * q| <= scale / 2 element-wise (an all-zero row gets scale 0).
+// Decoding one token multiplies every weight once by a vector (y = W x), a
+// memory-bound product: int8 codes move a quarter of fp32's bytes. The kernel
+// converts codes to fp32 in registers and accumulates in fp32, so its result is
+// the fp32 product with the dequantised weights, up to summation order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace chorus::backend::cpu {
+
+// Quantises W (rows x cols, row stride ld >= cols) into q (rows x cols, dense)
+// and scale (rows). Non-finite weights throw chorus::Error naming the row.
+void quantize_rows_int8(const float* W, int rows, int cols, size_t ld, int8_t* q, float* scale);
+// W ~= scale[r] * q[r, c] (rows x cols, dense).
+void dequantize_rows_int8(const int8_t* q, const float* scale, int rows, int cols, float* W);
+// y[r] = beta * y[r] + scale[r] * sum_c q[r, c] x[c] for r < rows (y is not
+// read when beta == 0). AVX-512 where the CPU has it (chosen at run time),
+// a portable loop elsewhere; OpenMP over rows.
+void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta = 0.0f);
+// The portable loop alone (tests compare the two paths).
+void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
+                         float beta = 0.0f);
+// Which path gemv_int8 takes on this CPU: "avx512" or "portable".
+const char* gemv_int8_path();
+
+}  // namespace chorus::backend::cpu

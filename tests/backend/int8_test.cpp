@@ -1,0 +1,104 @@
+// Weight-only int8 (backend/cpu/int8.h): the per-row quantisation error bound,
+// and the int8 matrix-vector product (both paths) against a double-precision
+// product with the dequantised weights, every column tail and stride.
+#include "backend/cpu/int8.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+using namespace chorus;
+using namespace chorus::backend::cpu;
+
+namespace {
+
+// rows x cols in a buffer of row stride ld; row r scaled by 10^(r % 5 - 2), row 3 all zero.
+std::vector<float> weights(int rows, int cols, size_t ld, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> W(rows * ld, std::numeric_limits<float>::quiet_NaN());  // padding must not be read
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) W[r * ld + c] = r == 3 ? 0.0f : n(g) * std::pow(10.0f, float(r % 5 - 2));
+  return W;
+}
+
+}  // namespace
+
+TEST(Int8, QuantisedRowsAreWithinHalfAScale) {
+  const int rows = 9, cols = 37;
+  const size_t ld = 41;
+  const auto W = weights(rows, cols, ld, 1);
+  std::vector<int8_t> q(rows * cols);
+  std::vector<float> s(rows), D(rows * cols);
+  quantize_rows_int8(W.data(), rows, cols, ld, q.data(), s.data());
+  dequantize_rows_int8(q.data(), s.data(), rows, cols, D.data());
+  for (int r = 0; r < rows; ++r) {
+    int amax = 0;
+    for (int c = 0; c < cols; ++c) {
+      const float w = W[r * ld + c], d = D[r * cols + c];
+      EXPECT_LE(std::fabs(w - d), 0.5f * s[r] * (1 + 1e-5f)) << "row " << r << " col " << c;
+      amax = std::max(amax, std::abs(int(q[r * cols + c])));
+    }
+    if (r == 3) {
+      EXPECT_EQ(s[r], 0.0f);
+      EXPECT_EQ(amax, 0);
+    } else {
+      EXPECT_EQ(amax, 127) << "row " << r << ": the largest weight maps to +-127";
+    }
+  }
+}
+
+TEST(Int8, GemvEqualsTheDequantisedProductOnEveryPath) {
+  std::printf("[ int8    ] gemv_int8 path on this CPU: %s\n", gemv_int8_path());
+  for (int cols : {1, 15, 16, 17, 63, 64, 65, 100, 384}) {
+    for (int rows : {1, 7, 300}) {
+      const auto W = weights(rows, cols, cols, 7 + cols);
+      std::vector<int8_t> q(rows * cols);
+      std::vector<float> s(rows), D(rows * cols), x(cols);
+      quantize_rows_int8(W.data(), rows, cols, cols, q.data(), s.data());
+      dequantize_rows_int8(q.data(), s.data(), rows, cols, D.data());
+      std::mt19937 g(cols * 31 + rows);
+      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+      for (float& v : x) v = u(g);
+      for (float beta : {0.0f, 0.5f}) {
+        std::vector<float> y_fast(rows, beta == 0 ? std::numeric_limits<float>::quiet_NaN() : 2.0f);
+        std::vector<float> y_ref = y_fast;
+        gemv_int8(q.data(), s.data(), rows, cols, x.data(), y_fast.data(), beta);
+        gemv_int8_reference(q.data(), s.data(), rows, cols, x.data(), y_ref.data(), beta);
+        for (int r = 0; r < rows; ++r) {
+          double want = beta * 2.0, mag = std::fabs(beta * 2.0), orig = beta * 2.0, xsum = 0;
+          for (int c = 0; c < cols; ++c) {
+            want += double(D[r * cols + c]) * x[c];
+            mag += std::fabs(double(D[r * cols + c]) * x[c]);
+            orig += double(W[r * cols + c]) * x[c];
+            xsum += std::fabs(x[c]);
+          }
+          const double tol = 1e-5 * mag + 1e-30;
+          ASSERT_NEAR(y_fast[r], want, tol) << "fast: rows " << rows << " cols " << cols << " beta " << beta << " row " << r;
+          ASSERT_NEAR(y_ref[r], want, tol) << "reference: rows " << rows << " cols " << cols << " row " << r;
+          // Against the fp32 weights: at most half a scale per weight times |x|.
+          ASSERT_LE(std::fabs(y_fast[r] - orig), 0.5 * s[r] * xsum * (1 + 1e-4) + tol) << "row " << r;
+        }
+      }
+    }
+  }
+}
+
+TEST(Int8, NonFiniteWeightsAreRefusedNamingTheRow) {
+  std::vector<float> W(2 * 4, 1.0f);
+  W[6] = std::numeric_limits<float>::infinity();
+  std::vector<int8_t> q(8);
+  std::vector<float> s(2);
+  try {
+    quantize_rows_int8(W.data(), 2, 4, 4, q.data(), s.data());
+    FAIL() << "an Inf weight was quantised";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("row 1 column 2"), std::string::npos) << e.what();
+  }
+}
