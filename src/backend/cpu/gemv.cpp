@@ -1,9 +1,11 @@
-#include "backend/cpu/int8.h"
+#include "backend/cpu/gemv.h"
 
 // GCC 12's AVX-512 conversion intrinsics build on _mm512_undefined_*(), which
 // -Wmaybe-uninitialized reports as uninitialised (a known false positive).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -69,10 +71,31 @@ __attribute__((target("avx512f"))) float dot_avx512(const int8_t* q, const float
   return acc;
 }
 
+inline float dot_f32_portable(const float* w, const float* x, int cols) {
+  float acc = 0.0f;
+  for (int c = 0; c < cols; ++c) acc += w[c] * x[c];
+  return acc;
+}
+
+__attribute__((target("avx512f"))) float dot_f32_avx512(const float* w, const float* x, int cols) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  int c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
+    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 32), _mm512_loadu_ps(x + c + 32), a2);
+    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 48), _mm512_loadu_ps(x + c + 48), a3);
+  }
+  for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
+  float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  for (; c < cols; ++c) acc += w[c] * x[c];
+  return acc;
+}
+
 template <class Dot>
 void gemv_rows(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta, Dot dot) {
   CHORUS_CHECK(rows >= 0 && cols >= 0, "gemv_int8: bad shape rows %d cols %d", rows, cols);
-#pragma omp parallel for schedule(static) if (static_cast<size_t>(rows) * cols > (1u << 16))
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && static_cast<size_t>(rows) * cols > (1u << 16))
   for (int r = 0; r < rows; ++r) {
     const float v = scale[r] * dot(q + static_cast<size_t>(r) * cols, x, cols);
     y[r] = beta == 0.0f ? v : beta * y[r] + v;
@@ -93,6 +116,22 @@ void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const fl
     gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx512);
   else
     gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable);
+}
+
+void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha, float beta) {
+  CHORUS_CHECK(rows >= 0 && cols >= 0 && ldw >= static_cast<size_t>(cols), "gemv_f32: bad shape rows %d cols %d ld %zu",
+               rows, cols, ldw);
+  const auto run = [&](auto dot) {
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && static_cast<size_t>(rows) * cols > (1u << 16))
+    for (int r = 0; r < rows; ++r) {
+      const float v = alpha * dot(W + static_cast<size_t>(r) * ldw, x, cols);
+      y[r] = beta == 0.0f ? v : beta * y[r] + v;
+    }
+  };
+  if (use_avx512())
+    run(dot_f32_avx512);
+  else
+    run(dot_f32_portable);
 }
 
 const char* gemv_int8_path() { return use_avx512() ? "avx512" : "portable"; }

@@ -1,7 +1,7 @@
-// Weight-only int8 (backend/cpu/int8.h): the per-row quantisation error bound,
+// Weight-only int8 (backend/cpu/gemv.h): the per-row quantisation error bound,
 // and the int8 matrix-vector product (both paths) against a double-precision
 // product with the dequantised weights, every column tail and stride.
-#include "backend/cpu/int8.h"
+#include "backend/cpu/gemv.h"
 
 #include <gtest/gtest.h>
 

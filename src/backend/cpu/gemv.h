@@ -1,4 +1,13 @@
-// Weight-only int8 quantisation for inference (issue 10): a weight matrix
+// Matrix-vector products for decoding one token (M = 1: every projection and
+// the LM head at batch 1), where every weight is read once and the product is
+// memory-bound.
+//
+// fp32: gemv_f32, four AVX-512 accumulators per row and OpenMP over rows; it
+// is what backend::cpu::gemm runs for a contiguous matrix-vector product
+// (bench/int8_gemv_bench.cpp measured OpenBLAS 0.3.21's sgemv 3-4x slower on
+// these shapes on a Sapphire Rapids Xeon).
+//
+// int8: weight-only int8 quantisation for inference (issue 10): a weight matrix
 // W (rows, cols), row-major as Linear weights are (out, in), stored as int8
 // codes q with one fp32 scale per output row (per-output-channel, symmetric):
 //   scale[r] = max_c |W[r, c]| / 127,  q[r, c] = round(W[r, c] / scale[r]) in [-127, 127],
@@ -14,6 +23,13 @@
 
 namespace chorus::backend::cpu {
 
+// y[r] = alpha * sum_c W[r, c] x[c] + beta * y[r] (y not read when beta == 0), W
+// rows x cols with row stride ldw, x and y contiguous. AVX-512 where the CPU
+// has it (run time), a portable loop elsewhere; OpenMP over rows unless
+// called inside a parallel region.
+void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha = 1.0f,
+              float beta = 0.0f);
+
 // Quantises W (rows x cols, row stride ld >= cols) into q (rows x cols, dense)
 // and scale (rows). Non-finite weights throw chorus::Error naming the row.
 void quantize_rows_int8(const float* W, int rows, int cols, size_t ld, int8_t* q, float* scale);
@@ -26,7 +42,7 @@ void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const fl
 // The portable loop alone (tests compare the two paths).
 void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
                          float beta = 0.0f);
-// Which path gemv_int8 takes on this CPU: "avx512" or "portable".
+// Which path gemv_f32 / gemv_int8 take on this CPU: "avx512" or "portable".
 const char* gemv_int8_path();
 
 }  // namespace chorus::backend::cpu
