@@ -59,6 +59,10 @@ TEST(Gemm, MatrixVectorShapesMatchNaive) {
   check_gemm_shape(1, 700, 130);
   check_gemm_shape(700, 1, 130, 0);
   check_gemm_shape(5, 1, 17, 0);
+  // A few rows (beam decoding): gemm_rows_f32 for M <= 8, sgemm above.
+  check_gemm_shape(4, 700, 130);
+  check_gemm_shape(8, 29, 45);
+  check_gemm_shape(9, 29, 45);
 }
 
 TEST(Gemm, BetaZeroOverwritesNaN) {

@@ -118,20 +118,31 @@ void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const fl
     gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable);
 }
 
-void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha, float beta) {
-  CHORUS_CHECK(rows >= 0 && cols >= 0 && ldw >= static_cast<size_t>(cols), "gemv_f32: bad shape rows %d cols %d ld %zu",
-               rows, cols, ldw);
+void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw, int rows, int cols, float* Y,
+                   size_t ldy, float alpha, float beta) {
+  CHORUS_CHECK(M >= 0 && rows >= 0 && cols >= 0 && ldw >= static_cast<size_t>(cols) &&
+                   (M <= 1 || (ldx >= static_cast<size_t>(cols) && ldy >= static_cast<size_t>(rows))),
+               "gemm_rows_f32: bad shape M %d rows %d cols %d ldx %zu ldw %zu ldy %zu", M, rows, cols, ldx, ldw, ldy);
   const auto run = [&](auto dot) {
+    // Each weight row is read from memory once and stays in L1 for the M vectors.
 #pragma omp parallel for schedule(static) if (!omp_in_parallel() && static_cast<size_t>(rows) * cols > (1u << 16))
     for (int r = 0; r < rows; ++r) {
-      const float v = alpha * dot(W + static_cast<size_t>(r) * ldw, x, cols);
-      y[r] = beta == 0.0f ? v : beta * y[r] + v;
+      const float* w = W + static_cast<size_t>(r) * ldw;
+      for (int m = 0; m < M; ++m) {
+        float* y = Y + static_cast<size_t>(m) * ldy + r;
+        const float v = alpha * dot(w, X + static_cast<size_t>(m) * ldx, cols);
+        *y = beta == 0.0f ? v : beta * *y + v;
+      }
     }
   };
   if (use_avx512())
     run(dot_f32_avx512);
   else
     run(dot_f32_portable);
+}
+
+void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha, float beta) {
+  gemm_rows_f32(1, x, static_cast<size_t>(cols), W, ldw, rows, cols, y, static_cast<size_t>(rows), alpha, beta);
 }
 
 const char* gemv_int8_path() { return use_avx512() ? "avx512" : "portable"; }

@@ -30,6 +30,13 @@ namespace chorus::backend::cpu {
 void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha = 1.0f,
               float beta = 0.0f);
 
+// Y (M, rows) = alpha * X (M, cols) W^T + beta * Y for a few rows M (beam
+// search decodes M = beam tokens at once): every weight row is read once for
+// all M vectors, where OpenBLAS's sgemm would pack the whole W per call.
+// Row strides ldx, ldw, ldy; Y not read when beta == 0.
+void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw, int rows, int cols, float* Y,
+                   size_t ldy, float alpha = 1.0f, float beta = 0.0f);
+
 // Quantises W (rows x cols, row stride ld >= cols) into q (rows x cols, dense)
 // and scale (rows). Non-finite weights throw chorus::Error naming the row.
 void quantize_rows_int8(const float* W, int rows, int cols, size_t ld, int8_t* q, float* scale);

@@ -9,7 +9,10 @@
 #include <cstring>
 
 namespace chorus::backend::cpu {
+
 namespace {
+
+constexpr int kSmallM = 8;  // rows up to which gemm_rows_f32 beats packing the weight (beam widths)
 
 // Below this many elements a loop runs on the calling thread: an OpenMP fork
 // costs a few microseconds, about what one core needs for ~50K floats.
@@ -26,6 +29,13 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
       for (int j = 0; j < N; ++j) c[j] = beta == 0.0f ? 0.0f : beta * c[j];
     }
     return;
+  }
+  // A few rows times a weight stored (N, K), as decoding a beam of M tokens
+  // does (backend/cpu/gemv.h): every weight row read once, nothing packed.
+  if (M > 1 && M <= kSmallM && !trans_a && trans_b) {
+    if (beta == 0.0f)
+      for (int i = 0; i < M; ++i) std::memset(C + static_cast<size_t>(i) * ldc, 0, N * sizeof(float));
+    return gemm_rows_f32(M, A, lda, B, ldb, N, K, C, ldc, alpha, beta);
   }
   if (M == 1 || N == 1) {
     // A matrix-vector product (decoding one token: the LM head and every
