@@ -1,12 +1,12 @@
-// Decoding's matrix-vector products: OpenBLAS cblas_sgemv, the same loop as
-// the int8 kernel on fp32 weights (bench-local), backend::cpu::gemm with M = 1
-// (gemv_f32) and weight-only int8 (backend::cpu::gemv_int8),
+// Decoding's matrix-vector products: OpenBLAS cblas_sgemv, our fp32 loop
+// (backend::cpu::gemv_f32, the int8 kernel's loop on fp32 weights), the same
+// through backend::cpu::gemm with M = 1 (what decoding calls) and weight-only
+// int8 (backend::cpu::gemv_int8),
 // on the shapes of the speech bench's decoder (d 384) and its 51,865-token
 // LM head. Prints microseconds per product, effective weight bandwidth and the
 // speed-up, per thread count. Build: cmake --build build --target int8_gemv_bench;
 // run: build/bin/int8_gemv_bench [threads...] (default 1 2).
 #include <cblas.h>
-#include <immintrin.h>
 
 #include <algorithm>
 #include <chrono>
@@ -37,27 +37,6 @@ double best_us(F f, double min_secs = 0.3) {
   return best * 1e6;
 }
 
-// The int8 kernel's loop on fp32 weights (four AVX-512 accumulators, OpenMP
-// over rows): the check that the speed-up is the bytes, not a slow sgemv.
-__attribute__((target("avx512f"))) void gemv_f32_same_loop(const float* W, int rows, int cols, const float* x,
-                                                           float* y) {
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < rows; ++r) {
-    const float* w = W + static_cast<size_t>(r) * cols;
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    int c = 0;
-    for (; c + 64 <= cols; c += 64) {
-      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
-      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
-      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 32), _mm512_loadu_ps(x + c + 32), a2);
-      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 48), _mm512_loadu_ps(x + c + 48), a3);
-    }
-    float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    for (; c < cols; ++c) acc += w[c] * x[c];
-    y[r] = acc;
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -73,7 +52,6 @@ int main(int argc, char** argv) {
                           {"mlp down (C, 4C)", 384, 1536}, {"lm head (V, C)", 51904, 384}};
   std::mt19937 g(1);
   std::normal_distribution<float> n(0.0f, 0.02f);
-  const bool avx512 = cpu_features().avx512f;
   std::printf("%-18s %7s %10s %10s %10s %10s %10s %10s %9s %9s\n", "product", "threads", "sgemv us", "f32loop us",
               "gemm us", "int8 us", "sgemv GB/s", "int8 GB/s", "vs sgemv", "vs gemm");
   for (int t : threads) {
@@ -92,8 +70,7 @@ int main(int argc, char** argv) {
       // What decoding runs now: backend::cpu::gemm with M = 1 -> gemv_f32.
       const double ours = best_us([&] { gemm(false, true, 1, s.rows, s.cols, 1.0f, x.data(), s.cols, W.data(), s.cols,
                                              0.0f, y.data(), s.rows); });
-      const double loop =
-          avx512 ? best_us([&] { gemv_f32_same_loop(W.data(), s.rows, s.cols, x.data(), y.data()); }) : 0.0;
+      const double loop = best_us([&] { gemv_f32(W.data(), s.cols, s.rows, s.cols, x.data(), y.data()); });
       const double i8 = best_us([&] { gemv_int8(q.data(), scale.data(), s.rows, s.cols, x.data(), y.data()); });
       const double bytes32 = 4.0 * W.size(), bytes8 = 1.0 * W.size() + 4.0 * s.rows;
       std::printf("%-18s %7d %10.1f %10.1f %10.1f %10.1f %10.1f %10.1f %8.2fx %8.2fx\n", s.what, t, f32, loop, ours,

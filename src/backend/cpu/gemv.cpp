@@ -47,48 +47,34 @@ void dequantize_rows_int8(const int8_t* q, const float* scale, int rows, int col
 
 namespace {
 
-inline float dot_portable(const int8_t* q, const float* x, int cols) {
+// sum_c w[c] x[c] for fp32 weights or int8 codes, accumulated in fp32.
+template <class T>
+float dot_portable(const T* w, const float* x, int cols) {
   float acc = 0.0f;
-  for (int c = 0; c < cols; ++c) acc += static_cast<float>(q[c]) * x[c];
+  for (int c = 0; c < cols; ++c) acc += static_cast<float>(w[c]) * x[c];
   return acc;
 }
 
-__attribute__((target("avx512f"))) float dot_avx512(const int8_t* q, const float* x, int cols) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-  int c = 0;
-  const auto codes = [&](int at) {  // 16 int8 codes -> 16 fp32
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + at))));
-  };
-  for (; c + 64 <= cols; c += 64) {
-    a0 = _mm512_fmadd_ps(codes(c), _mm512_loadu_ps(x + c), a0);
-    a1 = _mm512_fmadd_ps(codes(c + 16), _mm512_loadu_ps(x + c + 16), a1);
-    a2 = _mm512_fmadd_ps(codes(c + 32), _mm512_loadu_ps(x + c + 32), a2);
-    a3 = _mm512_fmadd_ps(codes(c + 48), _mm512_loadu_ps(x + c + 48), a3);
-  }
-  for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(codes(c), _mm512_loadu_ps(x + c), a0);
-  float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-  for (; c < cols; ++c) acc += static_cast<float>(q[c]) * x[c];
-  return acc;
+// 16 weights as fp32: a load, or 16 int8 codes widened.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
+__attribute__((target("avx512f"))) inline __m512 load16(const int8_t* q) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
 }
 
-inline float dot_f32_portable(const float* w, const float* x, int cols) {
-  float acc = 0.0f;
-  for (int c = 0; c < cols; ++c) acc += w[c] * x[c];
-  return acc;
-}
-
-__attribute__((target("avx512f"))) float dot_f32_avx512(const float* w, const float* x, int cols) {
+// Four accumulators of 16 lanes, then 16 at a time, then the scalar tail.
+template <class T>
+__attribute__((target("avx512f"))) float dot_avx512(const T* w, const float* x, int cols) {
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
   int c = 0;
   for (; c + 64 <= cols; c += 64) {
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
-    a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 32), _mm512_loadu_ps(x + c + 32), a2);
-    a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c + 48), _mm512_loadu_ps(x + c + 48), a3);
+    a0 = _mm512_fmadd_ps(load16(w + c), _mm512_loadu_ps(x + c), a0);
+    a1 = _mm512_fmadd_ps(load16(w + c + 16), _mm512_loadu_ps(x + c + 16), a1);
+    a2 = _mm512_fmadd_ps(load16(w + c + 32), _mm512_loadu_ps(x + c + 32), a2);
+    a3 = _mm512_fmadd_ps(load16(w + c + 48), _mm512_loadu_ps(x + c + 48), a3);
   }
-  for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + c), _mm512_loadu_ps(x + c), a0);
+  for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(load16(w + c), _mm512_loadu_ps(x + c), a0);
   float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-  for (; c < cols; ++c) acc += w[c] * x[c];
+  for (; c < cols; ++c) acc += static_cast<float>(w[c]) * x[c];
   return acc;
 }
 
@@ -108,14 +94,14 @@ bool use_avx512() { return cpu_features().avx512f; }
 
 void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
                          float beta) {
-  gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable);
+  gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable<int8_t>);
 }
 
 void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta) {
   if (use_avx512())
-    gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx512);
+    gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx512<int8_t>);
   else
-    gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable);
+    gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable<int8_t>);
 }
 
 void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw, int rows, int cols, float* Y,
@@ -136,9 +122,9 @@ void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw
     }
   };
   if (use_avx512())
-    run(dot_f32_avx512);
+    run(dot_avx512<float>);
   else
-    run(dot_f32_portable);
+    run(dot_portable<float>);
 }
 
 void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha, float beta) {

@@ -30,25 +30,20 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const fl
     }
     return;
   }
-  // A few rows times a weight stored (N, K), as decoding a beam of M tokens
-  // does (backend/cpu/gemv.h): every weight row read once, nothing packed.
-  if (M > 1 && M <= kSmallM && !trans_a && trans_b) {
-    if (beta == 0.0f)
-      for (int i = 0; i < M; ++i) std::memset(C + static_cast<size_t>(i) * ldc, 0, N * sizeof(float));
-    return gemm_rows_f32(M, A, lda, B, ldb, N, K, C, ldc, alpha, beta);
-  }
+  // Our own loops (backend/cpu/gemv.h) where the rows of A and of B stored
+  // (N, K) are contiguous: one token or a beam of up to kSmallM tokens times a
+  // weight (every weight row read once, nothing packed; OpenBLAS 0.3.21's sgemv
+  // was 3-6x slower on the decode shapes, its sgemm packs the whole weight), and
+  // a matrix times one vector into a dense (M, 1) result. Neither reads C when
+  // beta == 0.
+  if (!trans_a && trans_b && M <= kSmallM) return gemm_rows_f32(M, A, lda, B, ldb, N, K, C, ldc, alpha, beta);
+  if (N == 1 && !trans_a && trans_b && ldc == 1) return gemv_f32(A, lda, M, K, B, C, alpha, beta);
   if (M == 1 || N == 1) {
-    // A matrix-vector product (decoding one token: the LM head and every
-    // projection at batch 1). OpenBLAS 0.3.21's sgemm does not forward these to
-    // gemv: it packs the whole weight on every call, which made a 51865-token
-    // LM head 5x slower than sgemv (bench/speech_bench.sh).
+    // The other matrix-vector layouts go to sgemv, not sgemm (which packs the
+    // whole weight on every call: a 51865-token LM head was 5x slower).
     if (beta == 0.0f) {  // "beta == 0 overwrites", whatever gemv's scal does with NaN
       for (int i = 0; i < M; ++i) std::memset(C + static_cast<size_t>(i) * ldc, 0, N * sizeof(float));
     }
-    // Contiguous rows times a contiguous vector: our own loop (backend/cpu/gemv.h,
-    // 3-4x OpenBLAS's sgemv on these shapes).
-    if (M == 1 && trans_b && !trans_a) return gemv_f32(B, ldb, N, K, A, C, alpha, beta);
-    if (N == 1 && !trans_a && trans_b && ldc == 1) return gemv_f32(A, lda, M, K, B, C, alpha, beta);
     if (M == 1) {  // c (1, N) = a (1, K) op(B): y = op(B)^T a, B stored (N, K) if trans_b else (K, N)
       const int inc_a = trans_a ? lda : 1;
       if (trans_b) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, inc_a, beta, C, 1);
