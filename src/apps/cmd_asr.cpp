@@ -41,6 +41,10 @@ void add_finetune_speech_flags(OptionSet& o) {
                      "the pretrained GPT: a weights file (model.h5), a pretrain run directory, or a GPT checkpoint "
                      "(directory or save directory with `latest`); its tokenizer hash must match --tokenizer. "
                      "'none' = a decoder from random weights with the shape below");
+  o.add<std::string>("decoder", "init-from", "",
+                     "continue from a trained speech model instead (a finetune-speech run directory or checkpoint): "
+                     "its encoder, decoder and CTC head, with a fresh optimizer from step 0; the [encoder] shape "
+                     "comes from it. Excludes --init-decoder");
   o.add<int>("decoder", "dec-n-layer", 6, "decoder blocks when --init-decoder none");
   o.add<int>("decoder", "dec-n-embd", 384, "decoder width when --init-decoder none");
   o.add<int>("decoder", "dec-n-head", 6, "decoder heads when --init-decoder none");
@@ -81,6 +85,7 @@ train::FinetuneSpeechOptions read_finetune_speech_flags(const po::variables_map&
   p.encoder.n_mels = vm["n-mels"].as<int>();
   p.encoder.max_frames = vm["max-frames"].as<int>();
   p.init_decoder = vm["init-decoder"].as<std::string>();
+  p.init_from = vm["init-from"].as<std::string>();
   p.decoder_if_random.n_layer = vm["dec-n-layer"].as<int>();
   p.decoder_if_random.n_embd = vm["dec-n-embd"].as<int>();
   p.decoder_if_random.n_head = vm["dec-n-head"].as<int>();
@@ -158,18 +163,7 @@ LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok
   r.model = std::make_unique<models::SpeechSeq2Seq>(cfg, max_batch, cfg.encoder.max_frames, cfg.decoder.context,
                                                     nullptr, Precision::fp32);
   dist::ParallelGrid grid = dist::ParallelGrid::single();
-  checkpoint::RankState st;
-  for (const auto& p : r.model->param_table()) {
-    st.tensors.push_back({p.name, p.global_shape, p.tp_axis, p.tp_parts});
-    st.offsets.push_back(p.offset);
-  }
-  st.params = r.model->params();
-  // Weights only: an empty optimizer range reads (and hashes) the model files and
-  // not the Adam moments, two thirds of a checkpoint's bytes.
-  st.opt_range = {0, 0};
-  st.model_type = "speech";
-  st.model_extra = cfg.extra_json();
-  checkpoint::load_checkpoint(grid, r.dir, 0, cfg.decoder, r.tok.hash(), st);
+  train::load_speech_weights(grid, r.dir, *r.model, r.tok.hash());
   return r;
 }
 

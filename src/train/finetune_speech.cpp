@@ -255,7 +255,7 @@ class SpeechTask final : public TrainTask {
     m.sampler.samples_per_step = static_cast<uint64_t>(o_.batch) * grid_.dp_size() * o_.train.grad_accum;
     m.run = {{"batch", o_.batch}, {"data", fs::absolute(o_.data_dir).string()},
              {"tokenizer", fs::absolute(o_.tokenizer_path).string()}, {"init_decoder", o_.init_decoder},
-             {"ctc_weight", o_.ctc_weight}, {"temperature", o_.temperature}};
+             {"init_from", o_.init_from}, {"ctc_weight", o_.ctc_weight}, {"temperature", o_.temperature}};
   }
 
   void log_setup() const override {
@@ -264,7 +264,7 @@ class SpeechTask final : public TrainTask {
     log_info("model: speech encoder L%d d%d h%d (%d mels, up to %d frames) + GPT decoder L%d d%d h%d vocab %d with "
              "cross-attention (%s): %.2fM parameters (%.2fM encoder)",
              e.n_layer, e.n_embd, e.n_head, e.n_mels, e.max_frames, d.n_layer, d.n_embd, d.n_head, d.vocab_size,
-             pretrained_ ? ("from " + o_.init_decoder).c_str() : "random init", model_.param_table().size() ? 
+             pretrained_ ? ("from " + (o_.init_from.empty() ? o_.init_decoder : o_.init_from)).c_str() : "random init", model_.param_table().size() ? 
              (model_.encoder_params() + model_.decoder().n_params()) / 1e6 : 0.0, model_.encoder_params() / 1e6);
     std::string langs;
     for (const auto& l : train_.languages()) langs += (langs.empty() ? "" : " ") + l;
@@ -286,7 +286,7 @@ class SpeechTask final : public TrainTask {
                          {"context", cfg_.decoder.context}}},
             {"tokenizer", fs::absolute(o_.tokenizer_path).string()}, {"tokenizer_hash", tok_.hash()},
             {"data", fs::absolute(o_.data_dir).string()}, {"init_decoder", o_.init_decoder},
-            {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", json_float(o_.ctc_weight)},
+            {"init_from", o_.init_from}, {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", json_float(o_.ctc_weight)},
             {"temperature", o_.temperature}, {"freeze_decoder_steps", o_.freeze_decoder_steps},
             {"ctc_only_steps", o_.ctc_only_steps}, {"bucket_batches", o_.bucket_batches},
             {"decoder_lr_scale", json_float(o_.decoder_lr_scale)}, {"new_lr_scale", json_float(o_.new_lr_scale)},
@@ -348,6 +348,35 @@ DecoderSource decoder_source(const FinetuneSpeechOptions& o, int vocab_if_random
   return d;
 }
 
+models::SpeechSeq2SeqConfig speech_checkpoint_config(const std::string& path, std::string* dir_out,
+                                                     std::string* tokenizer_hash_out) {
+  const std::string dir = checkpoint::resolve_checkpoint_dir(path);
+  const std::string manifest = (fs::path(dir) / "manifest.json").string();
+  const checkpoint::Manifest m = checkpoint::read_manifest(manifest);
+  CHORUS_CHECK(m.model_type == "speech",
+               "%s: field 'model_type' is '%s', expected 'speech' (a finetune-speech checkpoint)", manifest.c_str(),
+               m.model_type.c_str());
+  if (dir_out) *dir_out = dir;
+  if (tokenizer_hash_out) *tokenizer_hash_out = m.tokenizer_hash;
+  return models::SpeechSeq2SeqConfig::from_manifest(m.model, m.model_extra, manifest);
+}
+
+void load_speech_weights(dist::ParallelGrid& grid, const std::string& dir, models::SpeechSeq2Seq& model,
+                         const std::string& tokenizer_hash) {
+  checkpoint::RankState st;
+  for (const auto& p : model.param_table()) {
+    st.tensors.push_back({p.name, p.global_shape, p.tp_axis, p.tp_parts});
+    st.offsets.push_back(p.offset);
+  }
+  st.params = model.params();
+  // Weights only: an empty optimizer range reads (and hashes) the model files and
+  // not the Adam moments, two thirds of a checkpoint's bytes.
+  st.opt_range = {0, 0};
+  st.model_type = "speech";
+  st.model_extra = model.config().extra_json();
+  checkpoint::load_checkpoint(grid, dir, 0, model.config().decoder, tokenizer_hash, st);
+}
+
 FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   FinetuneSpeechOptions opt = opt_in;
   const auto tok = data::Tokenizer::load(opt.tokenizer_path);
@@ -366,10 +395,25 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   dist::ParallelGrid& grid = opt.train.grid ? *opt.train.grid : single;
   opt.train.grid = &grid;
   models::SpeechSeq2SeqConfig cfg;
-  cfg.encoder = opt.encoder;
-  const DecoderSource source = decoder_source(opt, tok.vocab_size());
-  if (!source.file.empty()) check_decoder_tokenizer(source.file, source.tokenizer_hash, tok, opt.tokenizer_path);
-  cfg.decoder = source.config;
+  std::string init_from_dir;
+  if (!opt.init_from.empty()) {
+    CHORUS_CHECK(opt.init_decoder.empty(),
+                 "init-from: give either --init-from (a speech model) or --init-decoder (a GPT), not both");
+    std::string hash;
+    cfg = speech_checkpoint_config(opt.init_from, &init_from_dir, &hash);
+    check_decoder_tokenizer(init_from_dir, hash, tok, opt.tokenizer_path);
+    if (!(cfg.encoder == opt.encoder))
+      log_info("init-from: the encoder shape comes from %s (L%d d%d h%d, %d mels, up to %d frames); the "
+               "[encoder] options are not used",
+               init_from_dir.c_str(), cfg.encoder.n_layer, cfg.encoder.n_embd, cfg.encoder.n_head,
+               cfg.encoder.n_mels, cfg.encoder.max_frames);
+    opt.encoder = cfg.encoder;
+  } else {
+    cfg.encoder = opt.encoder;
+    const DecoderSource source = decoder_source(opt, tok.vocab_size());
+    if (!source.file.empty()) check_decoder_tokenizer(source.file, source.tokenizer_hash, tok, opt.tokenizer_path);
+    cfg.decoder = source.config;
+  }
   cfg.decoder.validate();
   CHORUS_CHECK(opt.max_tokens <= cfg.decoder.context, "max-tokens: %d exceeds the decoder context %d",
                opt.max_tokens, cfg.decoder.context);
@@ -381,16 +425,19 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
                   "--batch, --max-frames, --max-tokens, --n-embd or --n-layer, or use --tp / --zero 1 over more ranks");
   const RunDirLock lock(opt.train);  // before init-decoder.h5 is exported into the run directory
 
-  const bool pretrained = opt.init_decoder != "none";
+  const bool pretrained = !init_from_dir.empty() || opt.init_decoder != "none";
   std::string weights;
-  if (pretrained) {
+  if (pretrained && init_from_dir.empty()) {
     weights = decoder_weights(opt.init_decoder, opt.train.run_dir, grid, tok, opt.tokenizer_path);
     const auto h = checkpoint::read_weights_header(weights);
     check_decoder_tokenizer(weights, h.tokenizer_hash, tok, opt.tokenizer_path);
   }
   SpeechTask task(opt, tok, cfg, grid, pretrained);
   task.model().init_weights(opt.train.seed);
-  if (pretrained)
+  if (!init_from_dir.empty()) {
+    load_speech_weights(grid, init_from_dir, task.model(), tok.hash());
+    log_info("init-from: encoder, decoder and CTC head from %s", init_from_dir.c_str());
+  } else if (pretrained)
     checkpoint::load_weights(weights, task.model().decoder(), tok.hash(), grid.tp_rank(), grid.tp_size(),
                              /*allow_new_cross_attention=*/true);
   FinetuneSpeechResult r;

@@ -28,6 +28,10 @@ struct FinetuneSpeechOptions {
   std::string tokenizer_path;
   std::string data_dir;             // train_*.h5 / val_*.h5 speech shards (prepare-speech)
   std::string init_decoder;         // GPT weights file, run directory or checkpoint; "none" = random
+  // A trained speech model (run directory or checkpoint) to continue from
+  // instead: its encoder, decoder and CTC head, with a fresh optimizer and
+  // step 0 (the encoder shape comes from it; excludes init_decoder).
+  std::string init_from;
   models::GptConfig decoder_if_random;  // the decoder's config with init_decoder "none" (vocab: the tokenizer's)
   int batch = 8;                    // clips per micro-batch per DP rank
   int max_tokens = 128;             // decoder positions per clip (prompt + transcript + end)
@@ -61,5 +65,16 @@ struct DecoderSource {
   std::string tokenizer_hash;
 };
 DecoderSource decoder_source(const FinetuneSpeechOptions& o, int vocab_if_random);
+
+// Loads the weights (not the optimizer state) of the speech checkpoint `dir`
+// into model, under the grid's TP layout (collective over the grid; any saved
+// layout). Refuses another tokenizer or model shape.
+void load_speech_weights(dist::ParallelGrid& grid, const std::string& dir, models::SpeechSeq2Seq& model,
+                         const std::string& tokenizer_hash);
+
+// The config of the speech checkpoint at path (run directory or checkpoint),
+// its directory in dir_out; refuses a checkpoint that is not a speech model.
+models::SpeechSeq2SeqConfig speech_checkpoint_config(const std::string& path, std::string* dir_out,
+                                                     std::string* tokenizer_hash_out = nullptr);
 
 }  // namespace chorus::train

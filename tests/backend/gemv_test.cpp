@@ -56,38 +56,48 @@ TEST(Int8, QuantisedRowsAreWithinHalfAScale) {
 
 TEST(Int8, GemvEqualsTheDequantisedProductOnEveryPath) {
   std::printf("[ int8    ] gemv_int8 path on this CPU: %s\n", gemv_int8_path());
-  for (int cols : {1, 15, 16, 17, 63, 64, 65, 100, 384}) {
-    for (int rows : {1, 7, 300}) {
-      const auto W = weights(rows, cols, cols, 7 + cols);
-      std::vector<int8_t> q(rows * cols);
-      std::vector<float> s(rows), D(rows * cols), x(cols);
-      quantize_rows_int8(W.data(), rows, cols, cols, q.data(), s.data());
-      dequantize_rows_int8(q.data(), s.data(), rows, cols, D.data());
-      std::mt19937 g(cols * 31 + rows);
-      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-      for (float& v : x) v = u(g);
-      for (float beta : {0.0f, 0.5f}) {
-        std::vector<float> y_fast(rows, beta == 0 ? std::numeric_limits<float>::quiet_NaN() : 2.0f);
-        std::vector<float> y_ref = y_fast;
-        gemv_int8(q.data(), s.data(), rows, cols, x.data(), y_fast.data(), beta);
-        gemv_int8_reference(q.data(), s.data(), rows, cols, x.data(), y_ref.data(), beta);
-        for (int r = 0; r < rows; ++r) {
-          double want = beta * 2.0, mag = std::fabs(beta * 2.0), orig = beta * 2.0, xsum = 0;
-          for (int c = 0; c < cols; ++c) {
-            want += double(D[r * cols + c]) * x[c];
-            mag += std::fabs(double(D[r * cols + c]) * x[c]);
-            orig += double(W[r * cols + c]) * x[c];
-            xsum += std::fabs(x[c]);
+  for (const char* path : {"portable", "avx2", "avx512"}) {
+    if (!set_gemv_path(path)) {
+      std::printf("[ int8    ] %s: not on this CPU\n", path);
+      continue;
+    }
+    SCOPED_TRACE(path);
+    for (int cols : {1, 15, 16, 17, 63, 64, 65, 100, 384}) {
+      for (int rows : {1, 7, 300}) {
+        const auto W = weights(rows, cols, cols, 7 + cols);
+        std::vector<int8_t> q(rows * cols);
+        std::vector<float> s(rows), D(rows * cols), x(cols);
+        quantize_rows_int8(W.data(), rows, cols, cols, q.data(), s.data());
+        dequantize_rows_int8(q.data(), s.data(), rows, cols, D.data());
+        std::mt19937 g(cols * 31 + rows);
+        std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+        for (float& v : x) v = u(g);
+        for (float beta : {0.0f, 0.5f}) {
+          std::vector<float> y_fast(rows, beta == 0 ? std::numeric_limits<float>::quiet_NaN() : 2.0f);
+          std::vector<float> y_ref = y_fast;
+          gemv_int8(q.data(), s.data(), rows, cols, x.data(), y_fast.data(), beta);
+          gemv_int8_reference(q.data(), s.data(), rows, cols, x.data(), y_ref.data(), beta);
+          for (int r = 0; r < rows; ++r) {
+            double want = beta * 2.0, mag = std::fabs(beta * 2.0), orig = beta * 2.0, xsum = 0;
+            for (int c = 0; c < cols; ++c) {
+              want += double(D[r * cols + c]) * x[c];
+              mag += std::fabs(double(D[r * cols + c]) * x[c]);
+              orig += double(W[r * cols + c]) * x[c];
+              xsum += std::fabs(x[c]);
+            }
+            const double tol = 1e-5 * mag + 1e-30;
+            ASSERT_NEAR(y_fast[r], want, tol)
+                << "fast: rows " << rows << " cols " << cols << " beta " << beta << " row " << r;
+            ASSERT_NEAR(y_ref[r], want, tol)
+                << "reference: rows " << rows << " cols " << cols << " row " << r;
+            // Against the fp32 weights: at most half a scale per weight times |x|.
+            ASSERT_LE(std::fabs(y_fast[r] - orig), 0.5 * s[r] * xsum * (1 + 1e-4) + tol) << "row " << r;
           }
-          const double tol = 1e-5 * mag + 1e-30;
-          ASSERT_NEAR(y_fast[r], want, tol) << "fast: rows " << rows << " cols " << cols << " beta " << beta << " row " << r;
-          ASSERT_NEAR(y_ref[r], want, tol) << "reference: rows " << rows << " cols " << cols << " row " << r;
-          // Against the fp32 weights: at most half a scale per weight times |x|.
-          ASSERT_LE(std::fabs(y_fast[r] - orig), 0.5 * s[r] * xsum * (1 + 1e-4) + tol) << "row " << r;
         }
       }
     }
   }
+  set_gemv_path(nullptr);
 }
 
 TEST(Int8, NonFiniteWeightsAreRefusedNamingTheRow) {

@@ -179,6 +179,35 @@ TEST_F(SpeechE2E, MuonLeavesAFrozenDecoderUnchanged) {
   EXPECT_NE(e1.out.substr(0, 64), e2.out.substr(0, 64)) << "the encoder did not train";
 }
 
+// --init-from continues from a speech model: with nothing trained in its
+// first step (CTC only, so the decoder is frozen, and the encoder's lr scaled
+// by 0) the weights are the source's, on one rank and resharded to TP 2; a
+// GPT checkpoint or --init-decoder beside it is refused.
+TEST_F(SpeechE2E, InitFromASpeechModelStartsFromItsWeights) {
+  const std::string d = dir_.string();
+  ASSERT_EQ(finetune("from_src", "--init-decoder " + d + "/gpt --batch 4 --eval-clips 0 --steps 3").code, 0);
+  const std::string still = "--init-from " + d + "/from_src --batch 4 --eval-clips 0 --steps 1 --ctc-only-steps 1 "
+                            "--new-lr-scale 0 ";
+  Result one = finetune("from_one", still);
+  ASSERT_EQ(one.code, 0) << one.out;
+  EXPECT_NE(one.out.find("init-from: encoder, decoder and CTC head from"), std::string::npos) << one.out;
+  Result tp = finetune("from_tp2", still + "--tp 2", 2);
+  ASSERT_EQ(tp.code, 0) << tp.out;
+  const Result src = chorus::testing::chorus("checkpoint hash " + d + "/from_src");
+  ASSERT_EQ(src.code, 0) << src.out;
+  for (const char* run : {"from_one", "from_tp2"}) {
+    const Result h = chorus::testing::chorus("checkpoint hash " + d + "/" + run);
+    ASSERT_EQ(h.code, 0) << h.out;
+    EXPECT_EQ(h.out.substr(0, 64), src.out.substr(0, 64)) << run << ": not the source's weights\n" << h.out << src.out;
+  }
+  Result gpt = finetune("from_gpt", "--init-from " + d + "/gpt --steps 1");
+  EXPECT_NE(gpt.code, 0);
+  EXPECT_NE(gpt.out.find("expected 'speech'"), std::string::npos) << gpt.out;
+  Result both = finetune("from_both", "--init-from " + d + "/from_src --init-decoder " + d + "/gpt --steps 1");
+  EXPECT_NE(both.code, 0);
+  EXPECT_NE(both.out.find("not both"), std::string::npos) << both.out;
+}
+
 TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
   const std::string d = dir_.string();
   const std::string common = "--init-decoder " + d + "/gpt --batch 4 --no-spec-augment --eval-clips 0 --steps 6 "

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "backend/cpu/gemv.h"
+
 #include <cmath>
 #include <limits>
 
@@ -49,7 +51,7 @@ void check_gemm_shape(int M, int N, int K, int ldc_pad = 2) {
 
 TEST(Gemm, AllTransposesMatchNaive) { check_gemm_shape(37, 29, 45); }
 
-TEST(Gemm, MatrixVectorShapesMatchNaive) {
+void check_matrix_vector_shapes() {
   check_gemm_shape(1, 29, 45);
   check_gemm_shape(37, 1, 45);
   check_gemm_shape(1, 1, 45);
@@ -63,6 +65,16 @@ TEST(Gemm, MatrixVectorShapesMatchNaive) {
   check_gemm_shape(4, 700, 130);
   check_gemm_shape(8, 29, 45);
   check_gemm_shape(9, 29, 45);
+}
+
+TEST(Gemm, MatrixVectorShapesMatchNaive) {
+  // On every dot-product path this CPU has (backend/cpu/gemv.h: portable, AVX2 + FMA, AVX-512).
+  for (const char* path : {"portable", "avx2", "avx512"}) {
+    if (!backend::cpu::set_gemv_path(path)) continue;
+    SCOPED_TRACE(path);
+    check_matrix_vector_shapes();
+  }
+  backend::cpu::set_gemv_path(nullptr);
 }
 
 TEST(Gemm, BetaZeroOverwritesNaN) {

@@ -50,7 +50,7 @@ CpuFeatures detect_features() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid_max(0, nullptr) < 7) return f;
   __cpuid(1, a, b, c, d);
-  const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+  const bool fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
   uint64_t xcr0 = 0;
   if (osxsave) {
     unsigned lo = 0, hi = 0;
@@ -66,6 +66,7 @@ CpuFeatures detect_features() {
   const unsigned max_sub7 = a;
   f.avx2 = os_avx && avx && ((b >> 5) & 1);
   f.f16c = os_avx && avx && f16c;
+  f.fma = os_avx && avx && fma;
   f.avx512f = os_avx512 && ((b >> 16) & 1);
   f.avx512_vnni = f.avx512f && ((c >> 11) & 1);
   f.avx512_fp16 = f.avx512f && ((d >> 23) & 1);
@@ -106,6 +107,7 @@ std::string cpu_features_string() {
   const CpuFeatures& f = cpu_features();
   std::string flags;
   const std::pair<bool, const char*> named[] = {{f.avx2, "avx2"},
+                                                {f.fma, "fma"},
                                                 {f.f16c, "f16c"},
                                                 {f.avx512f, "avx512f"},
                                                 {f.avx512_bf16, "avx512_bf16"},

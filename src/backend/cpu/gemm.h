@@ -38,7 +38,7 @@ namespace chorus::backend::cpu {
 // compile flags: binaries move between CPU models). A feature counts only when
 // the OS also saves its register state (XCR0).
 struct CpuFeatures {
-  bool avx2, f16c, avx512f, avx512_bf16, avx512_fp16, avx512_vnni, amx_bf16, amx_fp16, amx_int8;
+  bool avx2, fma, f16c, avx512f, avx512_bf16, avx512_fp16, avx512_vnni, amx_bf16, amx_fp16, amx_int8;
 };
 const CpuFeatures& cpu_features();
 // The model name from /proc/cpuinfo and the features present, e.g.

@@ -1,14 +1,18 @@
 #include "backend/cpu/gemv.h"
 
 // GCC 12's AVX-512 conversion intrinsics build on _mm512_undefined_*(), which
-// -Wmaybe-uninitialized reports as uninitialised (a known false positive).
+// -Wmaybe-uninitialized / -Wuninitialized report as uninitialised (a known
+// false positive).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <string>
 
 #include "backend/cpu/gemm.h"
 #include "core/error.h"
@@ -78,6 +82,34 @@ __attribute__((target("avx512f"))) float dot_avx512(const T* w, const float* x, 
   return acc;
 }
 
+// 8 weights as fp32 (AVX2): a load, or 8 int8 codes widened.
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+__attribute__((target("avx2,fma"))) inline __m256 load8(const int8_t* q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+}
+
+// The same with four accumulators of 8 lanes, for CPUs with AVX2 + FMA and no
+// AVX-512 (AMD Zen 2 / 3, older Intel).
+template <class T>
+__attribute__((target("avx2,fma"))) float dot_avx2(const T* w, const float* x, int cols) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  int c = 0;
+  for (; c + 32 <= cols; c += 32) {
+    a0 = _mm256_fmadd_ps(load8(w + c), _mm256_loadu_ps(x + c), a0);
+    a1 = _mm256_fmadd_ps(load8(w + c + 8), _mm256_loadu_ps(x + c + 8), a1);
+    a2 = _mm256_fmadd_ps(load8(w + c + 16), _mm256_loadu_ps(x + c + 16), a2);
+    a3 = _mm256_fmadd_ps(load8(w + c + 24), _mm256_loadu_ps(x + c + 24), a3);
+  }
+  for (; c + 8 <= cols; c += 8) a0 = _mm256_fmadd_ps(load8(w + c), _mm256_loadu_ps(x + c), a0);
+  const __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float acc = _mm_cvtss_f32(h);
+  for (; c < cols; ++c) acc += static_cast<float>(w[c]) * x[c];
+  return acc;
+}
+
 template <class Dot>
 void gemv_rows(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta, Dot dot) {
   CHORUS_CHECK(rows >= 0 && cols >= 0, "gemv_int8: bad shape rows %d cols %d", rows, cols);
@@ -88,7 +120,20 @@ void gemv_rows(const int8_t* q, const float* scale, int rows, int cols, const fl
   }
 }
 
-bool use_avx512() { return cpu_features().avx512f; }
+// The widest dot loop this CPU runs, chosen at run time (binaries move
+// between CPU models), unless a test forced one (set_gemv_path).
+enum class DotPath { kPortable, kAvx2, kAvx512 };
+DotPath best_dot_path() {
+  const CpuFeatures& f = cpu_features();
+  if (f.avx512f) return DotPath::kAvx512;
+  if (f.avx2 && f.fma) return DotPath::kAvx2;
+  return DotPath::kPortable;
+}
+std::atomic<int> g_forced_path{-1};  // -1: best_dot_path()
+DotPath dot_path() {
+  const int forced = g_forced_path.load(std::memory_order_relaxed);
+  return forced >= 0 ? static_cast<DotPath>(forced) : best_dot_path();
+}
 
 }  // namespace
 
@@ -98,10 +143,12 @@ void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols
 }
 
 void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta) {
-  if (use_avx512())
-    gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx512<int8_t>);
-  else
-    gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable<int8_t>);
+  switch (dot_path()) {
+    case DotPath::kAvx512: return gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx512<int8_t>);
+    case DotPath::kAvx2: return gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx2<int8_t>);
+    case DotPath::kPortable: break;
+  }
+  gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable<int8_t>);
 }
 
 void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw, int rows, int cols, float* Y,
@@ -121,16 +168,45 @@ void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw
       }
     }
   };
-  if (use_avx512())
-    run(dot_avx512<float>);
-  else
-    run(dot_portable<float>);
+  switch (dot_path()) {
+    case DotPath::kAvx512: return run(dot_avx512<float>);
+    case DotPath::kAvx2: return run(dot_avx2<float>);
+    case DotPath::kPortable: break;
+  }
+  run(dot_portable<float>);
 }
 
 void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha, float beta) {
   gemm_rows_f32(1, x, static_cast<size_t>(cols), W, ldw, rows, cols, y, static_cast<size_t>(rows), alpha, beta);
 }
 
-const char* gemv_int8_path() { return use_avx512() ? "avx512" : "portable"; }
+const char* gemv_int8_path() {
+  switch (dot_path()) {
+    case DotPath::kAvx512: return "avx512";
+    case DotPath::kAvx2: return "avx2";
+    case DotPath::kPortable: break;
+  }
+  return "portable";
+}
+
+bool set_gemv_path(const char* path) {
+  if (path == nullptr) {
+    g_forced_path = -1;
+    return true;
+  }
+  const std::string p = path;
+  const CpuFeatures& f = cpu_features();
+  DotPath want;
+  if (p == "portable")
+    want = DotPath::kPortable;
+  else if (p == "avx2" && f.avx2 && f.fma)
+    want = DotPath::kAvx2;
+  else if (p == "avx512" && f.avx512f)
+    want = DotPath::kAvx512;
+  else
+    return false;
+  g_forced_path = static_cast<int>(want);
+  return true;
+}
 
 }  // namespace chorus::backend::cpu

@@ -24,9 +24,9 @@
 namespace chorus::backend::cpu {
 
 // y[r] = alpha * sum_c W[r, c] x[c] + beta * y[r] (y not read when beta == 0), W
-// rows x cols with row stride ldw, x and y contiguous. AVX-512 where the CPU
-// has it (run time), a portable loop elsewhere; OpenMP over rows unless
-// called inside a parallel region.
+// rows x cols with row stride ldw, x and y contiguous. AVX-512 or AVX2 + FMA
+// where the CPU has them (chosen at run time), a portable loop elsewhere;
+// OpenMP over rows unless called inside a parallel region.
 void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha = 1.0f,
               float beta = 0.0f);
 
@@ -43,13 +43,16 @@ void quantize_rows_int8(const float* W, int rows, int cols, size_t ld, int8_t* q
 // W ~= scale[r] * q[r, c] (rows x cols, dense).
 void dequantize_rows_int8(const int8_t* q, const float* scale, int rows, int cols, float* W);
 // y[r] = beta * y[r] + scale[r] * sum_c q[r, c] x[c] for r < rows (y is not
-// read when beta == 0). AVX-512 where the CPU has it (chosen at run time),
-// a portable loop elsewhere; OpenMP over rows.
+// read when beta == 0). AVX-512 or AVX2 + FMA where the CPU has them (chosen
+// at run time), a portable loop elsewhere; OpenMP over rows.
 void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta = 0.0f);
 // The portable loop alone (tests compare the two paths).
 void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
                          float beta = 0.0f);
-// Which path gemv_f32 / gemv_int8 take on this CPU: "avx512" or "portable".
+// Which path gemv_f32 / gemm_rows_f32 / gemv_int8 take: "avx512", "avx2" or "portable".
 const char* gemv_int8_path();
+// Tests: force a path ("portable", "avx2", "avx512"; nullptr = back to the
+// best this CPU runs). Returns false, changing nothing, when the CPU lacks it.
+bool set_gemv_path(const char* path);
 
 }  // namespace chorus::backend::cpu
