@@ -37,6 +37,9 @@ void add_finetune_speech_flags(OptionSet& o) {
   o.add<int>("encoder", "n-head", 4, "encoder attention heads");
   o.add<int>("encoder", "n-mels", 80, "log-mel bins (80, Whisper's)");
   o.add<int>("encoder", "max-frames", 1000, "longest input in 10 ms frames (longer clips are cut)");
+  o.add<int>("encoder", "subsample", 2,
+             "input frames per encoder row: 2 (Whisper's: 50 rows per second) or 4 (both stem convolutions "
+             "stride 2: 25 rows per second, half the encoder's work)");
   o.add<std::string>("decoder", "init-decoder", "",
                      "the pretrained GPT: a weights file (model.h5), a pretrain run directory, or a GPT checkpoint "
                      "(directory or save directory with `latest`); its tokenizer hash must match --tokenizer. "
@@ -45,6 +48,16 @@ void add_finetune_speech_flags(OptionSet& o) {
                      "continue from a trained speech model instead (a finetune-speech run directory or checkpoint): "
                      "its encoder, decoder and CTC head, with a fresh optimizer from step 0; the [encoder] shape "
                      "comes from it. Excludes --init-decoder");
+  o.add_switch("decoder", "ctc-prior",
+               "give the decoder's cross-attention the CTC alignment prior: each position's attention scores get "
+               "log(prior + floor), the prior covering the frames the CTC head puts after the transcript bytes "
+               "before it (true bytes in training, the hypothesis' in decoding), so the decoder reads the right "
+               "frames from its first step instead of having to learn to align (docs/SPEECH.md). Part of the "
+               "model: transcribe / evaluate apply it too");
+  o.add<int>("decoder", "ctc-prior-window", 8, "memory rows (20 ms each) after the prefix that the prior covers");
+  o.add<float>("decoder", "ctc-prior-floor", 0.01f, "0.01",
+               "added to the prior before the log: the weight attention keeps outside the window");
+  o.add<int>("decoder", "ctc-prior-heads", 0, "cross-attention heads per layer that get the prior (0 = all)");
   o.add<int>("decoder", "dec-n-layer", 6, "decoder blocks when --init-decoder none");
   o.add<int>("decoder", "dec-n-embd", 384, "decoder width when --init-decoder none");
   o.add<int>("decoder", "dec-n-head", 6, "decoder heads when --init-decoder none");
@@ -84,8 +97,16 @@ train::FinetuneSpeechOptions read_finetune_speech_flags(const po::variables_map&
   p.encoder.n_head = vm["n-head"].as<int>();
   p.encoder.n_mels = vm["n-mels"].as<int>();
   p.encoder.max_frames = vm["max-frames"].as<int>();
+  p.encoder.subsample = vm["subsample"].as<int>();
   p.init_decoder = vm["init-decoder"].as<std::string>();
   p.init_from = vm["init-from"].as<std::string>();
+  p.prior.enabled = vm["ctc-prior"].as<bool>();
+  p.prior.window = vm["ctc-prior-window"].as<int>();
+  p.prior.floor = vm["ctc-prior-floor"].as<float>();
+  p.prior.n_heads = vm["ctc-prior-heads"].as<int>();
+  CHORUS_CHECK(p.prior.window >= 0 && p.prior.floor > 0 && p.prior.n_heads >= 0,
+               "ctc-prior-window must be >= 0, ctc-prior-floor > 0 and ctc-prior-heads >= 0 (got %d, %g, %d)",
+               p.prior.window, static_cast<double>(p.prior.floor), p.prior.n_heads);
   p.decoder_if_random.n_layer = vm["dec-n-layer"].as<int>();
   p.decoder_if_random.n_embd = vm["dec-n-embd"].as<int>();
   p.decoder_if_random.n_head = vm["dec-n-head"].as<int>();

@@ -76,7 +76,8 @@ void for_each_head(const Mha& m, F&& f) {
 
 template <typename T>
 void forward_head(const Mha& m, int b, int h, T* out, T* att, const T* q, size_t q_stride, const T* k,
-                  const T* v, size_t kv_stride) {
+                  const T* v, size_t kv_stride, const AttentionBias* bias) {
+  const float bias_w = bias != nullptr ? bias->head_weight[h] : 0.0f;
   const int hs = m.hs, Tq = m.Tq, Tk = m.Tk, nv = m.n_valid(b);
   const size_t TT = static_cast<size_t>(Tq) * Tk, Qhs = static_cast<size_t>(Tq) * hs;
   const size_t Khs = static_cast<size_t>(nv) * hs;
@@ -103,6 +104,10 @@ void forward_head(const Mha& m, int b, int h, T* out, T* att, const T* q, size_t
     for (int t = i0; t < i1; ++t) {
       float* row = p + static_cast<size_t>(t) * Tk;
       const int n = m.n_keys(t, nv);
+      if (bias_w != 0.0f) {
+        const float* br = bias->values + (static_cast<size_t>(b) * Tq + t) * Tk;
+        for (int u = 0; u < n; ++u) row[u] += bias_w * br[u];
+      }
       softmax_row(row, n, rend);
       if constexpr (!kIsF32<T>) {
         for (int u = 0; u < n; ++u) row[u] = round_to<T>(row[u]);  // what backward will read
@@ -209,9 +214,11 @@ void backward_head(const Mha& m, int b, int h, T* dq, size_t dq_stride, T* dk, T
 
 template <typename T>
 void mha_forward(T* out, T* att, const T* q, size_t q_stride, const T* k, const T* v, size_t kv_stride,
-                 const int* kv_len, int B, int Tq, int Tk, int C, int NH, bool causal) {
+                 const int* kv_len, int B, int Tq, int Tk, int C, int NH, bool causal, const AttentionBias* bias) {
   const Mha m = check_mha(B, Tq, Tk, C, NH, causal, kv_len);
-  for_each_head(m, [&](int b, int h) { forward_head(m, b, h, out, att, q, q_stride, k, v, kv_stride); });
+  CHORUS_CHECK(bias == nullptr || (!causal && bias->values != nullptr && bias->head_weight != nullptr),
+               "mha_forward: an attention bias needs non-causal attention, values and head weights");
+  for_each_head(m, [&](int b, int h) { forward_head(m, b, h, out, att, q, q_stride, k, v, kv_stride, bias); });
 }
 
 template <typename T>
@@ -239,7 +246,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int 
 
 #define CHORUS_INSTANTIATE(T)                                                                               \
   template void mha_forward<T>(T*, T*, const T*, size_t, const T*, const T*, size_t, const int*, int, int,  \
-                               int, int, int, bool);                                                        \
+                               int, int, int, bool, const AttentionBias*);                                  \
   template void mha_backward<T>(T*, size_t, T*, T*, size_t, const T*, const T*, size_t, const T*, const T*, \
                                 size_t, const T*, const int*, int, int, int, int, int, bool);               \
   template void attention_forward<T>(T*, T*, const T*, int, int, int, int);                                 \
@@ -250,7 +257,8 @@ CHORUS_INSTANTIATE(fp16)
 #undef CHORUS_INSTANTIATE
 
 void mha_decode(float* out, float* scores, const float* q, size_t q_stride, const float* k, const float* v,
-                size_t kv_stride, size_t batch_stride, const int* kv_len, int B, int n_keys, int C, int NH) {
+                size_t kv_stride, size_t batch_stride, const int* kv_len, int B, int n_keys, int C, int NH,
+                const AttentionBias* bias) {
   CHORUS_CHECK(n_keys >= 1 && NH >= 1 && C % NH == 0,
                "mha_decode: shapes n_keys=%d C=%d NH=%d: expected n_keys >= 1 and C a multiple of NH", n_keys,
                C, NH);
@@ -272,6 +280,10 @@ void mha_decode(float* out, float* scores, const float* q, size_t q_stride, cons
       float* s = scores + (static_cast<size_t>(b) * NH + h) * n_keys;
       // s (1, n) = scale * q (1, hs) @ k^T; y (1, hs) = p (1, n) @ v
       cpu::gemm(false, true, 1, n, hs, scale, qh, hs, kh, static_cast<int>(kv_stride), 0.0f, s, n_keys);
+      if (bias != nullptr && bias->head_weight[h] != 0.0f) {
+        const float* br = bias->values + static_cast<size_t>(b) * n_keys;
+        for (int u = 0; u < n; ++u) s[u] += bias->head_weight[h] * br[u];
+      }
       softmax_row(s, n, n_keys);
       cpu::gemm(false, false, 1, hs, n, 1.0f, s, n_keys, vh, static_cast<int>(kv_stride), 0.0f,
                 out + static_cast<size_t>(b) * C + h * hs, C);

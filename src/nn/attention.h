@@ -48,9 +48,20 @@ inline constexpr int kAttnBlock = 32;
 //   <= Tk: keys s >= kv_len[b] get probability 0.
 // causal: key s is allowed for query t only if s <= t (requires Tq == Tk).
 // C % NH == 0. out must not overlap q, k, v.
+// bias (non-causal only): nullptr, or an additive bias on the scores before
+// the softmax, head_weight[h] * values[b, t, s] (a log-prior over the keys, as
+// the attention priors of FastPitch / RAD-TTS and the CTC alignment prior of
+// the speech decoder); values (B, Tq, Tk) fp32, head_weight (NH) (0 = a head
+// without it). A constant of the loss: backward needs nothing more (the saved
+// probabilities include it).
+struct AttentionBias {
+  const float* values = nullptr;
+  const float* head_weight = nullptr;
+};
 template <typename T>
 void mha_forward(T* out, T* att, const T* q, size_t q_stride, const T* k, const T* v, size_t kv_stride,
-                 const int* kv_len, int B, int Tq, int Tk, int C, int NH, bool causal);
+                 const int* kv_len, int B, int Tq, int Tk, int C, int NH, bool causal,
+                 const AttentionBias* bias = nullptr);
 
 // dq: row (b, t) at dq + (b*Tq + t) * dq_stride; dk, dv: row (b, s) at
 //   dk / dv + (b*Tk + s) * dkv_stride; each C wide, OVERWRITTEN (padded key
@@ -83,8 +94,11 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int 
 // k, v: key / value s of sequence b at k / v + b * batch_stride + s * kv_stride,
 //   C wide, s < n_keys.
 // kv_len: nullptr (all n_keys valid) or (B) valid key counts in [1, n_keys].
+// bias: nullptr, or AttentionBias with values (B, n_keys) (the bias of each
+// sequence's query row) and head_weight (NH).
 void mha_decode(float* out, float* scores, const float* q, size_t q_stride, const float* k, const float* v,
-                size_t kv_stride, size_t batch_stride, const int* kv_len, int B, int n_keys, int C, int NH);
+                size_t kv_stride, size_t batch_stride, const int* kv_len, int B, int n_keys, int C, int NH,
+                const AttentionBias* bias = nullptr);
 
 // One decoding step against a KV cache, for generation: mha_decode with
 // kv_stride C and batch_stride cache_stride.

@@ -255,5 +255,34 @@ CtcPrefix ctc_prefix_extend(const CtcPrefix& h, int c, const float* lp, int T, i
 
 double ctc_prefix_final(const CtcPrefix& h) { return prefix_log_add(h.rn.back(), h.rb.back()); }
 
+void ctc_alignment_prior(const CtcPrefix& h, int window, float floor, int pool, float* out) {
+  const int T = static_cast<int>(h.rn.size());
+  CHORUS_CHECK(window >= 0 && floor > 0.0f && pool >= 1 && static_cast<int>(h.rb.size()) == T,
+               "ctc_alignment_prior: window %d must be >= 0, floor %g > 0 and pool %d >= 1", window,
+               static_cast<double>(floor), pool);
+  const int rows = (T + pool - 1) / pool;
+  double mx = -INFINITY;
+  std::vector<double> pi(T);
+  for (int t = 0; t < T; ++t) mx = std::max(mx, pi[t] = prefix_log_add(h.rn[t], h.rb[t]));
+  if (mx == -INFINITY) {
+    std::fill(out, out + rows, 0.0f);
+    return;
+  }
+  double z = 0.0;
+  for (double& p : pi) z += p = std::exp(p - mx);
+  // prior(t) = sum of pi over [t - window, t] (a running sum), averaged per row of pool frames
+  double run = 0.0, row = 0.0;
+  for (int t = 0; t < T; ++t) {
+    run += pi[t];
+    if (t - window - 1 >= 0) run -= pi[t - window - 1];
+    row += std::max(0.0, run) / z;
+    if ((t + 1) % pool == 0 || t == T - 1) {
+      const int n = t % pool + 1;
+      out[t / pool] = static_cast<float>(std::log(row / n + floor));
+      row = 0.0;
+    }
+  }
+}
+
 
 }  // namespace chorus::nn

@@ -71,6 +71,22 @@ CtcPrefix ctc_prefix_extend(const CtcPrefix& h, int c, const float* log_probs, i
 // log P(labelling == h): equals ctc_log_likelihood of h's labels.
 double ctc_prefix_final(const CtcPrefix& h);
 
+// The CTC alignment prior of the speech decoder's cross-attention: where in
+// the audio the label that follows prefix h is, from the CTC head alone, so the
+// decoder reads the right frames from its first step instead of learning to
+// align (an attention prior as in FastPitch / RAD-TTS, here computed from the
+// CTC head at training and at inference alike, as triggered attention does
+// (Moritz, Hori & Le Roux 2019)). With rho(t) = log P(frames 0..t collapse to
+// h) = logaddexp(rn[t], rb[t]), pi = softmax over t of rho is where h has been
+// read up to (a peaky CTC puts it on the gap between h's last label and the
+// next one); prior(t) = sum of pi over [t - window, t], the `window` frames
+// after it; out = log(prior + floor), a bias for the attention scores (0
+// inside the window, log(floor) far from it), with the prior averaged over
+// each `pool` frames (an encoder row that emits pool CTC frames): out has
+// ceil(Tn / pool) entries, Tn = h.rn.size(). A prefix the frames cannot hold
+// at all (rho -inf everywhere) gives out = 0: no prior.
+void ctc_alignment_prior(const CtcPrefix& h, int window, float floor, int pool, float* out);
+
 // Greedy (best path) decoding: argmax per frame of logits (Tn, V) (or
 // log-probabilities: the argmax is the same; the first maximum on ties),
 // repeats collapsed, blanks dropped.

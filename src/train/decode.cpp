@@ -71,20 +71,26 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
                   mem_k.begin() + (static_cast<size_t>(i) * K + k) * S * d);
       len_k[i * K + k] = enc.memory_len()[i];
     }
-  // CTC log-probabilities per clip, for joint scoring.
+  // CTC log-probabilities per clip, for joint scoring and the decoder's CTC
+  // alignment prior (a model with one: each step's cross-attention gets the
+  // prior of its hypothesis' bytes, as in training).
   std::vector<std::vector<float>> ctc_lp;
   const bool joint = opt.ctc_weight > 0.0f;
+  const bool prior = model.config().prior.enabled;
+  const bool track_ctc = joint || prior;  // each beam keeps its CTC prefix state
   const double lam = opt.ctc_weight;
-  if (joint) {
+  if (track_ctc) {
     ctc_lp.resize(B);
     for (int i = 0; i < B; ++i) {
-      ctc_lp[i].resize(static_cast<size_t>(S) * enc.ctc_vocab());
+      ctc_lp[i].resize(static_cast<size_t>(enc.ctc_rows()) * enc.ctc_vocab());
       enc.ctc_log_probs(i, ctc_lp[i].data());
     }
   }
   const int R = B * K;
   dec.reset_cache(R);
   dec.set_decode_memory(mem_k.data(), len_k.data(), S);
+  dec.set_decode_bias(nullptr);  // the prompt's steps: no prior
+  std::vector<float> bias;
 
   std::vector<std::string> languages = languages_in.empty() ? tok.languages() : languages_in;
   std::vector<std::string> lang(B, opt.lang);
@@ -105,21 +111,35 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
       }
     }
   }
+  const int CV = enc.ctc_vocab(), blank = enc.ctc_blank();
+  std::vector<std::vector<Beam>> beams(B, std::vector<Beam>(K));
+  for (int i = 0; i < B; ++i) {
+    if (track_ctc) beams[i][0].ctc = nn::ctc_prefix_root(ctc_lp[i].data(), enc.ctc_len()[i], CV, blank);
+    for (int k = 1; k < K; ++k) beams[i][k].logp = -std::numeric_limits<double>::infinity();  // one live start
+  }
+  // The prior of each row's hypothesis for the next step (rows of dead beams: none).
+  const auto set_prior = [&] {
+    if (!prior) return;
+    bias.assign(static_cast<size_t>(R) * S, 0.0f);
+    for (int i = 0; i < B; ++i)
+      for (int k = 0; k < K; ++k) {
+        const Beam& bm = beams[i][k];
+        if (bm.done || !std::isfinite(bm.logp)) continue;
+        nn::ctc_alignment_prior(bm.ctc, model.config().prior.window, model.config().prior.floor,
+                                enc.config().ctc_upsample(), bias.data() + static_cast<size_t>(i * K + k) * S);
+      }
+    dec.set_decode_bias(bias.data());
+  };
   int pos = 1;
   for (int j = 1; j < 4; ++j, ++pos) {
     for (int i = 0; i < B; ++i)
       for (int k = 0; k < K; ++k) in[i * K + k] = speech_prompt(tok, lang[i])[j];
+    if (j == 3) set_prior();  // this step predicts the first transcript token
     logits = dec.decode_step(in.data(), pos);
   }
   // logits now predict the first transcript token at every row.
   const int ctx = model.config().decoder.context;
   const int max_new = std::min(opt.max_new_tokens, ctx - pos);
-  std::vector<std::vector<Beam>> beams(B, std::vector<Beam>(K));
-  const int CV = enc.ctc_vocab(), blank = enc.ctc_blank();
-  for (int i = 0; i < B; ++i) {
-    if (joint) beams[i][0].ctc = nn::ctc_prefix_root(ctc_lp[i].data(), enc.memory_len()[i], CV, blank);
-    for (int k = 1; k < K; ++k) beams[i][k].logp = -std::numeric_limits<double>::infinity();  // one live start
-  }
   std::vector<std::vector<Beam>> finished(B);
   // Text tokens and <|endoftext|> only: no other special token inside a transcript.
   std::vector<char> is_allowed(V, 1);
@@ -157,7 +177,7 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
           Cand c{bm.att + lp[id], bm.att + lp[id], k, id, {}};
           if (joint) {
             const float* L = ctc_lp[i].data();
-            const int Ti = enc.memory_len()[i];
+            const int Ti = enc.ctc_len()[i];
             double ctc_score;
             if (id == eot) {
               ctc_score = nn::ctc_prefix_final(bm.ctc);
@@ -188,6 +208,10 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
           continue;
         }
         nb.tokens.push_back(c.tok);
+        if (prior && !joint)  // joint scoring extended the candidates' prefixes already
+          for (unsigned char ch : tok.token_bytes(c.tok))
+            nb.ctc = nn::ctc_prefix_extend(nb.ctc, static_cast<int>(ch) + 1, ctc_lp[i].data(), enc.ctc_len()[i], CV,
+                                           blank);
         if (step >= opt.min_new_tokens && looping(nb.tokens, opt.max_repeat_ngram + 1)) {
           nb.looped = true;
           nb.done = true;
@@ -214,6 +238,7 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
     }
     if (!any_live || pos >= ctx) break;
     if (K > 1) dec.reorder_cache(src.data());
+    set_prior();
     logits = dec.decode_step(in.data(), pos++);
   }
   std::vector<Transcript> out(B);
@@ -229,7 +254,7 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
       double score = bm.att / n;
       if (joint) {  // the full CTC likelihood of the finished hypothesis
         const std::vector<int32_t> lab = ctc_labels(tok, bm.tokens);
-        const double c = nn::ctc_log_likelihood(ctc_lp[i].data(), enc.memory_len()[i], enc.ctc_vocab(), lab.data(),
+        const double c = nn::ctc_log_likelihood(ctc_lp[i].data(), enc.ctc_len()[i], enc.ctc_vocab(), lab.data(),
                                                 static_cast<int>(lab.size()), enc.ctc_blank());
         score = ((1.0 - lam) * bm.att + lam * (std::isfinite(c) ? c : -1e9)) / n;
       }
@@ -252,9 +277,9 @@ std::vector<std::string> ctc_greedy_batch(models::SpeechSeq2Seq& model, const mo
   std::vector<std::string> out(b.B);
   std::vector<float> lp;
   for (int i = 0; i < b.B; ++i) {
-    lp.resize(static_cast<size_t>(enc.memory_rows()) * V);  // every row of the batch; the clip's are the first
+    lp.resize(static_cast<size_t>(enc.ctc_rows()) * V);  // every row of the batch; the clip's are the first
     enc.ctc_log_probs(i, lp.data());
-    for (int32_t c : nn::ctc_greedy(lp.data(), enc.memory_len()[i], V, enc.ctc_blank()))
+    for (int32_t c : nn::ctc_greedy(lp.data(), enc.ctc_len()[i], V, enc.ctc_blank()))
       out[i].push_back(static_cast<char>(c - 1));  // class b + 1 is byte b
   }
   return out;

@@ -276,6 +276,10 @@ class SpeechTask final : public TrainTask {
     if (o_.ctc_only_steps > 0)
       log_info("steps 1-%lld: CTC only (the decoder is not run and stays as loaded)",
                static_cast<long long>(o_.ctc_only_steps));
+    if (cfg_.prior.enabled)
+      log_info("decoder cross-attention: CTC alignment prior on %s of every layer (window %d CTC frames, floor %g)",
+               cfg_.prior.n_heads > 0 ? strfmt("the first %d heads", cfg_.prior.n_heads).c_str() : "all heads",
+               cfg_.prior.window, static_cast<double>(cfg_.prior.floor));
   }
 
   nlohmann::json config_json() const override {
@@ -289,6 +293,7 @@ class SpeechTask final : public TrainTask {
             {"init_from", o_.init_from}, {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", json_float(o_.ctc_weight)},
             {"temperature", o_.temperature}, {"freeze_decoder_steps", o_.freeze_decoder_steps},
             {"ctc_only_steps", o_.ctc_only_steps}, {"bucket_batches", o_.bucket_batches},
+            {"ctc_prior", cfg_.prior.enabled ? cfg_.prior.to_json() : nlohmann::json(nullptr)},
             {"decoder_lr_scale", json_float(o_.decoder_lr_scale)}, {"new_lr_scale", json_float(o_.new_lr_scale)},
             {"spec_augment", o_.spec_augment},
             {"augment", {{"n_freq_masks", a.n_freq_masks}, {"freq_width", a.freq_width},
@@ -410,11 +415,16 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
     opt.encoder = cfg.encoder;
   } else {
     cfg.encoder = opt.encoder;
+    cfg.prior = opt.prior;
     const DecoderSource source = decoder_source(opt, tok.vocab_size());
     if (!source.file.empty()) check_decoder_tokenizer(source.file, source.tokenizer_hash, tok, opt.tokenizer_path);
     cfg.decoder = source.config;
   }
   cfg.decoder.validate();
+  CHORUS_CHECK(cfg.prior.n_heads <= cfg.decoder.n_head, "ctc-prior-heads: %d exceeds the decoder's %d heads",
+               cfg.prior.n_heads, cfg.decoder.n_head);
+  CHORUS_CHECK(!cfg.prior.enabled || opt.ctc_weight > 0,
+               "ctc-prior: the prior comes from the CTC head, so ctc-weight must be > 0 (got %g)", opt.ctc_weight);
   CHORUS_CHECK(opt.max_tokens <= cfg.decoder.context, "max-tokens: %d exceeds the decoder context %d",
                opt.max_tokens, cfg.decoder.context);
   grid.check_divides(cfg.decoder.n_head, 4 * cfg.decoder.n_embd, cfg.decoder.padded_vocab());

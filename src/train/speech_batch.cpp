@@ -45,6 +45,7 @@ void build_batch(const std::vector<SpeechItem>& items, const data::Tokenizer& to
   const int32_t eot = static_cast<int32_t>(tok.eot());
   b.tokens.assign(static_cast<size_t>(B) * b.T, eot);
   b.targets.assign(b.tokens.size(), -1);
+  b.byte_off.assign(b.tokens.size(), -1);
   b.ctc_targets.clear();
   b.ctc_off.resize(B);
   b.ctc_len.resize(B);
@@ -60,6 +61,12 @@ void build_batch(const std::vector<SpeechItem>& items, const data::Tokenizer& to
       b.tokens[static_cast<size_t>(i) * b.T + t] = seq[t];
       // position 0 predicts the language; 1 and 2 the task tokens (no loss)
       if (t != 1 && t != 2) b.targets[static_cast<size_t>(i) * b.T + t] = seq[t + 1];
+    }
+    // Position 3 + j predicts text token j (the last: <|endoftext|>): the bytes before it.
+    int before = 0;
+    for (size_t j = 0; j <= it.text.size() && 3 + static_cast<int>(j) < n; ++j) {
+      b.byte_off[static_cast<size_t>(i) * b.T + 3 + j] = before;
+      if (j < it.text.size()) before += static_cast<int>(tok.token_bytes(it.text[j]).size());
     }
     b.ctc_off[i] = static_cast<int>(b.ctc_targets.size());
     for (int32_t c : ctc_labels(tok, it.text)) b.ctc_targets.push_back(c);

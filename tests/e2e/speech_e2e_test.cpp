@@ -155,6 +155,26 @@ TEST_F(SpeechE2E, MuonDataAndTensorParallelEqualOneRank) {
   expect_layouts_equal("muon_", "--optimizer muon --ctc-only-steps 2");
 }
 
+// The CTC alignment prior on three of the decoder's four heads (split 2 + 1
+// over the TP ranks), with subsampling 4 (two CTC frames per encoder row).
+// The checkpoint records the prior, and transcribe / evaluate decode with it
+// (greedy and joint beam).
+TEST_F(SpeechE2E, CtcPriorDataAndTensorParallelEqualOneRank) {
+  expect_layouts_equal("prior_", "--ctc-prior --ctc-prior-heads 3 --ctc-prior-window 4 --subsample 4");
+  const std::string d = dir_.string();
+  const Result m = sh("cat " + d + "/prior_one/latest/manifest.json");
+  EXPECT_NE(m.out.find("\"ctc_prior\""), std::string::npos) << m.out;
+  EXPECT_NE(m.out.find("\"subsample\""), std::string::npos) << m.out;
+  for (const char* flags : {"--beam 1 --ctc-weight 0", "--beam 3 --ctc-weight 0.3"}) {
+    Result t = chorus::testing::chorus("transcribe --checkpoint " + d + "/prior_one --manifest " + d +
+                                       "/corpus/test.tsv " + flags);
+    ASSERT_EQ(t.code, 0) << flags << "\n" << t.out;
+    EXPECT_NE(t.out.find("real-time factor"), std::string::npos) << t.out;
+  }
+  Result e = chorus::testing::chorus("evaluate --checkpoint " + d + "/prior_tp2 --manifest " + d + "/corpus/test.tsv");
+  EXPECT_EQ(e.code, 0) << e.out;
+}
+
 // Muon honours a frozen decoder (--freeze-decoder-steps: an lr group of 0
 // while the decoder has gradients): its block matrices at step 2 are the
 // GPT's, while the encoder's moved.

@@ -7,10 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../nn/grad_check.h"
 #include "core/rng.h"
+#include "nn/ctc.h"
 
 namespace {
 
@@ -20,8 +22,9 @@ using chorus::models::SpeechBatch;
 using chorus::models::SpeechSeq2Seq;
 using chorus::models::SpeechSeq2SeqConfig;
 
-SpeechSeq2SeqConfig tiny_config() {
+SpeechSeq2SeqConfig tiny_config(int subsample = 2) {
   SpeechSeq2SeqConfig c;
+  c.encoder.subsample = subsample;
   c.encoder.n_mels = 8;
   c.encoder.n_layer = 1;
   c.encoder.n_embd = 16;
@@ -75,8 +78,8 @@ TEST(SpeechModel, FreshCrossAttentionGivesThePretrainedGptsLogits) {
       ASSERT_EQ(m.decoder().logits()[i * Vp + v], gpt.logits()[i * Vp + v]) << "row " << i << " token " << v;
 }
 
-TEST(SpeechModel, JointLossGradientMatchesFiniteDifferences) {
-  SpeechSeq2SeqConfig c = tiny_config();
+void check_joint_gradient(int subsample) {
+  SpeechSeq2SeqConfig c = tiny_config(subsample);
   SpeechSeq2Seq m(c, 2, 12, 6, nullptr, chorus::Precision::fp32);
   m.init_weights(4);
   // Non-zero cross-attention output projections, so every path carries gradient.
@@ -104,6 +107,10 @@ TEST(SpeechModel, JointLossGradientMatchesFiniteDifferences) {
                                        opt);
   }
 }
+
+TEST(SpeechModel, JointLossGradientMatchesFiniteDifferences) { check_joint_gradient(2); }
+// --subsample 4: the first stem convolution strided too (25 memory rows per second).
+TEST(SpeechModel, JointLossGradientMatchesFiniteDifferencesSubsample4) { check_joint_gradient(4); }
 
 // A CTC-only step (--ctc-only-steps): the decoder is not run (no attention
 // loss, no decoder gradient) and the encoder's gradient is that of
@@ -144,8 +151,8 @@ TEST(SpeechModel, CtcOnlyStepTrainsTheEncoderOnCtcAlone) {
   }
 }
 
-TEST(SpeechModel, PaddingDoesNotChangeAClipsMemory) {
-  SpeechSeq2SeqConfig c = tiny_config();
+void check_padding(int subsample) {
+  SpeechSeq2SeqConfig c = tiny_config(subsample);
   SpeechSeq2Seq m(c, 2, 12, 6, nullptr, chorus::Precision::fp32);
   m.init_weights(5);
   SpeechBatch b = tiny_batch();
@@ -160,11 +167,16 @@ TEST(SpeechModel, PaddingDoesNotChangeAClipsMemory) {
   const int S1 = m.encoder().memory_rows();
   std::vector<float> alone(static_cast<size_t>(S1) * d);
   m.encoder().memory_f32(alone.data());
+  ASSERT_EQ(S1, c.encoder.out_len(9));
+  ASSERT_EQ(m.encoder().memory_len()[0], S1);
   for (int s = 0; s < S1; ++s)
     for (int j = 0; j < d; ++j)
       EXPECT_NEAR(both[(static_cast<size_t>(S) + s) * d + j], alone[static_cast<size_t>(s) * d + j], 2e-5)
           << "memory row " << s;
 }
+
+TEST(SpeechModel, PaddingDoesNotChangeAClipsMemory) { check_padding(2); }
+TEST(SpeechModel, PaddingDoesNotChangeAClipsMemorySubsample4) { check_padding(4); }
 
 // The KV-cached decoder (set_decode_memory + decode_step, as transcribe runs
 // it) gives the training forward's logits at every position, also after a
@@ -207,6 +219,73 @@ TEST(SpeechModel, CachedDecodingMatchesTheFullForward) {
       const int seq = swapped ? 1 - r : r;
       for (int v = 0; v < c.decoder.vocab_size; ++v)
         ASSERT_NEAR(lg[r * Vp + v], full[(seq * 6 + t) * Vp + v], 1e-4) << "seq " << seq << " pos " << t;
+    }
+  }
+}
+
+// The CTC alignment prior (--ctc-prior): decoding with each step's bias from
+// the CTC prefix of the bytes so far (as transcribe does) gives the training
+// forward's logits at every position, where the prior came from the batch's
+// byte offsets; and the prior does change them.
+TEST(SpeechModel, CtcPriorInDecodingMatchesTheTrainingForward) {
+  for (int subsample : {2, 4}) {
+    SCOPED_TRACE(subsample);
+    SpeechSeq2SeqConfig c = tiny_config(subsample);
+    c.prior.enabled = true;
+    c.prior.window = 2;
+    c.prior.floor = 0.05f;
+    c.prior.n_heads = 1;
+    SpeechSeq2Seq m(c, 2, 12, 6, nullptr, chorus::Precision::fp32);
+    m.init_weights(6);
+    chorus::Rng rng(3, 4);
+    for (const auto& p : m.param_table())
+      if (p.name.find("crossattn.c_proj.weight") != std::string::npos)
+        for (size_t i = 0; i < p.numel; ++i) m.params()[p.offset + i] = 0.3f * rng.normal();
+    SpeechBatch b = tiny_batch();
+    // Transcript labels: clip 0 {5, 6} at positions 3, 4 (then the end at 5), clip 1 {9} at 3 (end at 4).
+    b.byte_off = {-1, -1, -1, 0, 1, 2, -1, -1, -1, 0, 1, -1};
+    const int Vp = c.decoder.padded_vocab();
+    m.forward(b, 0.5f);
+    const std::vector<float> full(m.decoder().logits(), m.decoder().logits() + 2 * 6 * Vp);
+    SpeechSeq2SeqConfig plain = c;
+    plain.prior.enabled = false;
+    SpeechSeq2Seq m0(plain, 2, 12, 6, nullptr, chorus::Precision::fp32);
+    std::copy(m.params().begin(), m.params().end(), m0.params().begin());
+    m0.forward(b, 0.5f);
+    double changed = 0.0;
+    for (size_t i = 0; i < full.size(); ++i) changed = std::max(changed, std::abs(double(full[i]) - m0.decoder().logits()[i]));
+    EXPECT_GT(changed, 1e-3) << "the prior did not change the logits";
+
+    auto& enc = m.encoder();
+    enc.forward(b.feats.data(), b.n_frames.data(), 2, 12);
+    const int S = enc.memory_rows(), d = c.encoder.n_embd, V = enc.ctc_vocab();
+    std::vector<float> mem(static_cast<size_t>(2) * S * d);
+    enc.memory_f32(mem.data());
+    std::vector<std::vector<float>> lp(2, std::vector<float>(static_cast<size_t>(enc.ctc_rows()) * V));
+    std::vector<chorus::nn::CtcPrefix> h(2);
+    for (int i = 0; i < 2; ++i) {
+      enc.ctc_log_probs(i, lp[i].data());
+      h[i] = chorus::nn::ctc_prefix_root(lp[i].data(), enc.ctc_len()[i], V, enc.ctc_blank());
+    }
+    m.decoder().reset_cache(2);
+    m.decoder().set_decode_memory(mem.data(), enc.memory_len(), S);
+    std::vector<float> bias(static_cast<size_t>(2) * S);
+    for (int t = 0; t < 6; ++t) {
+      std::fill(bias.begin(), bias.end(), 0.0f);
+      for (int i = 0; i < 2; ++i) {
+        const int off = b.byte_off[i * 6 + t];
+        if (off < 0) continue;
+        if (off > 0) h[i] = chorus::nn::ctc_prefix_extend(h[i], b.ctc_targets[b.ctc_off[i] + off - 1], lp[i].data(),
+                                                         enc.ctc_len()[i], V, enc.ctc_blank());
+        chorus::nn::ctc_alignment_prior(h[i], c.prior.window, c.prior.floor, c.encoder.ctc_upsample(),
+                                        bias.data() + static_cast<size_t>(i) * S);
+      }
+      m.decoder().set_decode_bias(bias.data());
+      const int32_t in[2] = {b.tokens[t], b.tokens[6 + t]};
+      const float* lg = m.decoder().decode_step(in, t);
+      for (int r = 0; r < 2; ++r)
+        for (int v = 0; v < c.decoder.vocab_size; ++v)
+          ASSERT_NEAR(lg[r * Vp + v], full[(r * 6 + t) * Vp + v], 1e-4) << "seq " << r << " pos " << t;
     }
   }
 }

@@ -127,6 +127,9 @@ struct MhaCase {
   bool self;                // q, k, v in one fused buffer (qbuf), else q in qbuf, k|v in kvbuf
   const int* lens() const { return kv_len.empty() ? nullptr : kv_len.data(); }
   int n_valid(int b) const { return kv_len.empty() ? Tk : kv_len[b]; }
+  // An additive score bias (nn::AttentionBias): (B, Tq, Tk) values, one weight per head; empty = none.
+  std::vector<float> bias, bias_w;
+  AttentionBias attention_bias() const { return {bias.data(), bias_w.data()}; }
 };
 
 // Straightforward attention in double: out (B, Tq, C).
@@ -145,6 +148,8 @@ std::vector<double> naive_mha(const MhaCase& m, const float* q, const float* k, 
           double s = 0.0;
           for (int i = 0; i < hs; ++i) s += static_cast<double>(qr[i]) * kr[i];
           p[u] = s / std::sqrt(static_cast<double>(hs));
+          if (!m.bias.empty())
+            p[u] += static_cast<double>(m.bias_w[h]) * m.bias[(static_cast<size_t>(b) * m.Tq + t) * m.Tk + u];
           mx = std::max(mx, p[u]);
         }
         double z = 0.0;
@@ -176,8 +181,18 @@ void run_forward(const MhaCase& m, MhaData& d, std::vector<float>& out, std::vec
   out.assign(static_cast<size_t>(m.B) * m.Tq * m.C, NAN);
   att.assign(static_cast<size_t>(m.B) * m.NH * m.Tq * m.Tk, NAN);
   float* kv = d.kvb();
+  const AttentionBias bias = m.attention_bias();
   mha_forward(out.data(), att.data(), d.q(), m.qs, kv + m.k_off, kv + m.v_off, m.kvs, m.lens(), m.B, m.Tq,
-              m.Tk, m.C, m.NH, m.causal);
+              m.Tk, m.C, m.NH, m.causal, m.bias.empty() ? nullptr : &bias);
+}
+
+// A cross-attention case with a random bias on heads 0 and 2 (weights 1.5, 0.5) and none on the others.
+MhaCase with_bias(MhaCase m) {
+  m.bias = random_vector(static_cast<size_t>(m.B) * m.Tq * m.Tk, 90, 3.0f);
+  m.bias_w.assign(m.NH, 0.0f);
+  m.bias_w[0] = 1.5f;
+  if (m.NH > 2) m.bias_w[2] = 0.5f;
+  return m;
 }
 
 MhaCase causal_fused(int B, int T, int C, int NH) {
@@ -225,6 +240,8 @@ TEST(Mha, CausalWithKeyLengthsMatchesNaive) {
 }
 TEST(Mha, BidirectionalPaddedMatchesNaive) { check_mha_forward(encoder_padded(11, 12, 3, {11, 6, 1})); }
 TEST(Mha, CrossAttentionMatchesNaive) { check_mha_forward(cross(7, 13, 8, 2, {13, 9})); }
+// An additive bias (the speech decoder's CTC alignment prior) on some heads.
+TEST(Mha, CrossAttentionWithBiasMatchesNaive) { check_mha_forward(with_bias(cross(7, 13, 12, 3, {13, 9}))); }
 TEST(Mha, CrossAttentionManyQueriesMatchesNaive) {
   check_mha_forward(cross(2 * kAttnBlock + 3, 5, 8, 2, {4, 5}));
 }
@@ -299,7 +316,10 @@ TEST(Mha, BidirectionalPaddedBackwardMatchesFiniteDifferences) {
 TEST(Mha, CrossAttentionBackwardMatchesFiniteDifferences) {
   check_mha_backward(cross(5, 20, 8, 2, {20, 6}), SIZE_MAX);
 }
-
+// The bias is a constant: backward differentiates the biased softmax from the saved probabilities alone.
+TEST(Mha, CrossAttentionWithBiasBackwardMatchesFiniteDifferences) {
+  check_mha_backward(with_bias(cross(5, 20, 12, 3, {20, 6})), SIZE_MAX);
+}
 // Keys past kv_len take no part: changing their k and v changes no output bit.
 TEST(Mha, PaddedKeysDoNotChangeOutputs) {
   for (const MhaCase& m : {encoder_padded(13, 12, 3, {13, 7, 2}), cross(6, 10, 8, 2, {10, 3})}) {
@@ -320,17 +340,20 @@ TEST(Mha, PaddedKeysDoNotChangeOutputs) {
   }
 }
 
-TEST(Mha, DecodeMatchesFullForward) {
-  const MhaCase m = cross(5, 11, 12, 3, {11, 4});
+void check_decode(const MhaCase& m) {
   MhaData d = make_data(m, 66);
   std::vector<float> out, att;
   run_forward(m, d, out, att);
   const float* kv = d.kvb();
   std::vector<float> y(static_cast<size_t>(m.B) * m.C), scores(static_cast<size_t>(m.B) * m.NH * m.Tk, NAN);
+  std::vector<float> row_bias(static_cast<size_t>(m.B) * m.Tk);
   for (int t = 0; t < m.Tq; ++t) {
     // query t of every sequence: rows t of q, i.e. stride Tq * qs between sequences
+    for (int b = 0; b < m.B && !m.bias.empty(); ++b)
+      std::copy_n(m.bias.begin() + (static_cast<size_t>(b) * m.Tq + t) * m.Tk, m.Tk, row_bias.begin() + b * m.Tk);
+    const AttentionBias bias{row_bias.data(), m.bias_w.data()};
     mha_decode(y.data(), scores.data(), d.q() + t * m.qs, m.Tq * m.qs, kv + m.k_off, kv + m.v_off, m.kvs,
-               static_cast<size_t>(m.Tk) * m.kvs, m.lens(), m.B, m.Tk, m.C, m.NH);
+               static_cast<size_t>(m.Tk) * m.kvs, m.lens(), m.B, m.Tk, m.C, m.NH, m.bias.empty() ? nullptr : &bias);
     for (int b = 0; b < m.B; ++b) {
       for (int c = 0; c < m.C; ++c)
         EXPECT_NEAR(y[b * m.C + c], out[(static_cast<size_t>(b) * m.Tq + t) * m.C + c], 1e-5) << "t " << t;
@@ -341,6 +364,9 @@ TEST(Mha, DecodeMatchesFullForward) {
     }
   }
 }
+
+TEST(Mha, DecodeMatchesFullForward) { check_decode(cross(5, 11, 12, 3, {11, 4})); }
+TEST(Mha, DecodeWithBiasMatchesFullForward) { check_decode(with_bias(cross(5, 11, 12, 3, {11, 4}))); }
 
 TEST(Mha, RejectsBadShapes) {
   std::vector<float> buf(1024), att(1024);

@@ -225,6 +225,50 @@ TEST(Ctc, LargeVocabularyConsistent) {
   }
 }
 
+// The alignment prior of the speech decoder's cross-attention: a peaky CTC
+// emitting label 1 at frame 3 and label 2 at frame 8 (blank elsewhere) puts
+// the prior after prefix [1] on the gap [3, 8) and the window after it, the
+// frames before label 1 at the floor; pooled by 2 it is the mean per pair.
+TEST(Ctc, AlignmentPriorFollowsThePrefix) {
+  const int Tn = 14, V = 3, blank = 0;
+  std::vector<float> lp(Tn * V);
+  for (int t = 0; t < Tn; ++t) {
+    const int hot = t == 3 ? 1 : t == 8 ? 2 : blank;
+    for (int v = 0; v < V; ++v) lp[t * V + v] = std::log(v == hot ? 0.98f : 0.01f);
+  }
+  const CtcPrefix root = ctc_prefix_root(lp.data(), Tn, V, blank);
+  const CtcPrefix h1 = ctc_prefix_extend(root, 1, lp.data(), Tn, V, blank);
+  const float floor = 1e-3f;
+  const int window = 2;
+  std::vector<float> out(Tn);
+  ctc_alignment_prior(h1, window, floor, 1, out.data());
+  // pi is ~uniform over the gap [3, 8) (0.2 a frame); the prior sums it over [t - 2, t]
+  for (int t = 5; t <= 7; ++t) EXPECT_NEAR(out[t], std::log(0.6f + floor), 0.05f) << "frame " << t;
+  EXPECT_NEAR(out[3], std::log(0.2f + floor), 0.1f);  // + what pi holds before frame 3
+  EXPECT_NEAR(out[8], std::log(0.4f + floor), 0.05f) << "frame 8: two gap frames in its window";
+  EXPECT_NEAR(out[9], std::log(0.2f + floor), 0.05f) << "frame 9: one";
+  for (int t : {0, 1, 2, 11, 12}) EXPECT_LT(out[t], -4.0f) << "frame " << t << " is outside the prefix's window";
+  // The empty prefix: its prior covers the frames before label 1 (+ the window).
+  ctc_alignment_prior(root, window, floor, 1, out.data());
+  EXPECT_GT(out[1], -1.0f);
+  EXPECT_GT(out[2], -0.1f);
+  for (int t : {6, 8, 12}) EXPECT_LT(out[t], -4.0f) << "frame " << t;
+  // Pooled by 2: the log of each pair's mean prior, 7 rows.
+  std::vector<float> one(Tn), two(Tn / 2);
+  ctc_alignment_prior(h1, window, floor, 1, one.data());
+  ctc_alignment_prior(h1, window, floor, 2, two.data());
+  for (int r = 0; r < Tn / 2; ++r) {
+    const double mean = 0.5 * ((std::exp(one[2 * r]) - floor) + (std::exp(one[2 * r + 1]) - floor));
+    EXPECT_NEAR(two[r], std::log(mean + floor), 1e-4) << "row " << r;
+  }
+  // A prefix the frames cannot hold: no prior at all.
+  CtcPrefix impossible = h1;
+  for (int k = 0; k < 10; ++k) impossible = ctc_prefix_extend(impossible, 1 + k % 2, lp.data(), 3, V, blank);
+  std::vector<float> none(3, 7.0f);
+  ctc_alignment_prior(impossible, window, floor, 1, none.data());
+  for (float x : none) EXPECT_EQ(x, 0.0f);
+}
+
 TEST(Ctc, GreedyCollapsesRepeatsAndDropsBlanks) {
   const int V = 4, blank = 0;
   const int best[] = {1, 1, 0, 1, 2, 2, 0, 0, 3, 3, 0};

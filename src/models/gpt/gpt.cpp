@@ -174,6 +174,13 @@ struct Gpt::State {
   const int* mem_len = nullptr;
   int S = 0;
   std::vector<int> mem_len_copy;  // (B)
+  // Cross-attention log-prior (set_cross_attention_bias): this rank's head
+  // weights (NH/tp; 1 for a biased head), the next forward's bias (B, T, S)
+  // and the decode steps' (B, S).
+  std::vector<float> bias_head_w;
+  const float* bias_next = nullptr;
+  const float* bias_fwd = nullptr;
+  const float* bias_decode = nullptr;
   // Tensor parallelism: tp == nullptr when the group is one rank.
   dist::Communicator* tp = nullptr;
   int tp_size = 1;
@@ -624,6 +631,28 @@ std::span<const float> Gpt::master_params() const { return {s_->pbase, s_->n_par
 const CrossAttentionConfig& Gpt::cross_config() const { return s_->cross; }
 void Gpt::set_per_sequence_mean(bool on) { s_->per_sequence = on; }
 
+void Gpt::set_cross_attention_bias_heads(int n_heads) {
+  State& s = *s_;
+  CHORUS_CHECK(s.cross.enabled(), "Gpt::set_cross_attention_bias_heads: this GPT has no cross-attention");
+  CHORUS_CHECK(n_heads >= 0 && n_heads <= cfg_.n_head, "cross-attention bias heads: %d outside [0, n_head = %d]",
+               n_heads, cfg_.n_head);
+  s.bias_head_w.assign(s.n_head_local, 0.0f);
+  for (int h = 0; h < s.n_head_local; ++h)
+    if (s.tp_rank * s.n_head_local + h < n_heads) s.bias_head_w[h] = 1.0f;
+}
+
+void Gpt::set_cross_attention_bias(const float* bias) {
+  CHORUS_CHECK(bias == nullptr || !s_->bias_head_w.empty(),
+               "Gpt::set_cross_attention_bias: call set_cross_attention_bias_heads first");
+  s_->bias_next = bias;
+}
+
+void Gpt::set_decode_bias(const float* bias) {
+  CHORUS_CHECK(bias == nullptr || !s_->bias_head_w.empty(),
+               "Gpt::set_decode_bias: call set_cross_attention_bias_heads first");
+  s_->bias_decode = bias;
+}
+
 void Gpt::adopt_storage(float* params, float* grads) {
   adopt_param_storage(*s_, params, grads, [&](auto* base) { return make_view(base, s_->table, cfg_.n_layer); });
 }
@@ -737,6 +766,8 @@ float Gpt::forward(const int32_t* tokens, const int32_t* targets, int B, int T) 
       s.mem_len_copy[b] = s.mem_len[b];
     }
   }
+  s.bias_fwd = s.cross.enabled() ? s.bias_next : nullptr;
+  s.bias_next = nullptr;
   std::memcpy(s.tokens.data(), tokens, N * sizeof(int32_t));
   if (targets != nullptr) std::memcpy(s.targets.data(), targets, N * sizeof(int32_t));
   s.B = B;
@@ -776,8 +807,10 @@ float Gpt::forward_typed(bool with_targets) {
       nn::layernorm_forward(a.lnx, a.lnx_mean, a.lnx_rstd, a.res2, w.lnx_w, w.lnx_b, N, C);
       nn::column_parallel_forward(a.xq, a.lnx, w.xq_w, w.xq_b, N, C, Cl);
       nn::column_parallel_forward(a.xkv, mem, w.xkv_w, w.xkv_b, NS, Ca, 2 * Cl);
+      const nn::AttentionBias bias{s.bias_fwd, s.bias_head_w.data()};
       nn::mha_forward(a.xy, a.xatt, a.xq, Cl, a.xkv, a.xkv + Cl, 2 * static_cast<size_t>(Cl),
-                      s.mem_len_copy.data(), B, Tn, s.S, Cl, NHl, /*causal=*/false);
+                      s.mem_len_copy.data(), B, Tn, s.S, Cl, NHl, /*causal=*/false,
+                      s.bias_fwd != nullptr ? &bias : nullptr);
       nn::row_parallel_forward(a.resx, a.xy, w.xproj_w, w.xproj_b, N, Cl, C, /*residual=*/a.res2, s.tp);
       h = a.resx;
     }
@@ -1045,8 +1078,9 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
       const float* kv = s.x_kv + l * static_cast<size_t>(B) * seq;
       nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.lnx_w, w.lnx_b, B, C);
       nn::matmul_forward(s.dec_q, s.dec_ln, w.xq_w, w.xq_b, B, C, C);
+      const nn::AttentionBias bias{s.bias_decode, s.bias_head_w.data()};
       nn::mha_decode(s.dec_y, s.dec_scores, s.dec_q, C, kv, kv + C, 2 * static_cast<size_t>(C), seq,
-                     s.dec_mem_len.data(), B, s.dec_S, C, NH);
+                     s.dec_mem_len.data(), B, s.dec_S, C, NH, s.bias_decode != nullptr ? &bias : nullptr);
       nn::matmul_forward(s.dec_x, s.dec_y, w.xproj_w, w.xproj_b, B, C, C, /*residual=*/s.dec_x);
     }
     nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln2_w, w.ln2_b, B, C);

@@ -197,6 +197,15 @@ class Gpt {
   // mem_len[b] valid rows of sequence b (nullptr: all S). Held by pointer until
   // backward returns. Throws for a plain GPT.
   void set_memory(const void* memory, const int* mem_len, int S);
+  // Cross-attention models: an additive log-prior on the cross-attention
+  // scores of the first n_heads heads (global indices) of every layer
+  // (nn::AttentionBias; the speech decoder's CTC alignment prior). Per
+  // forward: bias (B, T, S) fp32 for the next forward only (nullptr = none);
+  // per decode step: bias (B, S) fp32 for every following decode_step until
+  // changed (nullptr = none). The pointers are held, not copied.
+  void set_cross_attention_bias_heads(int n_heads);
+  void set_cross_attention_bias(const float* bias);
+  void set_decode_bias(const float* bias);
   // After backward: d loss / d memory, (B, S, n_state) in the compute dtype
   // (overwritten by every backward).
   const void* memory_grad() const;

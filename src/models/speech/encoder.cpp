@@ -37,11 +37,14 @@ void SpeechEncoderConfig::validate() const {
   CHORUS_CHECK(n_head > 0 && n_embd % n_head == 0, "encoder.n_head: n_embd (%d) must be divisible by n_head (%d)",
                n_embd, n_head);
   CHORUS_CHECK(max_frames > 0, "encoder.max_frames: must be > 0, got %d", max_frames);
+  CHORUS_CHECK(subsample == 2 || subsample == 4, "encoder.subsample: must be 2 or 4, got %d", subsample);
 }
 
 nlohmann::json SpeechEncoderConfig::to_json() const {
-  return {{"n_mels", n_mels}, {"n_layer", n_layer}, {"n_embd", n_embd}, {"n_head", n_head},
-          {"max_frames", max_frames}};
+  nlohmann::json j = {{"n_mels", n_mels}, {"n_layer", n_layer}, {"n_embd", n_embd}, {"n_head", n_head},
+                      {"max_frames", max_frames}};
+  if (subsample != 2) j["subsample"] = subsample;  // absent: 2 (checkpoints from before the option)
+  return j;
 }
 
 SpeechEncoderConfig SpeechEncoderConfig::from_json(const nlohmann::json& j, const std::string& where) {
@@ -52,6 +55,7 @@ SpeechEncoderConfig SpeechEncoderConfig::from_json(const nlohmann::json& j, cons
     c.n_embd = j.at("n_embd").get<int>();
     c.n_head = j.at("n_head").get<int>();
     c.max_frames = j.at("max_frames").get<int>();
+    c.subsample = j.value("subsample", 2);
   } catch (const nlohmann::json::exception& e) {
     throw Error(strfmt("%s: field 'encoder': %s", where.c_str(), e.what()));
   }
@@ -142,8 +146,8 @@ struct BlockActs {
 template <typename T>
 struct Acts {
   T* x_in = nullptr;     // (B, F, n_mels) features in T
-  T* c1 = nullptr;       // (B, F, d) conv1 output
-  T* c1g = nullptr;      // (B, F, d) GELU, rows past a clip's frames zeroed
+  T* c1 = nullptr;       // (B, F1, d) conv1 output (F1 = F, or ceil(F / 2) with subsample 4)
+  T* c1g = nullptr;      // (B, F1, d) GELU, rows past a clip's frames zeroed
   T* c2 = nullptr;       // (B, S, d) conv2 output
   T* x0 = nullptr;       // (B, S, d) GELU + positions
   std::vector<BlockActs<T>> blocks;
@@ -158,7 +162,7 @@ struct Acts {
   T* datty = nullptr;    // (B, S, Cl)
   T* dqkv = nullptr;     // (B, S, 3Cl)
   T* dfch = nullptr;     // (B, S, Fl)
-  T* dc1 = nullptr;      // (B, F, d)
+  T* dc1 = nullptr;      // (B, F1, d)
 };
 
 }  // namespace
@@ -187,7 +191,7 @@ struct SpeechEncoder::State {
   std::vector<float> positions;  // (n_ctx, d) sinusoids
   // last forward
   int B = 0, F = 0, S = 0;
-  std::vector<int> n_frames, mem_len;
+  std::vector<int> n_frames, n_frames1, mem_len, ctc_len;  // input frames, conv1 rows, memory rows, CTC frames per clip
   bool ctc_ready = false;
 
   template <typename T>
@@ -209,7 +213,7 @@ namespace {
 // The sizes the activation table is laid out from (see Acts).
 struct ActDims {
   int L = 0;
-  size_t BF = 0, BS = 0, n_mels = 0, d = 0, Cl = 0, Fl = 0, att = 0, V = 0;
+  size_t BF = 0, BF1 = 0, BS = 0, n_mels = 0, d = 0, Cl = 0, Fl = 0, att = 0, V = 0;
 };
 
 // Lays out the activation table of dtype T in `arena` (nothing is allocated).
@@ -217,8 +221,8 @@ template <typename T>
 void lay_out_acts(Acts<T>& a, cpu::Arena& arena, const ActDims& x) {
   const size_t BF = x.BF, BS = x.BS, d = x.d, Cl = x.Cl, Fl = x.Fl, V = x.V;
   arena.add(&a.x_in, BF * x.n_mels);
-  arena.add(&a.c1, BF * d);
-  arena.add(&a.c1g, BF * d);
+  arena.add(&a.c1, x.BF1 * d);
+  arena.add(&a.c1g, x.BF1 * d);
   arena.add(&a.c2, BS * d);
   arena.add(&a.x0, BS * d);
   a.blocks.resize(x.L);
@@ -247,7 +251,7 @@ void lay_out_acts(Acts<T>& a, cpu::Arena& arena, const ActDims& x) {
   arena.add(&a.datty, BS * Cl);
   arena.add(&a.dqkv, BS * 3 * Cl);
   arena.add(&a.dfch, BS * Fl);
-  arena.add(&a.dc1, BF * d);
+  arena.add(&a.dc1, x.BF1 * d);
 }
 
 template <typename T>
@@ -305,17 +309,18 @@ LocalWidths check_shape(const SpeechEncoderConfig& cfg, int ctc_vocab, int ctc_b
 
 ActDims act_dims(const SpeechEncoderConfig& cfg, int ctc_vocab, int max_batch, int max_frames,
                  const LocalWidths& w) {
-  const int max_S = encoder_out_len(max_frames);
+  const int max_S = cfg.out_len(max_frames);
   ActDims x;
   x.L = cfg.n_layer;
   x.BF = static_cast<size_t>(max_batch) * max_frames;
+  x.BF1 = static_cast<size_t>(max_batch) * (cfg.conv1_stride() == 2 ? (max_frames + 1) / 2 : max_frames);
   x.BS = static_cast<size_t>(max_batch) * max_S;
   x.n_mels = cfg.n_mels;
   x.d = cfg.n_embd;
   x.Cl = w.attn;
   x.Fl = w.mlp;
   x.att = static_cast<size_t>(max_batch) * w.n_head * max_S * max_S;
-  x.V = ctc_vocab;
+  x.V = static_cast<size_t>(ctc_vocab) * cfg.ctc_upsample();  // logit columns per memory row
   return x;
 }
 
@@ -368,8 +373,9 @@ Table build_table(const SpeechEncoderConfig& cfg, int ctc_vocab, int n_tp) {
   }
   add("ln_post.weight", {d}, false, Init::kOne);
   add("ln_post.bias", {d}, false, Init::kZero);
-  add("ctc_head.weight", {V, d}, true, Init::kNormal);
-  add("ctc_head.bias", {V}, false, Init::kZero);
+  const int64_t U = cfg.ctc_upsample();  // row r's logits are CTC frames U r .. U r + U - 1
+  add("ctc_head.weight", {U * V, d}, true, Init::kNormal);
+  add("ctc_head.bias", {U * V}, false, Init::kZero);
 
   t.n_params = offset;
   return t;
@@ -497,10 +503,11 @@ GptMemory speech_encoder_memory(const SpeechEncoderConfig& cfg, int ctc_vocab, i
 }
 
 double speech_encoder_flops(const SpeechEncoderConfig& cfg, int ctc_vocab, int B, int F) {
-  const double d = cfg.n_embd, S = encoder_out_len(F), L = cfg.n_layer;
-  const double conv = 2.0 * B * (F * d * cfg.n_mels * 3 + S * d * d * 3);
+  const double d = cfg.n_embd, S = cfg.out_len(F), L = cfg.n_layer;
+  const double F1 = cfg.conv1_stride() == 2 ? (F + 1) / 2 : F;
+  const double conv = 2.0 * B * (F1 * d * cfg.n_mels * 3 + S * d * d * 3);
   const double blocks = 2.0 * B * S * L * (12 * d * d) + 2.0 * B * L * 2 * S * S * d;
-  const double ctc = 2.0 * B * S * d * ctc_vocab;
+  const double ctc = 2.0 * B * S * d * ctc_vocab * cfg.ctc_upsample();
   return 3.0 * (conv + blocks + ctc);  // forward + backward (2x)
 }
 
@@ -530,13 +537,17 @@ void SpeechEncoder::forward(const float* feats, const int* n_frames, int B, int 
                s.max_frames);
   s.B = B;
   s.F = F;
-  s.S = encoder_out_len(F);
+  s.S = cfg_.out_len(F);
   s.n_frames.assign(n_frames, n_frames + B);
+  s.n_frames1.resize(B);
   s.mem_len.resize(B);
+  s.ctc_len.resize(B);
   for (int b = 0; b < B; ++b) {
     CHORUS_CHECK(n_frames[b] >= 1 && n_frames[b] <= F, "SpeechEncoder::forward: n_frames[%d] = %d outside [1, %d]",
                  b, n_frames[b], F);
-    s.mem_len[b] = encoder_out_len(n_frames[b]);
+    s.mem_len[b] = cfg_.out_len(n_frames[b]);
+    s.ctc_len[b] = cfg_.ctc_upsample() * s.mem_len[b];
+    s.n_frames1[b] = cfg_.conv1_stride() == 2 ? (n_frames[b] + 1) / 2 : n_frames[b];
   }
   s.ctc_ready = false;
   if (s.compute_stale) {
@@ -558,11 +569,12 @@ void SpeechEncoder::forward_typed(const float* feats) {
   Acts<T>& A = s.acts_of<T>();
   const int B = s.B, F = s.F, S = s.S, d = cfg_.n_embd, M = cfg_.n_mels, Cl = s.Cl, Fl = s.Fl, NHl = s.NHl;
   const int N = B * S;
+  const int s1 = cfg_.conv1_stride(), F1 = s1 == 2 ? (F + 1) / 2 : F;
   convert(A.x_in, feats, static_cast<size_t>(B) * F * M);
-  nn::conv1d_forward(A.c1, A.x_in, p.conv1_w, p.conv1_b, B, F, M, d, 3, 1, 1);
-  nn::gelu_forward(A.c1g, A.c1, static_cast<size_t>(B) * F * d);
-  zero_padding(A.c1g, s.n_frames.data(), B, F, d);  // as the zero padding of a clip on its own
-  nn::conv1d_forward(A.c2, A.c1g, p.conv2_w, p.conv2_b, B, F, d, d, 3, 2, 1);
+  nn::conv1d_forward(A.c1, A.x_in, p.conv1_w, p.conv1_b, B, F, M, d, 3, s1, 1);
+  nn::gelu_forward(A.c1g, A.c1, static_cast<size_t>(B) * F1 * d);
+  zero_padding(A.c1g, s.n_frames1.data(), B, F1, d);  // as the zero padding of a clip on its own
+  nn::conv1d_forward(A.c2, A.c1g, p.conv2_w, p.conv2_b, B, F1, d, d, 3, 2, 1);
   nn::gelu_forward(A.x0, A.c2, static_cast<size_t>(N) * d);
   nn::add_positions(A.x0, s.positions.data(), B, S, d);
   const T* x = A.x0;
@@ -582,7 +594,7 @@ void SpeechEncoder::forward_typed(const float* feats) {
     x = a.res3;
   }
   nn::layernorm_forward(A.mem, A.mem_mean, A.mem_rstd, x, p.lnp_w, p.lnp_b, N, d);
-  nn::matmul_forward(A.logits, A.mem, p.ctc_w, p.ctc_b, N, d, s.V);
+  nn::matmul_forward(A.logits, A.mem, p.ctc_w, p.ctc_b, N, d, s.V * cfg_.ctc_upsample());
 }
 
 float SpeechEncoder::ctc_loss(const int32_t* targets, const int* tgt_off, const int* tgt_len, float grad_scale,
@@ -592,8 +604,8 @@ float SpeechEncoder::ctc_loss(const int32_t* targets, const int* tgt_off, const 
   std::vector<float> losses(B), scales(B);
   for (int b = 0; b < B; ++b) scales[b] = grad_scale / (static_cast<float>(B) * std::max(1, tgt_len[b]));
   auto run = [&](auto& A) {
-    nn::ctc_loss(losses.data(), A.dlogits, A.logits, s.mem_len.data(), targets, tgt_off, tgt_len, scales.data(), B,
-                 s.S, s.V, s.blank);
+    nn::ctc_loss(losses.data(), A.dlogits, A.logits, s.ctc_len.data(), targets, tgt_off, tgt_len, scales.data(), B,
+                 ctc_rows(), s.V, s.blank);
   };
   switch (s.precision) {
     case Precision::fp32: run(s.a_f32); break;
@@ -614,16 +626,20 @@ float SpeechEncoder::ctc_loss(const int32_t* targets, const int* tgt_off, const 
   return static_cast<float>(total / B);
 }
 
+const int* SpeechEncoder::ctc_len() const { return s_->ctc_len.data(); }
+int SpeechEncoder::ctc_rows() const { return cfg_.ctc_upsample() * s_->S; }
+
 void SpeechEncoder::ctc_log_probs(int b, float* out) const {
   const State& s = *s_;
-  const size_t n = static_cast<size_t>(s.S) * s.V;
+  const int rows = ctc_rows();
+  const size_t n = static_cast<size_t>(rows) * s.V;
   const size_t off = static_cast<size_t>(b) * n;
   switch (s.precision) {
     case Precision::fp32: convert(out, s.a_f32.logits + off, n); break;
     case Precision::bf16: convert(out, s.a_bf16.logits + off, n); break;
     case Precision::fp16: convert(out, s.a_fp16.logits + off, n); break;
   }
-  for (int t = 0; t < s.S; ++t) {  // log-softmax per frame
+  for (int t = 0; t < rows; ++t) {  // log-softmax per frame
     float* row = out + static_cast<size_t>(t) * s.V;
     float mx = row[0];
     for (int v = 1; v < s.V; ++v) mx = std::max(mx, row[v]);
@@ -655,7 +671,7 @@ void SpeechEncoder::backward_typed(const void* dmemory_v, bool with_ctc) {
   const T* dmemory = static_cast<const T*>(dmemory_v);
   // d memory = CTC head's input gradient + the decoder's.
   if (with_ctc) {
-    nn::matmul_backward(A.dln, s.g.ctc_w, s.g.ctc_b, A.dlogits, A.mem, p.ctc_w, N, d, s.V);
+    nn::matmul_backward(A.dln, s.g.ctc_w, s.g.ctc_b, A.dlogits, A.mem, p.ctc_w, N, d, s.V * cfg_.ctc_upsample());
     if (dmemory) add_into(A.dln, dmemory, static_cast<size_t>(N) * d);
   } else if (dmemory) {
     std::memcpy(static_cast<void*>(A.dln), dmemory, static_cast<size_t>(N) * d * sizeof(T));
@@ -684,10 +700,11 @@ void SpeechEncoder::backward_typed(const void* dmemory_v, bool with_ctc) {
   }
   // A.dres = d x0 (positions are constant); through GELU into d c2.
   nn::gelu_backward<T>(A.dres, A.c2, A.dres, static_cast<size_t>(N) * d);
-  nn::conv1d_backward(A.dc1, s.g.conv2_w, s.g.conv2_b, A.dres, A.c1g, p.conv2_w, B, F, d, d, 3, 2, 1);
-  zero_padding(A.dc1, s.n_frames.data(), B, F, d);  // those rows were set to 0, not computed
-  nn::gelu_backward<T>(A.dc1, A.c1, A.dc1, static_cast<size_t>(B) * F * d);
-  nn::conv1d_backward<T>(nullptr, s.g.conv1_w, s.g.conv1_b, A.dc1, A.x_in, p.conv1_w, B, F, M, d, 3, 1, 1);
+  const int s1 = cfg_.conv1_stride(), F1 = s1 == 2 ? (F + 1) / 2 : F;
+  nn::conv1d_backward(A.dc1, s.g.conv2_w, s.g.conv2_b, A.dres, A.c1g, p.conv2_w, B, F1, d, d, 3, 2, 1);
+  zero_padding(A.dc1, s.n_frames1.data(), B, F1, d);  // those rows were set to 0, not computed
+  nn::gelu_backward<T>(A.dc1, A.c1, A.dc1, static_cast<size_t>(B) * F1 * d);
+  nn::conv1d_backward<T>(nullptr, s.g.conv1_w, s.g.conv1_b, A.dc1, A.x_in, p.conv1_w, B, F, M, d, 3, s1, 1);
 }
 
 }  // namespace chorus::models

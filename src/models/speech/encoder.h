@@ -5,8 +5,12 @@
 //   pad 1) + GELU -> + sinusoidal positions -> n_layer pre-LN Transformer
 //   blocks (bidirectional self-attention over the valid frames, GELU MLP 4d)
 //   -> LayerNorm ln_post = the memory (B, S, d) the decoder cross-attends to,
-//   S = ceil(F / 2); CTC head: Linear(d -> ctc_vocab) on the memory (the joint
-//   model uses UTF-8 bytes + blank, models/speech/seq2seq.h).
+//   S = ceil(F / 2) (50 rows per second); with subsample 4 the first Conv1d
+//   has stride 2 as well, S = ceil(ceil(F / 2) / 2) (25 rows per second, the
+//   4x subsampling of ESPnet / NeMo encoders: half the blocks' work per second
+//   of audio); CTC head: Linear(d -> ctc_vocab) on the memory (the joint
+//   model uses UTF-8 bytes + blank, models/speech/seq2seq.h), at 50 frames
+//   per second whatever the subsampling (ctc_upsample).
 // Padding is exact: frames past a clip's length are masked out of every
 // attention and of the CTC loss, and the convolutions pad with zeros as the
 // padded features are, so a clip's outputs do not depend on its batch.
@@ -40,15 +44,24 @@ struct SpeechEncoderConfig {
   int n_embd = 256;      // d
   int n_head = 4;
   int max_frames = 3000;  // input frames (10 ms each) at most: 30 s
-  int n_ctx() const { return (max_frames + 1) / 2; }  // memory rows after the stride-2 conv
+  int subsample = 2;      // input frames per memory row: 2 (Whisper's) or 4
+  int conv1_stride() const { return subsample / 2; }
+  // CTC frames per memory row: the CTC head always predicts at 50 frames per
+  // second (20 ms), so with subsample 4 each row's head emits 2 frames of
+  // logits (output upsampling): UTF-8 bytes of Cyrillic speech (~30 per second)
+  // would not fit in 25 frames per second.
+  int ctc_upsample() const { return subsample / 2; }
+  // Memory rows of a clip of n_frames feature frames (each stride-2 conv: ceil(n / 2)).
+  int out_len(int n_frames) const {
+    const int n1 = conv1_stride() == 2 ? (n_frames + 1) / 2 : n_frames;
+    return (n1 + 1) / 2;
+  }
+  int n_ctx() const { return out_len(max_frames); }  // memory rows at most
   void validate() const;  // throws chorus::Error naming the field
   nlohmann::json to_json() const;
   static SpeechEncoderConfig from_json(const nlohmann::json& j, const std::string& where);
   bool operator==(const SpeechEncoderConfig&) const = default;
 };
-
-// Memory rows of a clip of n_frames feature frames.
-inline int encoder_out_len(int n_frames) { return (n_frames + 1) / 2; }
 
 // What a SpeechEncoder(cfg, ctc_vocab, ctc_blank, max_batch, max_frames, a TP
 // group of tp_size ranks, precision) holds on each rank, from the same tables
@@ -99,7 +112,12 @@ class SpeechEncoder {
   // count 0, get no gradient and are counted in n_infeasible.
   float ctc_loss(const int32_t* targets, const int* tgt_off, const int* tgt_len, float grad_scale,
                  int* n_infeasible = nullptr);
-  // CTC log-probabilities (S, V) fp32 of clip b (inference).
+  // CTC frames (20 ms each) of the last forward: per clip (B) and in all
+  // (ctc_upsample() x memory rows).
+  const int* ctc_len() const;
+  int ctc_rows() const;
+  // CTC log-probabilities (ctc_rows(), V) fp32 of clip b (inference; rows
+  // past ctc_len()[b] are padding).
   void ctc_log_probs(int b, float* out) const;
   int ctc_vocab() const;
   int ctc_blank() const;

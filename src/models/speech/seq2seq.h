@@ -18,14 +18,31 @@
 
 namespace chorus::models {
 
+// The decoder's CTC alignment prior (nn::ctc_alignment_prior): every
+// position's cross-attention gets log(prior + floor) added to the scores of
+// the first n_heads heads of every layer, the prior being where the CTC head
+// puts the frames after the transcript bytes before that position's target
+// (the true ones in training, the hypothesis' in decoding). Part of the model:
+// recorded in the checkpoint, applied by transcribe / evaluate.
+struct CtcPriorConfig {
+  bool enabled = false;
+  int window = 8;        // memory rows after the prefix that the prior covers
+  float floor = 0.01f;   // added to the prior before the log: how far outside it attention may still go
+  int n_heads = 0;       // heads per layer (0 = all)
+  nlohmann::json to_json() const;
+  bool operator==(const CtcPriorConfig&) const = default;
+};
+
 struct SpeechSeq2SeqConfig {
   SpeechEncoderConfig encoder;
   GptConfig decoder;
+  CtcPriorConfig prior;
   // The CTC head predicts UTF-8 bytes (kCtcVocab classes: blank 0, byte b as
   // b + 1): language-independent, and 32x cheaper than the BPE vocabulary.
   static constexpr int kCtcVocab = 257;
   static constexpr int kCtcBlank = 0;
   // model_extra of a checkpoint manifest: {"encoder": {...}, "ctc": "bytes"}
+  // (+ "ctc_prior": {...} when the prior is on)
   nlohmann::json extra_json() const;
   static SpeechSeq2SeqConfig from_manifest(const GptConfig& decoder, const nlohmann::json& extra,
                                            const std::string& where);
@@ -33,7 +50,7 @@ struct SpeechSeq2SeqConfig {
 
 // The decoder's cross-attention: to the encoder's memory of a clip of up to max_frames frames.
 inline CrossAttentionConfig decoder_cross(const SpeechSeq2SeqConfig& cfg, int max_frames) {
-  return {cfg.encoder.n_embd, encoder_out_len(max_frames)};
+  return {cfg.encoder.n_embd, cfg.encoder.out_len(max_frames)};
 }
 
 // What a SpeechSeq2Seq(cfg, max_batch, max_frames, max_tokens, a TP group of
@@ -51,6 +68,10 @@ struct SpeechBatch {
   std::vector<int32_t> targets;    // (B, T) next token, -1 = no loss
   std::vector<int32_t> ctc_targets;  // transcript bytes + 1 of every clip, concatenated
   std::vector<int> ctc_off, ctc_len;  // (B)
+  // (B, T) transcript bytes before each position's target (all of them for
+  // <|endoftext|>), -1 where there is no transcript target: the prefix whose
+  // CTC alignment prior that position's cross-attention gets.
+  std::vector<int> byte_off;
 };
 
 struct SpeechLosses {
@@ -77,8 +98,14 @@ class SpeechSeq2Seq {
   GptMemory memory() const;
   // Forward and (train) backward of loss_scale * (att + ctc_weight * ctc). Collective over TP.
   // with_decoder false: the encoder and its CTC loss only (att = 0; the decoder
-  // is not run and gets no gradient), for CTC-only warm-up steps.
+  // is not run and gets no gradient), for CTC-only warm-up steps. With
+  // config().prior on, the decoder's cross-attention gets the CTC alignment
+  // prior of b.byte_off (ctc_prior).
   SpeechLosses forward(const SpeechBatch& b, float ctc_weight, bool with_decoder = true);
+  // The CTC alignment prior of batch b's positions from the last encoder
+  // forward's CTC log-probabilities, into prior (B, T, S) (what forward gives
+  // the decoder when config().prior is on).
+  void ctc_prior(const SpeechBatch& b, std::vector<float>& prior) const;
   void backward(float loss_scale, float ctc_weight);
 
  private:
@@ -88,6 +115,7 @@ class SpeechSeq2Seq {
   backend::cpu::AlignedBuffer params_, grads_;
   std::vector<ParamSpec> table_;
   size_t n_encoder_ = 0;
+  std::vector<float> prior_;  // (B, T, S) the last forward's cross-attention prior
   const SpeechBatch* last_ = nullptr;
   bool last_with_decoder_ = true;
 };
