@@ -105,7 +105,8 @@ class SpeechShardBuilder {
   size_t n_clips() const { return lang_.size(); }
 
   void add(const SpeechClip& c) {
-    pcm_.reserve(pcm_.size() + c.pcm.size());
+    // Geometric growth (push_back): reserving exactly the new size per clip
+    // copied the whole shard's PCM on every add (quadratic; 41 clips/s on 23k clips).
     for (float x : c.pcm) pcm_.push_back(to_pcm16(x));
     pcm_off_.push_back(pcm_.size());
     text_.insert(text_.end(), c.text.begin(), c.text.end());

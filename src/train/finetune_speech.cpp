@@ -378,7 +378,17 @@ void load_speech_weights(dist::ParallelGrid& grid, const std::string& dir, model
   // not the Adam moments, two thirds of a checkpoint's bytes.
   st.opt_range = {0, 0};
   st.model_type = "speech";
-  st.model_extra = model.config().extra_json();
+  // The weights must be the same model; the CTC prior (no parameters) may differ.
+  const auto without_prior = [](nlohmann::json j) {
+    if (j.is_object()) j.erase("ctc_prior");
+    return j;
+  };
+  const std::string manifest = (fs::path(dir) / "manifest.json").string();
+  const nlohmann::json saved = checkpoint::read_manifest(manifest).model_extra;
+  CHORUS_CHECK(without_prior(saved) == without_prior(model.config().extra_json()),
+               "%s: field 'model_extra' is %s but this run's model is %s (the encoder must be the same)",
+               manifest.c_str(), saved.dump().c_str(), model.config().extra_json().dump().c_str());
+  st.model_extra = nullptr;  // checked above
   checkpoint::load_checkpoint(grid, dir, 0, model.config().decoder, tokenizer_hash, st);
 }
 
@@ -413,6 +423,7 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
                init_from_dir.c_str(), cfg.encoder.n_layer, cfg.encoder.n_embd, cfg.encoder.n_head,
                cfg.encoder.n_mels, cfg.encoder.max_frames);
     opt.encoder = cfg.encoder;
+    if (opt.prior.enabled) cfg.prior = opt.prior;  // no parameters: a model may gain it when it continues
   } else {
     cfg.encoder = opt.encoder;
     cfg.prior = opt.prior;

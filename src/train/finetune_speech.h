@@ -33,7 +33,7 @@ struct FinetuneSpeechOptions {
   // step 0 (the encoder shape comes from it; excludes init_decoder).
   std::string init_from;
   models::GptConfig decoder_if_random;  // the decoder's config with init_decoder "none" (vocab: the tokenizer's)
-  models::CtcPriorConfig prior;     // the decoder's CTC alignment prior (a new model; init_from keeps its own)
+  models::CtcPriorConfig prior;     // the decoder's CTC alignment prior (with init_from: enabled replaces the model's)
   int batch = 8;                    // clips per micro-batch per DP rank
   int max_tokens = 128;             // decoder positions per clip (prompt + transcript + end)
   float ctc_weight = 0.3f;          // joint CTC/attention weight
