@@ -74,7 +74,9 @@ void add_finetune_speech_flags(OptionSet& o) {
              "similar clips, taken in a random order (less padding, the same clips; 1 = off)");
   o.add<int>("train", "batch", 8, "clips per micro-batch (per data-parallel rank)");
   o.add<int>("train", "eval-batches", 4, "validation micro-batches for the val loss");
-  o.add<int>("train", "eval-clips", 64, "val clips decoded (greedy) for val CER/WER at each evaluation (0 = none)");
+  o.add<int>("train", "eval-clips", 64,
+             "val clips (spread over the split) decoded at each evaluation: val CER/WER of the attention decoder "
+             "alone, greedy, and the CTC head's greedy CER (0 = none; evaluate decodes jointly)");
   o.add<float>("train", "ctc-weight", 0.3f, "0.3", "weight of the encoder's CTC loss (0 = attention only)");
   o.add<int64_t>("optim", "freeze-decoder-steps", 0, "train only the new layers for the first N steps");
   o.add<int64_t>("optim", "ctc-only-steps", 0,
@@ -82,6 +84,10 @@ void add_finetune_speech_flags(OptionSet& o) {
                  "steps that align the encoder first)");
   o.add<float>("optim", "decoder-lr-scale", 1.0f, "1", "learning-rate factor of the pretrained decoder tensors");
   o.add<float>("optim", "new-lr-scale", 1.0f, "1", "learning-rate factor of the encoder and cross-attention");
+  o.add<std::string>("optim", "muon-scope", "all",
+                     "with --optimizer muon, the hidden matrices Muon updates: all (encoder, cross-attention and the "
+                     "pretrained decoder's blocks), new (encoder and cross-attention; the pretrained blocks keep "
+                     "AdamW, and a step skips their Newton-Schulz iterations) or encoder");
   TrainFlagDefaults d;
   d.run_dir = "checkpoints/speech";
   d.lr = 1e-3f;
@@ -126,6 +132,7 @@ train::FinetuneSpeechOptions read_finetune_speech_flags(const po::variables_map&
   p.ctc_only_steps = vm["ctc-only-steps"].as<int64_t>();
   p.decoder_lr_scale = vm["decoder-lr-scale"].as<float>();
   p.new_lr_scale = vm["new-lr-scale"].as<float>();
+  p.muon_scope = vm["muon-scope"].as<std::string>();
   CHORUS_CHECK(p.decoder_lr_scale >= 0 && p.new_lr_scale >= 0, "decoder-lr-scale / new-lr-scale: must be >= 0");
   p.train = read_train_flags(vm);
   return p;

@@ -200,6 +200,10 @@ json manifest_to_json(const Manifest& m) {
     j["optimizer"]["muon_lr"] = m.optimizer.muon_lr;
     j["optimizer"]["muon_momentum"] = m.optimizer.muon_momentum;
     j["optimizer"]["muon_nesterov"] = m.optimizer.muon_nesterov;
+    if (m.optimizer.muon_tensors >= 0) {
+      j["optimizer"]["muon_tensors"] = m.optimizer.muon_tensors;
+      j["optimizer"]["muon_floats"] = m.optimizer.muon_floats;
+    }
   }
   j["loss_scaler"] = {{"enabled", m.loss_scaler.enabled},
                       {"scale", m.loss_scaler.scale},
@@ -315,6 +319,13 @@ Manifest manifest_from_json(const json& j, const std::string& where) {
     m.optimizer.muon_lr = o.f32("muon_lr");
     m.optimizer.muon_momentum = o.f32("muon_momentum");
     if (o.has("muon_nesterov")) m.optimizer.muon_nesterov = o.boolean("muon_nesterov");
+    if (o.has("muon_tensors")) {
+      m.optimizer.muon_tensors = o.i64("muon_tensors");
+      m.optimizer.muon_floats = o.i64("muon_floats");
+      CHORUS_CHECK(m.optimizer.muon_tensors >= 0 && m.optimizer.muon_floats >= 0,
+                   "checkpoint manifest '%s': fields 'optimizer.muon_tensors' / 'muon_floats' must be >= 0",
+                   where.c_str());
+    }
   }
   m.optimizer.t = o.i64("t");
   m.optimizer.beta1 = o.f32("beta1");

@@ -77,6 +77,9 @@ struct OptimizerState {
   float beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0, grad_clip = 0;
   float muon_lr = 0, muon_momentum = 0;  // muon only
   bool muon_nesterov = true;
+  // muon only: the tensors Muon updates (count and floats; -1 = not recorded,
+  // manifests before it): a run resumes only with the same set.
+  int64_t muon_tensors = -1, muon_floats = -1;
 };
 
 struct LossScalerState {

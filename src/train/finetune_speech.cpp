@@ -75,17 +75,21 @@ class SpeechTask final : public TrainTask {
         sampler_(train_, o.train.seed, o.temperature),
         bucketer_(sampler_, clip_lengths(train_), o.train.seed, o.bucket_batches),
         model_(cfg, o.batch, cfg.encoder.max_frames, o.max_tokens, &grid.tp(), o.train.precision) {
-    for (const auto& p : model_.param_table()) {
-      const bool is_new = p.name.rfind("encoder.", 0) == 0 || p.name.find(".ln_x.") != std::string::npos ||
+    table_ = model_.param_table();
+    for (auto& p : table_) {
+      const bool is_encoder = p.name.rfind("encoder.", 0) == 0;
+      const bool is_new = is_encoder || p.name.find(".ln_x.") != std::string::npos ||
                           p.name.find(".crossattn.") != std::string::npos;
       (is_new ? new_ranges_ : old_ranges_).push_back({p.offset, p.offset + p.numel});
+      if ((o.muon_scope == "new" && !is_new) || (o.muon_scope == "encoder" && !is_encoder))
+        p.hidden_matrix = false;  // AdamW for this one (--muon-scope)
     }
   }
   models::SpeechSeq2Seq& model() { return model_; }
 
   std::span<float> params() override { return model_.params(); }
   std::span<float> grads() override { return model_.grads(); }
-  const std::vector<models::ParamSpec>& param_table() const override { return model_.param_table(); }
+  const std::vector<models::ParamSpec>& param_table() const override { return table_; }
   void zero_grad() override { model_.zero_grad(); }
 
   // Clips of global batch `consumed / G` for this DP rank, with SpecAugment
@@ -145,35 +149,46 @@ class SpeechTask final : public TrainTask {
     return g;
   }
 
-  std::vector<SpeechItem> val_items(size_t begin, size_t end) {
+  // The val clips idx[begin, end).
+  std::vector<SpeechItem> val_items(const std::vector<size_t>& idx, size_t begin, size_t end) {
     std::vector<SpeechItem> items(end - begin);
 #pragma omp parallel for schedule(dynamic, 1)
-    for (size_t i = begin; i < end; ++i) {
+    for (size_t j = begin; j < end; ++j) {
+      const size_t i = idx[j];
       std::vector<float> pcm;
       val_.read_pcm(i, pcm);
-      items[i - begin] = make_item(mel_, pcm, cfg_.encoder.max_frames);
-      items[i - begin].lang = val_.lang(i);
+      items[j - begin] = make_item(mel_, pcm, cfg_.encoder.max_frames);
+      items[j - begin].lang = val_.lang(i);
       const auto t = val_.tokens(i);
-      items[i - begin].text.assign(t.begin(), t.end());
+      items[j - begin].text.assign(t.begin(), t.end());
     }
     return items;
   }
+  // n val clips spread evenly over the split (which prepare-speech writes in
+  // manifest order, usually one language after another): every language counts.
+  std::vector<size_t> spread_val(size_t n) const {
+    n = std::min(n, val_.size());
+    std::vector<size_t> idx(n);
+    for (size_t j = 0; j < n; ++j) idx[j] = j * val_.size() / n;
+    return idx;
+  }
 
   nlohmann::json evaluate() override {
-    // Loss: the first eval_batches x (batch x dp) val clips, each DP rank its slice.
+    // Loss: eval_batches x (batch x dp) val clips spread over the split, each DP rank its slice.
     const size_t G = static_cast<size_t>(o_.batch) * grid_.dp_size();
     double att = 0.0, ctc = 0.0;
     int n = 0;
-    for (int k = 0; k < o_.eval_batches && (k + 1) * G <= val_.size(); ++k, ++n) {
+    const std::vector<size_t> loss_idx = spread_val(static_cast<size_t>(o_.eval_batches) * G);
+    for (int k = 0; k < o_.eval_batches && (k + 1) * G <= loss_idx.size(); ++k, ++n) {
       const size_t begin = k * G + static_cast<size_t>(grid_.dp_rank()) * o_.batch;
-      build_batch(val_items(begin, begin + o_.batch), tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
+      build_batch(val_items(loss_idx, begin, begin + o_.batch), tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
       const models::SpeechLosses l = model_.forward(batch_, o_.ctc_weight);
       att += l.att;
       ctc += l.ctc;
     }
     if (n == 0) {  // fewer val clips than one global batch: every rank evaluates what there is
-      const size_t m = std::min<size_t>(val_.size(), o_.batch);
-      build_batch(val_items(0, m), tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
+      const std::vector<size_t> idx = spread_val(o_.batch);
+      build_batch(val_items(idx, 0, idx.size()), tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
       const models::SpeechLosses l = model_.forward(batch_, o_.ctc_weight);
       att = l.att;
       ctc = l.ctc;
@@ -183,17 +198,18 @@ class SpeechTask final : public TrainTask {
     ctc = grid_.dp().all_reduce_scalar(ctc / n, dist::ReduceOp::avg);
     nlohmann::json m = {{"val_loss", att + o_.ctc_weight * ctc}, {"val_att_loss", att}, {"val_ctc_loss", ctc}};
     if (o_.eval_clips > 0 && grid_.tp_size() == 1) {
-      // CER / WER of greedy decoding: clips i with i % dp == dp rank, counts summed over DP.
+      // CER / WER of the attention decoder alone, greedy, and of the CTC head's
+      // best path, on eval_clips val clips spread over the split: clip j of them
+      // on DP rank j % dp, counts summed over DP. (evaluate decodes jointly.)
       eval::ErrorRates rates, ctc_rates;
-      const size_t n_clips = std::min<size_t>(val_.size(), o_.eval_clips);
+      const std::vector<size_t> spread = spread_val(static_cast<size_t>(o_.eval_clips));
       std::vector<size_t> mine;
-      for (size_t i = grid_.dp_rank(); i < n_clips; i += grid_.dp_size()) mine.push_back(i);
+      for (size_t j = grid_.dp_rank(); j < spread.size(); j += grid_.dp_size()) mine.push_back(spread[j]);
       DecodeOptions dopt;
+      dopt.ctc_weight = 0.0f;
       for (size_t at = 0; at < mine.size(); at += o_.batch) {
         const size_t end = std::min(mine.size(), at + o_.batch);
-        std::vector<SpeechItem> items;
-        for (size_t j = at; j < end; ++j) items.push_back(val_items(mine[j], mine[j] + 1)[0]);
-        build_batch(items, tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
+        build_batch(val_items(mine, at, end), tok_, cfg_.encoder.n_mels, o_.max_tokens, batch_);
         const auto ctc_hyp = ctc_greedy_batch(model_, batch_);
         for (size_t j = at; j < end; ++j)
           ctc_rates.add(val_.lang(mine[j]), std::string(val_.text(mine[j])), ctc_hyp[j - at]);
@@ -295,6 +311,7 @@ class SpeechTask final : public TrainTask {
             {"ctc_only_steps", o_.ctc_only_steps}, {"bucket_batches", o_.bucket_batches},
             {"ctc_prior", cfg_.prior.enabled ? cfg_.prior.to_json() : nlohmann::json(nullptr)},
             {"decoder_lr_scale", json_float(o_.decoder_lr_scale)}, {"new_lr_scale", json_float(o_.new_lr_scale)},
+            {"muon_scope", o_.muon_scope},
             {"spec_augment", o_.spec_augment},
             {"augment", {{"n_freq_masks", a.n_freq_masks}, {"freq_width", a.freq_width},
                          {"n_time_masks", a.n_time_masks}, {"time_width_fraction", a.time_width_fraction},
@@ -321,6 +338,7 @@ class SpeechTask final : public TrainTask {
     for (size_t i = 0; i < d.size(); ++i) n[i] = static_cast<uint32_t>(d.n_samples(i));
     return n;
   }
+  std::vector<models::ParamSpec> table_;  // the model's, with hidden_matrix as --muon-scope says
   std::vector<optim::Range> new_ranges_, old_ranges_;
   float last_att_ = 0, last_ctc_ = 0;
 };
@@ -400,6 +418,8 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   CHORUS_CHECK(opt.ctc_weight >= 0, "ctc-weight: must be >= 0, got %g", opt.ctc_weight);
   CHORUS_CHECK(opt.temperature > 0, "temperature: must be > 0, got %g", opt.temperature);
   CHORUS_CHECK(opt.freeze_decoder_steps >= 0, "freeze-decoder-steps: must be >= 0");
+  CHORUS_CHECK(opt.muon_scope == "all" || opt.muon_scope == "new" || opt.muon_scope == "encoder",
+               "muon-scope: expected all, new or encoder, got '%s'", opt.muon_scope.c_str());
   CHORUS_CHECK(opt.ctc_only_steps >= 0, "ctc-only-steps: must be >= 0, got %lld", static_cast<long long>(opt.ctc_only_steps));
   CHORUS_CHECK(opt.ctc_only_steps == 0 || opt.ctc_weight > 0,
                "ctc-only-steps: the CTC-only steps train the CTC loss alone, so ctc-weight must be > 0 (got %g)",

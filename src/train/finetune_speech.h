@@ -42,6 +42,10 @@ struct FinetuneSpeechOptions {
   int64_t freeze_decoder_steps = 0;
   int64_t ctc_only_steps = 0;       // the first N steps: encoder + CTC only, the decoder neither run nor updated
   float decoder_lr_scale = 1.0f;    // pretrained decoder tensors
+  // With --optimizer muon, the hidden matrices Muon updates: "all" (encoder,
+  // cross-attention and the pretrained decoder's blocks), "new" (encoder and
+  // cross-attention; the pretrained blocks keep AdamW) or "encoder".
+  std::string muon_scope = "all";
   float new_lr_scale = 1.0f;        // encoder + cross-attention
   bool spec_augment = true;
   audio::SpecAugmentConfig augment;

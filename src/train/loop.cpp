@@ -307,6 +307,8 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   ocfg.muon = opt.muon;
   if (opt.optimizer == optim::OptimizerKind::muon) ocfg.muon_matrices = muon_matrices(task.param_table());
   optim::DistributedOptimizer optimizer(task.params().size(), decay, replicated, ocfg, grid.dp(), grid.tp());
+  size_t muon_floats = 0;  // the Muon matrices' global sizes (the same for any layout)
+  for (const auto& mm : optimizer.muon_matrices()) muon_floats += static_cast<size_t>(mm.rows) * mm.cols;
 
   const double peak_gflops = opt.peak_gflops > 0 ? opt.peak_gflops : backend::cpu::measure_sgemm_gflops();
   task.log_setup();
@@ -367,6 +369,15 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
                                  "--optimizer %s, or start a new run)",
                                  loaded->path.c_str(), m.optimizer.type.c_str(), optim::optimizer_name(opt.optimizer),
                                  m.optimizer.type.c_str()));
+      if (m.optimizer.type == "muon" && m.optimizer.muon_tensors >= 0 &&
+          (m.optimizer.muon_tensors != static_cast<int64_t>(optimizer.muon_matrices().size()) ||
+           m.optimizer.muon_floats != static_cast<int64_t>(muon_floats)))
+        throw AgreedError(strfmt("resume: checkpoint %s updated %lld tensors (%lld floats) with Muon and this run "
+                                 "would update %zu (%zu floats): its momentum slots are another optimizer's state "
+                                 "(resume with the same --muon-scope, or start a new run)",
+                                 loaded->path.c_str(), static_cast<long long>(m.optimizer.muon_tensors),
+                                 static_cast<long long>(m.optimizer.muon_floats), optimizer.muon_matrices().size(),
+                                 muon_floats));
       start_step = m.step;
       tokens_seen = m.tokens_seen;
       resumed_from = loaded->path;
@@ -422,6 +433,8 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
     meta.optimizer.muon_lr = opt.muon.lr;
     meta.optimizer.muon_momentum = opt.muon.momentum;
     meta.optimizer.muon_nesterov = opt.muon.nesterov;
+    meta.optimizer.muon_tensors = static_cast<int64_t>(optimizer.muon_matrices().size());
+    meta.optimizer.muon_floats = static_cast<int64_t>(muon_floats);
     const optim::LossScalerSnapshot ls = scaler.snapshot();
     meta.loss_scaler = {ls.enabled, ls.scale, ls.good_steps, ls.skipped_steps};
     meta.precision = precision_name(opt.precision);
