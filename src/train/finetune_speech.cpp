@@ -122,6 +122,8 @@ class SpeechTask final : public TrainTask {
     return o_.train.step_after_micro_batches(consumed_ / (static_cast<uint64_t>(o_.batch) * grid_.dp_size()));
   }
   bool ctc_only(int64_t step) const { return step < o_.ctc_only_steps; }
+  // At least one step has trained the decoder (its CER means something).
+  bool decoder_trained() const { return current_step() > o_.ctc_only_steps; }
 
   double train_micro_batch(float loss_scale) override {
     const bool with_decoder = !ctc_only(current_step());
@@ -213,7 +215,7 @@ class SpeechTask final : public TrainTask {
         const auto ctc_hyp = ctc_greedy_batch(model_, batch_);
         for (size_t j = at; j < end; ++j)
           ctc_rates.add(val_.lang(mine[j]), std::string(val_.text(mine[j])), ctc_hyp[j - at]);
-        if (ctc_only(current_step())) continue;  // the decoder has not been trained yet
+        if (!decoder_trained()) continue;
         const auto hyp = transcribe_batch(model_, tok_, batch_, dopt);
         for (size_t j = at; j < end; ++j)
           rates.add(val_.lang(mine[j]), std::string(val_.text(mine[j])), hyp[j - at].text);
@@ -223,7 +225,7 @@ class SpeechTask final : public TrainTask {
                      static_cast<double>(t.words.errors()),  static_cast<double>(t.words.ref_length),
                      static_cast<double>(tc.chars.errors()), static_cast<double>(tc.chars.ref_length)};
       for (double& v : c) v = grid_.dp().all_reduce_scalar(v, dist::ReduceOp::sum);
-      if (!ctc_only(current_step())) {
+      if (decoder_trained()) {
         m["val_cer"] = c[0] / std::max(1.0, c[1]);
         m["val_wer"] = c[2] / std::max(1.0, c[3]);
       }
