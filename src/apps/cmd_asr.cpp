@@ -47,7 +47,8 @@ void add_finetune_speech_flags(OptionSet& o) {
   o.add<std::string>("decoder", "init-from", "",
                      "continue from a trained speech model instead (a finetune-speech run directory or checkpoint): "
                      "its encoder, decoder and CTC head, with a fresh optimizer from step 0; the [encoder] shape "
-                     "comes from it (and its CTC prior, unless --ctc-prior is given). Excludes --init-decoder");
+                     "comes from it (and its CTC prior, unless --ctc-prior is given). With --init-decoder as well: only its encoder "
+                     "and CTC head, the decoder from --init-decoder (a GPT, or none = random weights)");
   o.add_switch("decoder", "ctc-prior",
                "give the decoder's cross-attention the CTC alignment prior: each position's attention scores get "
                "log(prior + floor), the prior covering the frames the CTC head puts after the transcript bytes "

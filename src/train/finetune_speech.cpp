@@ -282,7 +282,7 @@ class SpeechTask final : public TrainTask {
     log_info("model: speech encoder L%d d%d h%d (%d mels, up to %d frames) + GPT decoder L%d d%d h%d vocab %d with "
              "cross-attention (%s): %.2fM parameters (%.2fM encoder)",
              e.n_layer, e.n_embd, e.n_head, e.n_mels, e.max_frames, d.n_layer, d.n_embd, d.n_head, d.vocab_size,
-             pretrained_ ? ("from " + (o_.init_from.empty() ? o_.init_decoder : o_.init_from)).c_str() : "random init", model_.param_table().size() ? 
+             pretrained_ ? ("from " + (o_.init_decoder.empty() ? o_.init_from : o_.init_decoder)).c_str() : "random init", model_.param_table().size() ? 
              (model_.encoder_params() + model_.decoder().n_params()) / 1e6 : 0.0, model_.encoder_params() / 1e6);
     std::string langs;
     for (const auto& l : train_.languages()) langs += (langs.empty() ? "" : " ") + l;
@@ -433,22 +433,27 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   opt.train.grid = &grid;
   models::SpeechSeq2SeqConfig cfg;
   std::string init_from_dir;
+  models::SpeechSeq2SeqConfig from_cfg;  // the --init-from model's config
+  // --init-from alone: the whole model continues; with --init-decoder too,
+  // only its encoder (and CTC head), the decoder from that GPT or random.
+  const bool encoder_only = !opt.init_from.empty() && !opt.init_decoder.empty();
   if (!opt.init_from.empty()) {
-    CHORUS_CHECK(opt.init_decoder.empty(),
-                 "init-from: give either --init-from (a speech model) or --init-decoder (a GPT), not both");
     std::string hash;
-    cfg = speech_checkpoint_config(opt.init_from, &init_from_dir, &hash);
+    from_cfg = speech_checkpoint_config(opt.init_from, &init_from_dir, &hash);
     check_decoder_tokenizer(init_from_dir, hash, tok, opt.tokenizer_path);
-    if (!(cfg.encoder == opt.encoder))
-      log_info("init-from: the encoder shape comes from %s (L%d d%d h%d, %d mels, up to %d frames); the "
-               "[encoder] options are not used",
-               init_from_dir.c_str(), cfg.encoder.n_layer, cfg.encoder.n_embd, cfg.encoder.n_head,
-               cfg.encoder.n_mels, cfg.encoder.max_frames);
-    opt.encoder = cfg.encoder;
+    if (!(from_cfg.encoder == opt.encoder))
+      log_info("init-from: the encoder shape comes from %s (L%d d%d h%d, %d mels, up to %d frames, subsample %d); "
+               "the [encoder] options are not used",
+               init_from_dir.c_str(), from_cfg.encoder.n_layer, from_cfg.encoder.n_embd, from_cfg.encoder.n_head,
+               from_cfg.encoder.n_mels, from_cfg.encoder.max_frames, from_cfg.encoder.subsample);
+    opt.encoder = from_cfg.encoder;
+    cfg = from_cfg;
     if (opt.prior.enabled) cfg.prior = opt.prior;  // no parameters: a model may gain it when it continues
   } else {
     cfg.encoder = opt.encoder;
     cfg.prior = opt.prior;
+  }
+  if (opt.init_from.empty() || encoder_only) {
     const DecoderSource source = decoder_source(opt, tok.vocab_size());
     if (!source.file.empty()) check_decoder_tokenizer(source.file, source.tokenizer_hash, tok, opt.tokenizer_path);
     cfg.decoder = source.config;
@@ -468,19 +473,30 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
                   "--batch, --max-frames, --max-tokens, --n-embd or --n-layer, or use --tp / --zero 1 over more ranks");
   const RunDirLock lock(opt.train);  // before init-decoder.h5 is exported into the run directory
 
-  const bool pretrained = !init_from_dir.empty() || opt.init_decoder != "none";
+  const bool pretrained = encoder_only ? opt.init_decoder != "none" : !init_from_dir.empty() || opt.init_decoder != "none";
   std::string weights;
-  if (pretrained && init_from_dir.empty()) {
+  if (pretrained && (init_from_dir.empty() || encoder_only)) {
     weights = decoder_weights(opt.init_decoder, opt.train.run_dir, grid, tok, opt.tokenizer_path);
     const auto h = checkpoint::read_weights_header(weights);
     check_decoder_tokenizer(weights, h.tokenizer_hash, tok, opt.tokenizer_path);
   }
   SpeechTask task(opt, tok, cfg, grid, pretrained);
   task.model().init_weights(opt.train.seed);
-  if (!init_from_dir.empty()) {
+  if (encoder_only) {
+    // The whole source model (same TP layout), then its encoder's floats: the
+    // first encoder_params() of both flat buffers, laid out by the same config.
+    models::SpeechSeq2Seq source(from_cfg, 1, from_cfg.encoder.max_frames, from_cfg.decoder.context, &grid.tp(),
+                                 Precision::fp32);
+    load_speech_weights(grid, init_from_dir, source, tok.hash());
+    CHORUS_CHECK(source.encoder_params() == task.model().encoder_params(), "init-from: encoder sizes differ");
+    std::copy_n(source.params().data(), source.encoder_params(), task.model().params().data());
+    log_info("init-from: encoder and CTC head from %s; decoder %s", init_from_dir.c_str(),
+             pretrained ? ("from " + opt.init_decoder).c_str() : "from random weights");
+  } else if (!init_from_dir.empty()) {
     load_speech_weights(grid, init_from_dir, task.model(), tok.hash());
     log_info("init-from: encoder, decoder and CTC head from %s", init_from_dir.c_str());
-  } else if (pretrained)
+  }
+  if (pretrained && !weights.empty())
     checkpoint::load_weights(weights, task.model().decoder(), tok.hash(), grid.tp_rank(), grid.tp_size(),
                              /*allow_new_cross_attention=*/true);
   FinetuneSpeechResult r;

@@ -28,9 +28,10 @@ struct FinetuneSpeechOptions {
   std::string tokenizer_path;
   std::string data_dir;             // train_*.h5 / val_*.h5 speech shards (prepare-speech)
   std::string init_decoder;         // GPT weights file, run directory or checkpoint; "none" = random
-  // A trained speech model (run directory or checkpoint) to continue from
-  // instead: its encoder, decoder and CTC head, with a fresh optimizer and
-  // step 0 (the encoder shape comes from it; excludes init_decoder).
+  // A trained speech model (run directory or checkpoint) to continue from:
+  // its encoder, decoder and CTC head, with a fresh optimizer and step 0 (the
+  // encoder shape comes from it). With init_decoder as well, only its encoder
+  // and CTC head; the decoder comes from init_decoder (a GPT, or "none").
   std::string init_from;
   models::GptConfig decoder_if_random;  // the decoder's config with init_decoder "none" (vocab: the tokenizer's)
   models::CtcPriorConfig prior;     // the decoder's CTC alignment prior (with init_from: enabled replaces the model's)

@@ -202,7 +202,8 @@ TEST_F(SpeechE2E, MuonLeavesAFrozenDecoderUnchanged) {
 // --init-from continues from a speech model: with nothing trained in its
 // first step (CTC only, so the decoder is frozen, and the encoder's lr scaled
 // by 0) the weights are the source's, on one rank and resharded to TP 2; a
-// GPT checkpoint or --init-decoder beside it is refused.
+// GPT checkpoint is refused; with --init-decoder, the encoder is the
+// source's and the decoder the GPT's (or random).
 TEST_F(SpeechE2E, InitFromASpeechModelStartsFromItsWeights) {
   const std::string d = dir_.string();
   ASSERT_EQ(finetune("from_src", "--init-decoder " + d + "/gpt --batch 4 --eval-clips 0 --steps 3").code, 0);
@@ -223,9 +224,22 @@ TEST_F(SpeechE2E, InitFromASpeechModelStartsFromItsWeights) {
   Result gpt = finetune("from_gpt", "--init-from " + d + "/gpt --steps 1");
   EXPECT_NE(gpt.code, 0);
   EXPECT_NE(gpt.out.find("expected 'speech'"), std::string::npos) << gpt.out;
-  Result both = finetune("from_both", "--init-from " + d + "/from_src --init-decoder " + d + "/gpt --steps 1");
-  EXPECT_NE(both.code, 0);
-  EXPECT_NE(both.out.find("not both"), std::string::npos) << both.out;
+  // --init-from with --init-decoder: the source's encoder, the GPT's decoder (or random).
+  Result mixed = finetune("from_mixed", still + "--init-decoder " + d + "/gpt");
+  ASSERT_EQ(mixed.code, 0) << mixed.out;
+  const auto hash = [&](const std::string& run, const std::string& prefix) {
+    const Result h = chorus::testing::chorus("checkpoint hash " + d + "/" + run + " --prefix " + prefix);
+    EXPECT_EQ(h.code, 0) << h.out;
+    return h.out.substr(0, 64);
+  };
+  EXPECT_EQ(hash("from_mixed", "encoder."), hash("from_src", "encoder.")) << "the encoder is not the source's";
+  EXPECT_EQ(hash("from_mixed", "decoder.h.0.mlp."), hash("gpt", "h.0.mlp.")) << "the decoder is not the GPT's";
+  EXPECT_NE(hash("from_src", "decoder.h.0.mlp."), hash("gpt", "h.0.mlp.")) << "the source's decoder did not train";
+  Result random = finetune("from_random", still + "--init-decoder none --dec-n-layer 2 --dec-n-embd 64 --dec-n-head 4 "
+                                                  "--dec-context 64");
+  ASSERT_EQ(random.code, 0) << random.out;
+  EXPECT_EQ(hash("from_random", "encoder."), hash("from_src", "encoder."));
+  EXPECT_NE(random.out.find("decoder from random weights"), std::string::npos) << random.out;
 }
 
 TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
