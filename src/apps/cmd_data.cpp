@@ -78,6 +78,37 @@ int cmd_train_tokenizer(int argc, char** argv, dist::Runtime& rt) {
   return 0;
 }
 
+int cmd_add_language(int argc, char** argv, dist::Runtime& rt) {
+  require_single_process(rt, "add-language");
+  OptionSet o("add-language",
+              "Writes a tokenizer that is --tokenizer with a <|xx|> token appended for each new language (ids\n"
+              "after every existing one, so the old ids keep their meaning). Speech models trained with the old\n"
+              "tokenizer continue on the new one: finetune-speech --init-from grows the decoder's embedding by\n"
+              "the new rows (docs/SPEECH.md, \"A new language\").");
+  o.add<std::string>("data", "tokenizer", "tokenizer.json", "the tokenizer JSON to extend");
+  o.add<std::string>("data", "lang", "", "comma-separated ISO 639 codes to add (required)");
+  o.add<std::string>("data", "out", "", "where to write the new tokenizer JSON (required)");
+  o.add_switch("data", "force", "replace an existing --out file (refused without it)");
+  po::variables_map vm;
+  if (!o.parse(argc, argv, vm)) return 0;
+  const std::string in = vm["tokenizer"].as<std::string>(), out = vm["out"].as<std::string>();
+  const std::vector<std::string> langs = split_commas(vm["lang"].as<std::string>());
+  CHORUS_CHECK(!langs.empty(), "lang: give at least one language code (--lang nl,pl)");
+  CHORUS_CHECK(!out.empty(), "out: give the new tokenizer's path (--out tok-nl.json)");
+  check_input_file(in, "tokenizer", "a tokenizer JSON file");
+  check_not_input(out, "out", {in});
+  check_new_file(out, "out", vm["force"].as<bool>());
+  data::Tokenizer tok = data::Tokenizer::load(in);
+  const std::string old_hash = tok.hash();
+  for (const std::string& l : langs) tok = tok.with_language(l);
+  tok.save(out);
+  std::string ids;
+  for (const std::string& l : langs) ids += strfmt("%s<|%s|> = %u", ids.empty() ? "" : ", ", l.c_str(), tok.special("<|" + l + "|>"));
+  log_info("%s (hash %.12s) + %s -> %s: %d tokens (hash %.12s)", in.c_str(), old_hash.c_str(), ids.c_str(), out.c_str(),
+           tok.vocab_size(), tok.hash().c_str());
+  return 0;
+}
+
 int cmd_prepare_text(int argc, char** argv, dist::Runtime& rt) {
   require_single_process(rt, "prepare-text");
   OptionSet o("prepare-text",

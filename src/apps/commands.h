@@ -8,6 +8,7 @@
 namespace chorus::apps {
 
 int cmd_train_tokenizer(int argc, char** argv, dist::Runtime& rt);
+int cmd_add_language(int argc, char** argv, dist::Runtime& rt);
 int cmd_prepare_text(int argc, char** argv, dist::Runtime& rt);
 int cmd_prepare_speech(int argc, char** argv, dist::Runtime& rt);
 int cmd_pretrain(int argc, char** argv, dist::Runtime& rt);

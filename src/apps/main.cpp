@@ -26,6 +26,7 @@ struct Command {
 
 const Command kCommands[] = {
     {"train-tokenizer", chorus::apps::cmd_train_tokenizer, "train a byte-level BPE tokenizer on text files"},
+    {"add-language", chorus::apps::cmd_add_language, "give a trained tokenizer a new <|xx|> language token"},
     {"prepare-text", chorus::apps::cmd_prepare_text, "tokenize text files into HDF5 train/val shards"},
     {"prepare-speech", chorus::apps::cmd_prepare_speech, "check and shard a manifest of speech clips"},
     {"pretrain", chorus::apps::cmd_pretrain, "pretrain a GPT on prepared shards"},

@@ -378,7 +378,7 @@ std::vector<T> read_all(const h5::File& f, const char* name, uint64_t n) {
 }  // namespace
 
 SpeechDataset::SpeechDataset(const std::string& dir, const std::string& split,
-                             const std::string& tokenizer_hash)
+                             const std::string& tokenizer_hash, const std::vector<std::string>& ancestor_hashes)
     : paths_(list_speech_shards(dir, split)), hash_(tokenizer_hash) {
   std::set<std::string> all_langs;
   struct Loaded {
@@ -404,8 +404,9 @@ SpeechDataset::SpeechDataset(const std::string& dir, const std::string& split,
                  kSpeechSampleRate, static_cast<long long>(rate));
     const std::string hash = h5::read_attr_string(f, "tokenizer_hash");
     if (hash_.empty()) hash_ = hash;
+    const bool ancestor = std::find(ancestor_hashes.begin(), ancestor_hashes.end(), hash) != ancestor_hashes.end();
     CHORUS_CHECK(
-        hash == hash_,
+        hash == hash_ || ancestor,
         "%s: attribute 'tokenizer_hash': expected %s (%s), found %s (HINT: the shard was made with another "
         "tokenizer; re-run prepare-speech with this one)",
         p, hash_.c_str(), tokenizer_hash.empty() ? "that of the first shard" : "this run's tokenizer",

@@ -115,8 +115,11 @@ class SpeechDataset {
   // decrease and end at their dataset's length; lang indices within
   // 'languages'; durations matching the sample counts; no clip without samples.
   // Each failure names the file and the field. No shards for the split is an
-  // error too.
-  SpeechDataset(const std::string& dir, const std::string& split, const std::string& tokenizer_hash);
+  // error too. A shard made with one of `ancestor_hashes` (tokenizers the
+  // run's extends with new language tokens, Tokenizer::ancestors: their ids
+  // mean the same) is accepted as well.
+  SpeechDataset(const std::string& dir, const std::string& split, const std::string& tokenizer_hash,
+                const std::vector<std::string>& ancestor_hashes = {});
 
   size_t size() const { return lang_.size(); }
   const std::string& lang(size_t i) const;           // ISO code, e.g. "de"

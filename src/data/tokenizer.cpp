@@ -591,17 +591,44 @@ void Tokenizer::build_tables() {
     vocab_.push_back(s);
   }
   impl->ranks.build(merges_);
+  hash_ = identity_hash(merges_, specials_, languages_);
+  impl_ = std::move(impl);
+}
 
+std::string Tokenizer::identity_hash(const std::vector<std::pair<uint32_t, uint32_t>>& merges,
+                                     std::span<const std::string> specials, std::span<const std::string> languages) {
   // Canonical serialization: line-based, so no field can bleed into another.
   Sha256 h;
-  h.update(strfmt("%s %d\nmerges %zu\n", kFormat, kVersion, merges_.size()));
-  for (const auto& [a, b] : merges_) h.update(strfmt("%u %u\n", a, b));
-  h.update(strfmt("specials %zu\n", specials_.size()));
-  for (const auto& s : specials_) h.update(s + "\n");
-  h.update(strfmt("languages %zu\n", languages_.size()));
-  for (const auto& l : languages_) h.update(l + "\n");
-  hash_ = h.hex_digest();
-  impl_ = std::move(impl);
+  h.update(strfmt("%s %d\nmerges %zu\n", kFormat, kVersion, merges.size()));
+  for (const auto& [a, b] : merges) h.update(strfmt("%u %u\n", a, b));
+  h.update(strfmt("specials %zu\n", specials.size()));
+  for (const auto& s : specials) h.update(s + "\n");
+  h.update(strfmt("languages %zu\n", languages.size()));
+  for (const auto& l : languages) h.update(l + "\n");
+  return h.hex_digest();
+}
+
+Tokenizer Tokenizer::with_language(const std::string& code) const {
+  CHORUS_CHECK(impl_ != nullptr, "Tokenizer::with_language on an empty tokenizer");
+  const bool ok = (code.size() == 2 || code.size() == 3) &&
+                  std::all_of(code.begin(), code.end(), [](char c) { return c >= 'a' && c <= 'z'; });
+  CHORUS_CHECK(ok, "language: expected a 2-3 letter lowercase code (ISO 639), got '%s'", code.c_str());
+  CHORUS_CHECK(std::find(languages_.begin(), languages_.end(), code) == languages_.end(),
+               "language '%s': the tokenizer has <|%s|> already (id %u)", code.c_str(), code.c_str(),
+               special("<|" + code + "|>"));
+  Tokenizer t = *this;
+  t.ancestors_.push_back({hash_, vocab_size()});
+  t.specials_.push_back("<|" + code + "|>");
+  t.languages_.push_back(code);
+  t.build_tables();
+  return t;
+}
+
+int Tokenizer::vocab_size_of(const std::string& hash) const {
+  if (hash == hash_) return vocab_size();
+  for (const Ancestor& a : ancestors_)
+    if (a.hash == hash) return a.vocab_size;
+  return 0;
 }
 
 std::vector<uint32_t> Tokenizer::encode(std::string_view text) const {
@@ -686,6 +713,11 @@ void Tokenizer::save(const std::string& path) const {
   s += merges_.empty() ? "],\n" : "\n  ],\n";
   s += "  \"specials\": " + json(specials_).dump() + ",\n";
   s += "  \"languages\": " + json(languages_).dump() + ",\n";
+  if (!ancestors_.empty()) {
+    json a = json::array();
+    for (const Ancestor& x : ancestors_) a.push_back({{"hash", x.hash}, {"vocab_size", x.vocab_size}});
+    s += "  \"extends\": " + a.dump() + ",\n";
+  }
   s += "  \"hash\": " + json(hash_).dump() + "\n}\n";
 
   const std::string tmp = path + ".tmp";
@@ -795,6 +827,30 @@ Tokenizer Tokenizer::load(const std::string& path) {
                "tokenizer file '%s': field 'hash' is %s but the merges, specials and languages hash to \"%s\" "
                "(the file was edited or corrupted)",
                p, hash.dump().c_str(), tok.hash_.c_str());
+  // Ancestors (with_language): each is this tokenizer without the specials
+  // and languages appended after it, one language per step.
+  if (auto it = j.find("extends"); it != j.end()) {
+    CHORUS_CHECK(it->is_array(), "tokenizer file '%s': field 'extends' must be an array", p);
+    const size_t n = it->size();
+    CHORUS_CHECK(n <= tok.languages_.size() && n <= tok.specials_.size(),
+                 "tokenizer file '%s': field 'extends' lists %zu ancestors, more than the languages", p, n);
+    for (size_t i = 0; i < n; ++i) {
+      const json& a = (*it)[i];
+      CHORUS_CHECK(a.is_object() && a.contains("hash") && a["hash"].is_string() && a.contains("vocab_size") &&
+                       a["vocab_size"].is_number_unsigned(),
+                   "tokenizer file '%s': field 'extends[%zu]' must be {\"hash\": string, \"vocab_size\": n}", p, i);
+      const size_t drop = n - i;  // languages added since this ancestor
+      const std::string want = identity_hash(
+          tok.merges_, std::span(tok.specials_).first(tok.specials_.size() - drop),
+          std::span(tok.languages_).first(tok.languages_.size() - drop));
+      const int vocab_then = static_cast<int>(expected_vocab - drop);
+      CHORUS_CHECK(a["hash"].get<std::string>() == want && a["vocab_size"].get<int>() == vocab_then,
+                   "tokenizer file '%s': field 'extends[%zu]' is %s but this tokenizer without its last %zu "
+                   "language(s) has hash \"%s\" and %d tokens (edited or corrupted)",
+                   p, i, a.dump().c_str(), drop, want.c_str(), vocab_then);
+      tok.ancestors_.push_back({want, vocab_then});
+    }
+  }
   return tok;
 }
 

@@ -71,11 +71,32 @@ class Tokenizer {
   // stored in every shard and checkpoint).
   const std::string& hash() const { return hash_; }
 
+  // A new language for a trained tokenizer (and the models trained with it):
+  // this tokenizer with <|code|> appended as the last special token (id =
+  // vocab_size()), so every existing id keeps its meaning. The result has its
+  // own hash and records this one as an ancestor (extends()); throws if the
+  // language is already there or the code is not 2-3 lowercase letters.
+  Tokenizer with_language(const std::string& code) const;
+  // The tokenizers this one was extended from (with_language), oldest first:
+  // each one's hash and vocabulary size. Saved and, on load, verified (each
+  // hash is recomputed from this tokenizer's merges and leading specials).
+  struct Ancestor {
+    std::string hash;
+    int vocab_size = 0;
+  };
+  const std::vector<Ancestor>& ancestors() const { return ancestors_; }
+  // The vocabulary size of the ancestor with this hash (this tokenizer's own
+  // for its own hash); 0 if it is neither.
+  int vocab_size_of(const std::string& hash) const;
+
  private:
   void build_tables();   // derive vocab bytes, merge ranks and hash from merges_/specials_
+  static std::string identity_hash(const std::vector<std::pair<uint32_t, uint32_t>>& merges,
+                                   std::span<const std::string> specials, std::span<const std::string> languages);
   std::vector<std::pair<uint32_t, uint32_t>> merges_;   // merge i creates id 256 + i
   std::vector<std::string> specials_;                   // id = 256 + merges_.size() + i
   std::vector<std::string> languages_;
+  std::vector<Ancestor> ancestors_;
   // derived (build_tables): implementation-defined lookup structures
   std::vector<std::string> vocab_;                      // id -> bytes
   std::string hash_;

@@ -6,6 +6,7 @@
 
 #include "audio/mel.h"
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/state.h"
 #include "checkpoint/tools.h"
 #include "checkpoint/weights.h"
 #include "core/error.h"
@@ -16,6 +17,7 @@
 #include "data/speech_shard.h"
 #include "data/tokenizer.h"
 #include "eval/wer.h"
+#include "nn/tp_shard.h"
 #include "train/decode.h"
 #include "train/run_dir.h"
 #include "train/speech_batch.h"
@@ -61,6 +63,12 @@ std::string decoder_weights(const std::string& path, const std::string& run_dir,
   return out;
 }
 
+std::vector<std::string> ancestor_hashes(const data::Tokenizer& tok) {
+  std::vector<std::string> h;
+  for (const auto& a : tok.ancestors()) h.push_back(a.hash);
+  return h;
+}
+
 class SpeechTask final : public TrainTask {
  public:
   SpeechTask(const FinetuneSpeechOptions& o, const data::Tokenizer& tok, const models::SpeechSeq2SeqConfig& cfg,
@@ -70,8 +78,8 @@ class SpeechTask final : public TrainTask {
         cfg_(cfg),
         grid_(grid),
         pretrained_(pretrained),
-        train_(o.data_dir, "train", tok.hash()),
-        val_(o.data_dir, "val", tok.hash()),
+        train_(o.data_dir, "train", tok.hash(), ancestor_hashes(tok)),
+        val_(o.data_dir, "val", tok.hash(), ancestor_hashes(tok)),
         sampler_(train_, o.train.seed, o.temperature),
         bucketer_(sampler_, clip_lengths(train_), o.train.seed, o.bucket_batches),
         model_(cfg, o.batch, cfg.encoder.max_frames, o.max_tokens, &grid.tp(), o.train.precision) {
@@ -412,6 +420,47 @@ void load_speech_weights(dist::ParallelGrid& grid, const std::string& dir, model
   checkpoint::load_checkpoint(grid, dir, 0, model.config().decoder, tokenizer_hash, st);
 }
 
+void load_speech_weights_grown(dist::ParallelGrid& grid, const std::string& dir, models::SpeechSeq2Seq& model,
+                               const data::Tokenizer& tok, int old_vocab) {
+  const std::string manifest_path = (fs::path(dir) / "manifest.json").string();
+  const checkpoint::Manifest m = checkpoint::read_manifest(manifest_path);
+  const checkpoint::GlobalState g = checkpoint::read_global(dir, m, false);
+  const int V = tok.vocab_size();
+  // The new tokens' rows start at the mean of the old language tokens' rows.
+  std::vector<uint32_t> old_langs;
+  for (const auto& l : tok.languages()) {
+    const uint32_t id = tok.special("<|" + l + "|>");
+    if (static_cast<int>(id) < old_vocab) old_langs.push_back(id);
+  }
+  const auto params = model.params();
+  for (const auto& p : model.param_table()) {
+    size_t i = 0;
+    while (i < m.tensors.size() && m.tensors[i].name != p.name) ++i;
+    CHORUS_CHECK(i < m.tensors.size(), "%s: no tensor '%s'", manifest_path.c_str(), p.name.c_str());
+    const auto& saved = m.tensors[i].global_shape;
+    const float* src = g.params.data() + g.offsets[i];
+    std::vector<float> grown;
+    if (saved != p.global_shape) {
+      CHORUS_CHECK(p.name == "decoder.wte.weight" && saved.size() == 2 && p.global_shape.size() == 2 &&
+                       saved[1] == p.global_shape[1] && saved[0] >= old_vocab && p.global_shape[0] >= V,
+                   "%s: tensor '%s' has shape [%lld, %lld] here; only the decoder's embedding may grow with the "
+                   "tokenizer",
+                   manifest_path.c_str(), p.name.c_str(), static_cast<long long>(saved[0]),
+                   static_cast<long long>(saved.size() > 1 ? saved[1] : 0));
+      const size_t C = static_cast<size_t>(saved[1]);
+      grown.assign(static_cast<size_t>(p.global_shape[0]) * C, 0.0f);
+      std::copy_n(src, static_cast<size_t>(old_vocab) * C, grown.begin());
+      std::vector<double> mean(C, 0.0);
+      for (uint32_t id : old_langs)
+        for (size_t c = 0; c < C; ++c) mean[c] += src[id * C + c] / static_cast<double>(old_langs.size());
+      for (int r = old_vocab; r < V; ++r)
+        for (size_t c = 0; c < C; ++c) grown[r * C + c] = static_cast<float>(mean[c]);
+      src = grown.data();
+    }
+    nn::slice_shard(checkpoint::shard_spec(p), grid.tp_rank(), grid.tp_size(), src, params.data() + p.offset);
+  }
+}
+
 FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   FinetuneSpeechOptions opt = opt_in;
   const auto tok = data::Tokenizer::load(opt.tokenizer_path);
@@ -434,13 +483,20 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   models::SpeechSeq2SeqConfig cfg;
   std::string init_from_dir;
   models::SpeechSeq2SeqConfig from_cfg;  // the --init-from model's config
+  int grow_from_vocab = 0;               // > 0: its tokenizer had this many tokens, --tokenizer extends it
+  std::string from_hash;                 // its tokenizer's hash
   // --init-from alone: the whole model continues; with --init-decoder too,
   // only its encoder (and CTC head), the decoder from that GPT or random.
   const bool encoder_only = !opt.init_from.empty() && !opt.init_decoder.empty();
   if (!opt.init_from.empty()) {
-    std::string hash;
+    std::string& hash = from_hash;
     from_cfg = speech_checkpoint_config(opt.init_from, &init_from_dir, &hash);
-    check_decoder_tokenizer(init_from_dir, hash, tok, opt.tokenizer_path);
+    // The checkpoint's tokenizer, or one that extends it with new languages (add-language).
+    grow_from_vocab = hash != tok.hash() ? tok.vocab_size_of(hash) : 0;
+    if (grow_from_vocab == 0) check_decoder_tokenizer(init_from_dir, hash, tok, opt.tokenizer_path);
+    CHORUS_CHECK(grow_from_vocab == 0 || grow_from_vocab == from_cfg.decoder.vocab_size,
+                 "init-from: %s's decoder has %d tokens but its tokenizer (an ancestor of --tokenizer '%s') had %d",
+                 init_from_dir.c_str(), from_cfg.decoder.vocab_size, opt.tokenizer_path.c_str(), grow_from_vocab);
     if (!(from_cfg.encoder == opt.encoder))
       log_info("init-from: the encoder shape comes from %s (L%d d%d h%d, %d mels, up to %d frames, subsample %d); "
                "the [encoder] options are not used",
@@ -448,6 +504,13 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
                from_cfg.encoder.n_mels, from_cfg.encoder.max_frames, from_cfg.encoder.subsample);
     opt.encoder = from_cfg.encoder;
     cfg = from_cfg;
+    if (grow_from_vocab > 0) {
+      cfg.decoder.vocab_size = tok.vocab_size();
+      log_info("init-from: %s was trained with tokenizer %.12s (%d tokens); --tokenizer '%s' extends it to %d "
+               "tokens: the decoder's embedding grows by %d rows",
+               init_from_dir.c_str(), hash.c_str(), grow_from_vocab, opt.tokenizer_path.c_str(), tok.vocab_size(),
+               tok.vocab_size() - grow_from_vocab);
+    }
     if (opt.prior.enabled) cfg.prior = opt.prior;  // no parameters: a model may gain it when it continues
   } else {
     cfg.encoder = opt.encoder;
@@ -487,13 +550,16 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
     // first encoder_params() of both flat buffers, laid out by the same config.
     models::SpeechSeq2Seq source(from_cfg, 1, from_cfg.encoder.max_frames, from_cfg.decoder.context, &grid.tp(),
                                  Precision::fp32);
-    load_speech_weights(grid, init_from_dir, source, tok.hash());
+    load_speech_weights(grid, init_from_dir, source, from_hash);
     CHORUS_CHECK(source.encoder_params() == task.model().encoder_params(), "init-from: encoder sizes differ");
     std::copy_n(source.params().data(), source.encoder_params(), task.model().params().data());
     log_info("init-from: encoder and CTC head from %s; decoder %s", init_from_dir.c_str(),
              pretrained ? ("from " + opt.init_decoder).c_str() : "from random weights");
   } else if (!init_from_dir.empty()) {
-    load_speech_weights(grid, init_from_dir, task.model(), tok.hash());
+    if (grow_from_vocab > 0)
+      load_speech_weights_grown(grid, init_from_dir, task.model(), tok, grow_from_vocab);
+    else
+      load_speech_weights(grid, init_from_dir, task.model(), tok.hash());
     log_info("init-from: encoder, decoder and CTC head from %s", init_from_dir.c_str());
   }
   if (pretrained && !weights.empty())

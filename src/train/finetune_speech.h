@@ -18,6 +18,7 @@
 #include <string>
 
 #include "audio/spec_augment.h"
+#include "data/tokenizer.h"
 #include "models/speech/seq2seq.h"
 #include "train/loop.h"
 
@@ -77,6 +78,15 @@ DecoderSource decoder_source(const FinetuneSpeechOptions& o, int vocab_if_random
 // layout). Refuses another tokenizer or model shape.
 void load_speech_weights(dist::ParallelGrid& grid, const std::string& dir, models::SpeechSeq2Seq& model,
                          const std::string& tokenizer_hash);
+
+// Loads the weights of the speech checkpoint `dir`, trained with a tokenizer
+// of old_vocab tokens that `tok` extends (Tokenizer::with_language), into
+// model (built with tok's vocabulary): every tensor as saved, except the
+// decoder's embedding, whose rows of the new tokens start at the mean of the
+// old language tokens' rows (so a new language token starts as "a language").
+// Collective over the grid; any saved layout.
+void load_speech_weights_grown(dist::ParallelGrid& grid, const std::string& dir, models::SpeechSeq2Seq& model,
+                               const data::Tokenizer& tok, int old_vocab);
 
 // The config of the speech checkpoint at path (run directory or checkpoint),
 // its directory in dir_out; refuses a checkpoint that is not a speech model.

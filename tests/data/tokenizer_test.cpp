@@ -469,6 +469,42 @@ TEST_F(TokenizerFiles, SaveLoadRoundTrip) {
   EXPECT_EQ(Tokenizer::load(p).hash(), small_tokenizer().hash());
 }
 
+// add-language: a new <|xx|> token after every old id (the old ids and the
+// encoding unchanged), its own hash, the old tokenizers recorded as ancestors
+// and verified on load.
+TEST_F(TokenizerFiles, WithLanguageAppendsATokenAndRecordsItsAncestors) {
+  const Tokenizer& tok = real_tokenizer();
+  const Tokenizer one = tok.with_language("af");
+  const Tokenizer two = one.with_language("zu");
+  EXPECT_EQ(one.vocab_size(), tok.vocab_size() + 1);
+  EXPECT_EQ(one.special("<|af|>"), static_cast<uint32_t>(tok.vocab_size()));
+  EXPECT_EQ(two.special("<|zu|>"), static_cast<uint32_t>(tok.vocab_size() + 1));
+  for (const auto& sp : tok.specials()) EXPECT_EQ(two.special(sp), tok.special(sp)) << sp;
+  for (const auto& s : script_samples()) EXPECT_EQ(two.encode(s), tok.encode(s));
+  EXPECT_NE(one.hash(), tok.hash());
+  EXPECT_NE(two.hash(), one.hash());
+  EXPECT_EQ(two.languages().back(), "zu");
+  ASSERT_EQ(two.ancestors().size(), 2u);
+  EXPECT_EQ(two.vocab_size_of(tok.hash()), tok.vocab_size());
+  EXPECT_EQ(two.vocab_size_of(one.hash()), one.vocab_size());
+  EXPECT_EQ(two.vocab_size_of(two.hash()), two.vocab_size());
+  EXPECT_EQ(tok.vocab_size_of(one.hash()), 0) << "an ancestor does not know its descendants";
+  const std::string p = path("two.json");
+  two.save(p);
+  const Tokenizer back = Tokenizer::load(p);
+  EXPECT_EQ(back.hash(), two.hash());
+  ASSERT_EQ(back.ancestors().size(), 2u);
+  EXPECT_EQ(back.ancestors()[0].hash, tok.hash());
+  EXPECT_EQ(back.ancestors()[1].vocab_size, one.vocab_size());
+  EXPECT_THROW(tok.with_language(tok.languages().front()), chorus::Error);
+  EXPECT_THROW(tok.with_language("Xx1"), chorus::Error);
+  // A forged ancestor is refused by name.
+  nlohmann::json j = nlohmann::json::parse(read_all(p));
+  j["extends"][0]["hash"] = std::string(64, 'a');
+  write_all(path("forged.json"), j.dump(1));
+  expect_load_error(path("forged.json"), {"extends[0]"});
+}
+
 TEST_F(TokenizerFiles, LoadRejectsEditedMerge) {
   // A merge that references an id not yet defined.
   expect_corrupt("undefined.json", [](nlohmann::json& j) { j["merges"][0] = {100000, 1}; }, {"merges[0]"});

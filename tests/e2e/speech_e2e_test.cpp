@@ -242,6 +242,73 @@ TEST_F(SpeechE2E, InitFromASpeechModelStartsFromItsWeights) {
   EXPECT_NE(random.out.find("decoder from random weights"), std::string::npos) << random.out;
 }
 
+// A language the tokenizer lacks (add-language): a model trained with the old
+// tokenizer continues on the new one with its decoder's embedding grown. With
+// nothing trained, every old tensor is the source's and the old languages
+// transcribe exactly as before; TP 2 loads the same grown model; then it
+// trains on clips of the new language (English audio relabelled 'af').
+TEST_F(SpeechE2E, InitFromGrowsTheVocabularyForANewLanguage) {
+  const std::string d = dir_.string();
+  ASSERT_EQ(finetune("grow_src", "--init-decoder " + d + "/gpt --batch 4 --eval-clips 0 --steps 3").code, 0);
+  Result add = chorus::testing::chorus("add-language --tokenizer " + d + "/tok.json --lang af --out " + d +
+                                       "/tok-af.json");
+  ASSERT_EQ(add.code, 0) << add.out;
+  ASSERT_EQ(sh("awk -F '\t' 'BEGIN{OFS=\"\t\"} $2 == \"en\" {$2 = \"af\"; $1 = \"" + d + "/corpus/\" $1; print}' " +
+               d + "/corpus/train.tsv > " + d + "/af.tsv").code, 0);
+  for (const char* split : {"train", "val"}) {
+    Result p = chorus::testing::chorus("prepare-speech --quiet --manifest " + d + "/af.tsv --tokenizer " + d +
+                                       "/tok-af.json --out " + d + "/speech-af --split " + split);
+    ASSERT_EQ(p.code, 0) << p.out;
+  }
+  const std::string grow = "--tokenizer " + d + "/tok-af.json --data " + d + "/speech-af --init-from " + d +
+                           "/grow_src --batch 4 --eval-clips 0 --steps 1 --ctc-only-steps 1 --new-lr-scale 0 ";
+  const auto run = [&](const std::string& name, const std::string& flags, int np = 1) {
+    const std::string cmd = (np > 1 ? mpirun(np) : std::string()) + CHORUS_BINARY + " finetune-speech --run-dir " +
+                            d + "/" + name + " --max-tokens 64 --warmup 1 --quiet --threads 1 " + flags;
+    return sh(cmd);
+  };
+  Result one = run("grow_one", grow);
+  ASSERT_EQ(one.code, 0) << one.out;
+  EXPECT_NE(one.out.find("the decoder's embedding grows by 1 rows"), std::string::npos) << one.out;
+  Result tp = run("grow_tp2", grow + "--tp 2", 2);
+  ASSERT_EQ(tp.code, 0) << tp.out;
+  const auto hash = [&](const std::string& run_name, const std::string& prefix) {
+    const Result h = chorus::testing::chorus("checkpoint hash " + d + "/" + run_name +
+                                             (prefix.empty() ? "" : " --prefix " + prefix));
+    EXPECT_EQ(h.code, 0) << h.out;
+    return h.out.substr(0, 64);
+  };
+  EXPECT_EQ(hash("grow_one", ""), hash("grow_tp2", "")) << "TP 2 grew another model";
+  EXPECT_EQ(hash("grow_one", "encoder."), hash("grow_src", "encoder."));
+  EXPECT_EQ(hash("grow_one", "decoder.h."), hash("grow_src", "decoder.h."));
+  EXPECT_NE(hash("grow_one", "decoder.wte."), hash("grow_src", "decoder.wte.")) << "the embedding did not grow";
+  // The old languages: their val loss (on shards of the old tokenizer, which the
+  // new one reads) is the source model's, but for the one new row in the softmax.
+  const std::string still = "--data " + d + "/speech --init-from " + d + "/grow_src --batch 4 --eval-clips 0 "
+                            "--steps 1 --ctc-only-steps 1 --new-lr-scale 0 --eval-every 1 ";
+  ASSERT_EQ(run("grow_src_val", still + "--tokenizer " + d + "/tok.json").code, 0);
+  Result v = run("grow_val", still + "--tokenizer " + d + "/tok-af.json");
+  ASSERT_EQ(v.code, 0) << v.out;
+  const double att_src = metric(d + "/grow_src_val", "val_att_loss").back();
+  const double att_grown = metric(d + "/grow_val", "val_att_loss").back();
+  EXPECT_NEAR(att_grown, att_src, 1e-3 * att_src) << "the old tokens' rows or the blocks changed";
+  // Training on the new language, and transcribing it.
+  Result train = run("grow_train", "--tokenizer " + d + "/tok-af.json --data " + d + "/speech-af --init-from " + d +
+                                       "/grow_src --batch 4 --eval-clips 4 --steps 4 --eval-every 4");
+  ASSERT_EQ(train.code, 0) << train.out;
+  Result t = chorus::testing::chorus("transcribe --checkpoint " + d + "/grow_train --manifest " + d +
+                                     "/af.tsv --lang af");
+  EXPECT_EQ(t.code, 0) << t.out;
+  // A tokenizer that does not extend the model's is refused, naming it.
+  ASSERT_EQ(chorus::testing::chorus("train-tokenizer --quiet --input " + d + "/text --vocab 400 --out " + d +
+                                    "/tok-other.json").code,
+            0);
+  Result bad = run("grow_bad", "--tokenizer " + d + "/tok-other.json --data " + d + "/speech-af --init-from " + d +
+                                   "/grow_src --steps 1");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("tok-other.json"), std::string::npos) << bad.out;
+}
+
 TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
   const std::string d = dir_.string();
   const std::string common = "--init-decoder " + d + "/gpt --batch 4 --no-spec-augment --eval-clips 0 --steps 6 "
