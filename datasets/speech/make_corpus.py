@@ -153,7 +153,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--langs", default=",".join(sentences.SPEECH_LANGS),
+    ap.add_argument("--langs", default=",".join(sentences.DEFAULT_SPEECH_LANGS),
                     help="comma-separated ISO 639-1 codes (default: %(default)s)")
     ap.add_argument("--train", type=int, default=100, help="train clips per language (default 100)")
     ap.add_argument("--val", type=int, default=10, help="val clips per language (default 10)")

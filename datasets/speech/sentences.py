@@ -45,9 +45,16 @@ VOICES = {
     "pt": ("pt",),  # European Portuguese, matching the 19th-century texts
     "ru": ("ru",),
     "zh": ("cmn-latn-pinyin",),  # reads hanzi as Mandarin with tones (see README)
+    # Languages the quickstart and recipes do not train on: the cross-lingual
+    # transfer experiment (launch/experiments/transfer) adapts to them, with
+    # sentences from datasets/text-extra.
+    "pl": ("pl",),
+    "cs": ("cs",),
 }
 SPEECH_LANGS = tuple(VOICES)
+DEFAULT_SPEECH_LANGS = ("en", "de", "fr", "es", "it", "pt", "ru", "zh")  # make_corpus.py's default
 LARGE_LANGS = ("en", "de", "fr", "es", "it", "pt", "ru")  # datasets/text-large
+EXTRA_LANGS = ("pl", "cs")  # datasets/text-extra: sentences for the transfer experiment
 UNSEGMENTED = frozenset({"zh"})  # written without spaces between words
 
 # Fractions of the hash range: [0, TEST) -> test, [TEST, TEST + VAL) -> val.
@@ -68,6 +75,8 @@ ALPHABETS = {
     "it": frozenset(_LATIN + "àèéìíîòóùú"),
     "pt": frozenset(_LATIN + "áâãàçéêíóôõúü"),
     "ru": frozenset("абвгдеёжзийклмнопрстуфхцчшщъыьэюя"),
+    "pl": frozenset(_LATIN + "ąćęłńóśźż"),
+    "cs": frozenset(_LATIN + "áčďéěíňóřšťúůýž"),
 }
 
 # Punctuation a speakable sentence may contain (anything else, e.g. brackets,
@@ -84,6 +93,8 @@ ABBREVIATIONS = {
     "it": {"sig", "sigg", "sigra", "dott", "prof", "s", "ecc", "avv", "ing"},
     "pt": {"sr", "sra", "srs", "d", "dr", "exa", "exmo", "v", "s"},
     "ru": {"т", "г", "гг", "ул", "им", "см", "тов", "proc"},
+    "pl": {"np", "itd", "itp", "tzw", "dr", "prof", "św", "ul", "im", "r", "ok"},
+    "cs": {"tj", "tzv", "např", "atd", "apod", "dr", "prof", "sv", "ing", "mudr", "st"},
 }
 
 _SENT_END_ALPHA = re.compile(r"[.!?…]+[\"'”’»›]*(?=\s)")
@@ -121,6 +132,9 @@ def source_files(root: str, lang: str, large: bool) -> list[str]:
     files = [os.path.join(root, "text", lang + ".txt")]
     if large and lang in LARGE_LANGS:
         files.append(os.path.join(root, "text-large", lang + ".txt.xz"))
+    extra = os.path.join(root, "text-extra", lang + ".txt.xz")  # the transfer languages' sentences
+    if lang in EXTRA_LANGS:
+        files.append(extra)
     return files
 
 
