@@ -3,7 +3,8 @@
 # (../shared/bench/peers/torch_whisper_bench.py, or PEER=path) at the same
 # shapes, threads and decoding (batch 1, greedy, a fixed number of tokens),
 # on one 10 s clip, random weights. Prints both real-time factors (compute
-# seconds / audio seconds; lower is faster) and their ratio.
+# seconds / audio seconds; lower is faster) and their ratio, and ours again with
+# the decoder on int8 weights (--int8: per-output-channel weight-only int8).
 #   THREADS (2), TOKENS (64), ROUNDS (3), D (384), HEADS (6), ENC_LAYERS (4),
 #   DEC_LAYERS (4), VOCAB (51865: Whisper's, so both LM heads are the same size; the
 #   tokenizer is then trained on datasets/text-large), PEER_VOCAB (51865: the peer's
@@ -40,18 +41,24 @@ done
   --dec-n-head "$heads" --dec-context 448 --batch 1 --steps 1 --eval-clips 0 --quiet --threads "$threads" >/dev/null
 echo "== $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(grep -o -w -E 'amx_bf16|avx512_bf16|avx512_vnni' /proc/cpuinfo | sort -u | xargs)"
 echo "== shapes: d $d, $heads heads, encoder $enc x, decoder $dec x, vocab $vocab (peer $peer_vocab); 10 s clip; greedy, $tokens tokens; $threads threads"
-ours=(); theirs=()
-for r in $(seq "$rounds"); do
+ours=(); ours8=(); theirs=()
+rtf() {  # rtf [extra transcribe flags]: our real-time factor on the clip
   # attention alone (--ctc-weight 0): the peer has no CTC head
-  o=$("$chorus" transcribe --checkpoint "$work/run" --threads "$threads" --batch 1 --lang en --ctc-weight 0 \
-        --min-new-tokens "$tokens" --max-new-tokens "$tokens" "$work/clip.wav" 2>&1 | sed -n 's/.*real-time factor \([0-9.]*\).*/\1/p')
-  ours+=("$o")
+  "$chorus" transcribe --checkpoint "$work/run" --threads "$threads" --batch 1 --lang en --ctc-weight 0 \
+    --min-new-tokens "$tokens" --max-new-tokens "$tokens" "$@" "$work/clip.wav" 2>&1 |
+    sed -n 's/.*real-time factor \([0-9.]*\).*/\1/p'
+}
+for r in $(seq "$rounds"); do
+  o=$(rtf); ours+=("$o")
+  o8=$(rtf --int8); ours8+=("$o8")
   t=$(OMP_WAIT_POLICY=passive /usr/bin/python3 "$peer" --what infer --seconds 10 --gen_tokens "$tokens" \
         --threads "$threads" --d "$d" --heads "$heads" --enc_layers "$enc" --dec_layers "$dec" --vocab "$peer_vocab" --json \
         2>/dev/null | sed -n 's/^JSON //p' | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["rtf"])')
   theirs+=("$t")
-  echo "round $r: chorus RTF $o   pytorch RTF $t"
+  echo "round $r: chorus RTF $o   chorus int8 RTF $o8   pytorch RTF $t"
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-mo=$(median "${ours[@]}"); mt=$(median "${theirs[@]}")
+mo=$(median "${ours[@]}"); m8=$(median "${ours8[@]}"); mt=$(median "${theirs[@]}")
 echo "median: chorus RTF $mo, pytorch RTF $mt: chorus is $(awk -v a="$mo" -v b="$mt" 'BEGIN {printf "%.2f", b / a}')x faster"
+echo "median: chorus int8 RTF $m8: $(awk -v a="$m8" -v b="$mo" 'BEGIN {printf "%.2f", b / a}')x chorus fp32," \
+  "$(awk -v a="$m8" -v b="$mt" 'BEGIN {printf "%.2f", b / a}')x pytorch"

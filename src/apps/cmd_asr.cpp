@@ -174,7 +174,8 @@ struct LoadedRecognizer {
   std::string dir;
 };
 
-LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok_override, int max_batch) {
+LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok_override, int max_batch,
+                                 bool int8) {
   LoadedRecognizer r;
   r.dir = checkpoint::resolve_checkpoint_dir(path);
   const auto m = checkpoint::read_manifest((fs::path(r.dir) / "manifest.json").string());
@@ -193,6 +194,7 @@ LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok
                                                     nullptr, Precision::fp32);
   dist::ParallelGrid grid = dist::ParallelGrid::single();
   train::load_speech_weights(grid, r.dir, *r.model, r.tok.hash());
+  if (int8) r.model->decoder().set_decode_int8(true);
   return r;
 }
 
@@ -204,7 +206,7 @@ struct Clip {
 // Decodes clips in batches; returns transcripts in order and the decoding time.
 std::vector<train::Transcript> run_clips(LoadedRecognizer& rec, const std::vector<Clip>& clips,
                                          const train::DecodeOptions& dopt, int batch, double* seconds_out,
-                                         std::vector<double>* durations) {
+                                         std::vector<double>* durations, train::DecodeTiming* timing) {
   audio::LogMel mel;
   const auto& ecfg = rec.model->config().encoder;
   std::vector<train::Transcript> out;
@@ -221,7 +223,7 @@ std::vector<train::Transcript> run_clips(LoadedRecognizer& rec, const std::vecto
       items[i - at].lang = dopt.lang.empty() ? rec.tok.languages().front() : dopt.lang;
     }
     train::build_batch(items, rec.tok, ecfg.n_mels, 8, b);
-    auto t = train::transcribe_batch(*rec.model, rec.tok, b, dopt);
+    auto t = train::transcribe_batch(*rec.model, rec.tok, b, dopt, {}, timing);
     out.insert(out.end(), t.begin(), t.end());
   }
   *seconds_out = timer.seconds();
@@ -243,6 +245,9 @@ void add_decode_flags(OptionSet& o) {
   o.add<std::string>("model", "checkpoint", "", "a finetune-speech run / save directory (its latest checkpoint) or a "
                                                 "checkpoint directory");
   o.add<std::string>("model", "tokenizer", "", "tokenizer JSON (default: the one the checkpoint records)");
+  o.add_switch("model", "int8",
+               "decode on weight-only int8 copies of the decoder's matrices (per output channel; a quarter of the "
+               "bytes per token); the encoder and the cross-attention keys/values stay fp32");
   o.add<std::string>("decode", "lang", "", "language code of the audio (default: detect it per clip from the "
                                             "language-token distribution)");
   o.add<int>("decode", "beam", 1, "beam width (1 = greedy)");
@@ -298,10 +303,11 @@ int cmd_transcribe(int argc, char** argv, dist::Runtime& rt) {
     }
   CHORUS_CHECK(!clips.empty(), "wav: give WAV files (positional) or --manifest TSV");
   auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
-                             vm["batch"].as<int>());
+                             vm["batch"].as<int>(), vm["int8"].as<bool>());
   double secs = 0;
   std::vector<double> dur;
-  const auto t = run_clips(rec, clips, dopt, vm["batch"].as<int>(), &secs, &dur);
+  train::DecodeTiming timing;
+  const auto t = run_clips(rec, clips, dopt, vm["batch"].as<int>(), &secs, &dur, &timing);
   for (size_t i = 0; i < clips.size(); ++i) {
     if (vm["json"].as<bool>()) {
       nlohmann::json j = {{"path", clips[i].path}, {"lang", t[i].lang}, {"text", t[i].text},
@@ -314,8 +320,10 @@ int cmd_transcribe(int argc, char** argv, dist::Runtime& rt) {
   }
   double audio_s = 0;
   for (double x : dur) audio_s += x;
-  log_info("transcribed %zu files (%.1f s of audio) in %.2f s: real-time factor %.3f", clips.size(), audio_s, secs,
-           secs / std::max(audio_s, 1e-9));
+  log_info("transcribed %zu files (%.1f s of audio) in %.2f s: real-time factor %.3f (encoder %.2f s, decoder %.2f s, "
+           "%s weights)",
+           clips.size(), audio_s, secs, secs / std::max(audio_s, 1e-9), timing.encoder_s, timing.decoder_s,
+           rec.model->decoder().decode_int8() ? "int8" : "fp32");
   return 0;
 }
 
@@ -343,12 +351,13 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   const auto clips = read_manifest_clips(vm["manifest"].as<std::string>());
   CHORUS_CHECK(!clips.empty(), "manifest '%s': no clips", vm["manifest"].as<std::string>().c_str());
   auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
-                             vm["batch"].as<int>());
+                             vm["batch"].as<int>(), vm["int8"].as<bool>());
   eval::ErrorRates rates;
   std::map<std::string, std::pair<double, double>> rtf;  // lang -> (decode s, audio s)
   nlohmann::json rows = nlohmann::json::array();
   // Decode language by language (the prompt is per batch unless detected).
   std::map<std::string, std::vector<size_t>> by_lang;
+  train::DecodeTiming timing;
   for (size_t i = 0; i < clips.size(); ++i) by_lang[clips[i].lang].push_back(i);
   for (const auto& [lang, idx] : by_lang) {
     std::vector<Clip> sub;
@@ -357,7 +366,7 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
     if (!vm["detect-lang"].as<bool>() && d.lang.empty()) d.lang = lang;
     double secs = 0;
     std::vector<double> dur;
-    const auto t = run_clips(rec, sub, d, vm["batch"].as<int>(), &secs, &dur);
+    const auto t = run_clips(rec, sub, d, vm["batch"].as<int>(), &secs, &dur, &timing);
     double audio_s = 0;
     for (double x : dur) audio_s += x;
     rtf[lang] = {secs, audio_s};
@@ -376,13 +385,20 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   }
   j["rtf"]["overall"] = ts / std::max(as, 1e-9);
   j["checkpoint"] = rec.dir;
+  j["decode"] = {{"beam", dopt.beam},
+                 {"ctc_weight", dopt.ctc_weight},
+                 {"weights", vm["int8"].as<bool>() ? "int8" : "fp32"},
+                 {"encoder_s", timing.encoder_s},
+                 {"decoder_s", timing.decoder_s}};
   if (vm["json"].as<bool>())
     std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   else {
     std::string per_lang;
     for (const auto& [lang, v] : rtf) per_lang += strfmt(" %s %.3f", lang.c_str(), v.first / std::max(v.second, 1e-9));
-    std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d); per language:%s\n",
-                rates.table().c_str(), ts / std::max(as, 1e-9), as, ts, dopt.beam, per_lang.c_str());
+    std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d; encoder %.1f s, decoder %.1f s, "
+                "%s weights); per language:%s\n",
+                rates.table().c_str(), ts / std::max(as, 1e-9), as, ts, dopt.beam, timing.encoder_s, timing.decoder_s,
+                vm["int8"].as<bool>() ? "int8" : "fp32", per_lang.c_str());
   }
   if (!vm["out"].as<std::string>().empty()) {
     nlohmann::json full = j;

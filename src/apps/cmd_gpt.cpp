@@ -18,6 +18,7 @@
 #include "checkpoint/weights.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/timer.h"
 #include "data/tokenizer.h"
 #include "train/generate.h"
 #include "train/pretrain.h"
@@ -110,6 +111,9 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   o.add<std::string>("model", "run-dir", "", "a pretrain run directory (uses its model.h5 and tokenizer)");
   o.add<std::string>("model", "weights", "", "weights file (default: <run-dir>/model.h5)");
   o.add<std::string>("model", "tokenizer", "", "tokenizer JSON (default: the one recorded in <run-dir>/config.json)");
+  o.add_switch("model", "int8",
+               "decode on weight-only int8 copies of the weight matrices and the LM head (per output channel; a "
+               "quarter of the bytes per token)");
   o.add<std::string>("sampling", "prompt", "", "text to continue (empty: start from <|endoftext|>)");
   o.add<int>("sampling", "max-new-tokens", 200, "tokens to generate at most");
   o.add<float>("sampling", "temperature", 0.8f, "0.8", "softmax temperature (0 = greedy)");
@@ -153,6 +157,7 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
                     "the model size (it is the weights file's)");
   models::Gpt model(header.config, 1, header.config.context, nullptr);
   checkpoint::load_weights(weights, model, tok.hash());
+  if (vm["int8"].as<bool>()) model.set_decode_int8(true);
 
   train::GenerateOptions g;
   g.max_new_tokens = vm["max-new-tokens"].as<int>();
@@ -165,12 +170,19 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   const std::string prompt = vm["prompt"].as<std::string>();
   std::vector<uint32_t> ids = prompt.empty() ? std::vector<uint32_t>{tok.eot()} : tok.encode(prompt);
   std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+  Timer timer;
+  size_t n_new = 0;
   train::generate(model, ids, g, tok.eot(), [&](uint32_t id) {
     const std::string& b = tok.token_bytes(id);
     std::fwrite(b.data(), 1, b.size(), stdout);
     std::fflush(stdout);
+    ++n_new;
   });
   std::fputc('\n', stdout);
+  const double secs = timer.seconds();
+  // On stderr: stdout is the text alone, for pipes.
+  std::fprintf(stderr, "generated %zu tokens in %.2f s: %.1f tokens/s (%s weights, prompt %zu tokens)\n", n_new, secs,
+               double(n_new) / std::max(secs, 1e-9), model.decode_int8() ? "int8" : "fp32", ids.size());
   return 0;
 }
 

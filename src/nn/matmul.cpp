@@ -2,7 +2,10 @@
 // overwrites activation gradients (see matmul.h).
 #include "nn/matmul.h"
 
+#include <algorithm>
+
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/gemv.h"
 #include "backend/cpu/ops.h"
 #include "nn/typed.h"
 
@@ -58,5 +61,26 @@ CHORUS_INSTANTIATE(float)
 CHORUS_INSTANTIATE(bf16)
 CHORUS_INSTANTIATE(fp16)
 #undef CHORUS_INSTANTIATE
+
+Int8Weight quantize_int8(const float* W, int rows, int cols) {
+  Int8Weight w;
+  w.rows = rows;
+  w.cols = cols;
+  w.q.resize(static_cast<size_t>(rows) * cols);
+  w.scale.resize(rows);
+  cpu::quantize_rows_int8(W, rows, cols, static_cast<size_t>(cols), w.q.data(), w.scale.data());
+  return w;
+}
+
+void matmul_forward_int8(float* out, const float* inp, const Int8Weight& w, const float* bias, int N,
+                         const float* residual) {
+  const int OC = w.rows, C = w.cols;
+  float beta = 0.0f;
+  if (bias != nullptr || residual != nullptr) {
+    cpu::add_row_broadcast<float>(out, residual, bias, N, OC);
+    beta = 1.0f;
+  }
+  cpu::gemm_rows_int8(N, inp, C, w.q.data(), w.scale.data(), OC, C, out, OC, beta);
+}
 
 }  // namespace chorus::nn

@@ -14,6 +14,9 @@
 
 #include "nn/typed.h"
 
+#include <cstdint>
+#include <vector>
+
 namespace chorus::nn {
 
 // out (N, OC) = inp (N, C) @ weight^T + bias + residual.
@@ -44,5 +47,25 @@ void matmul_backward(Same<T>* dinp, float* dweight, float* dbias, const T* dout,
 template <typename T>
 void matmul_backward_f32(float* dinp_acc, float* dweight, float* dbias, const T* dout, const T* inp,
                          const T* weight, int N, int C, int OC);
+
+// Weight-only int8 for inference (issue 10; backend/cpu/gemv.h): W (OC, C) ~=
+// scale[o] * q[o, :], symmetric per output channel, |W - dequant| <= scale / 2.
+// Decoding a token reads every weight once (memory-bound); codes are a quarter
+// of fp32's bytes. Re-quantising a dequantised matrix gives the same codes
+// (max |q| per row is 127) and the scales up to one rounding.
+struct Int8Weight {
+  std::vector<int8_t> q;     // (rows, cols) row-major
+  std::vector<float> scale;  // (rows)
+  int rows = 0, cols = 0;
+  bool empty() const { return rows == 0; }
+};
+Int8Weight quantize_int8(const float* W, int rows, int cols);
+
+// out (N, OC) = inp (N, C) @ dequant(w)^T + bias + residual in fp32, OC =
+// w.rows, C = w.cols; bias and residual may be nullptr; out may alias
+// residual, not inp. One backend::cpu::gemm_rows_int8: every code row is read
+// and widened once for all N rows (a batch of beams decodes together).
+void matmul_forward_int8(float* out, const float* inp, const Int8Weight& w, const float* bias, int N,
+                         const float* residual = nullptr);
 
 }  // namespace chorus::nn

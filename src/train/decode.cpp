@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/timer.h"
 #include "nn/ctc.h"
 #include "train/speech_batch.h"
 
@@ -53,8 +54,9 @@ struct Beam {
 
 std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const data::Tokenizer& tok,
                                          const models::SpeechBatch& b, const DecodeOptions& opt,
-                                         const std::vector<std::string>& languages_in) {
+                                         const std::vector<std::string>& languages_in, DecodeTiming* timing) {
   CHORUS_CHECK(opt.beam >= 1, "beam: must be >= 1, got %d", opt.beam);
+  Timer timer;
   models::SpeechEncoder& enc = model.encoder();
   models::Gpt& dec = model.decoder();
   const int B = b.B, K = opt.beam, V = model.config().decoder.vocab_size, Vp = model.config().decoder.padded_vocab();
@@ -86,6 +88,7 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
       enc.ctc_log_probs(i, ctc_lp[i].data());
     }
   }
+  const double encoder_s = timer.seconds();
   const int R = B * K;
   dec.reset_cache(R);
   dec.set_decode_memory(mem_k.data(), len_k.data(), S);
@@ -266,6 +269,10 @@ std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const dat
       }
     }
     t.text = tok.decode(t.tokens);
+  }
+  if (timing != nullptr) {
+    timing->encoder_s += encoder_s;
+    timing->decoder_s += timer.seconds() - encoder_s;
   }
   return out;
 }

@@ -35,12 +35,21 @@ struct Transcript {
   bool loop_stopped = false; // the repetition guard ended it
 };
 
+// Where decoding's time goes (added to by transcribe_batch): the encoder
+// (log-mel in, memory and CTC log-probabilities out) and the autoregressive
+// decoder (every decode step, beam bookkeeping and CTC prefix scoring).
+struct DecodeTiming {
+  double encoder_s = 0.0;
+  double decoder_s = 0.0;
+};
+
 // Transcribes a batch (b.feats / n_frames; tokens unused). languages: the
 // codes detection may choose from ("" entries ignored; empty = every
-// language of the tokenizer).
+// language of the tokenizer). timing (nullable) accumulates the split.
 std::vector<Transcript> transcribe_batch(models::SpeechSeq2Seq& model, const data::Tokenizer& tok,
                                          const models::SpeechBatch& b, const DecodeOptions& opt,
-                                         const std::vector<std::string>& languages = {});
+                                         const std::vector<std::string>& languages = {},
+                                         DecodeTiming* timing = nullptr);
 
 // The CTC head's greedy (best path) transcripts of a batch, bytes as decoded
 // (a diagnostic of the encoder alone: no decoder is run).

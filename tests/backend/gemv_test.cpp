@@ -100,6 +100,53 @@ TEST(Int8, GemvEqualsTheDequantisedProductOnEveryPath) {
   set_gemv_path(nullptr);
 }
 
+// gemm_rows_int8 (a beam of M vectors through one read of the codes, each row
+// widened once) equals gemv_int8 on each vector on the same path (the same
+// products; the compiler may contract the portable loops differently, so to
+// 1e-6 of the sum of |terms|), with row strides and beta; the padding between
+// rows of X and Y is neither read nor written.
+TEST(Int8, GemmRowsEqualsGemvOfEachRowOnEveryPath) {
+  for (const char* path : {"portable", "avx2", "avx512"}) {
+    if (!set_gemv_path(path)) continue;
+    SCOPED_TRACE(path);
+    for (int M : {1, 3, 8}) {
+      for (int cols : {5, 64, 100}) {
+        const int rows = 37;
+        const size_t ldx = cols + 3, ldy = rows + 2;
+        const auto W = weights(rows, cols, cols, 11 + cols);
+        std::vector<int8_t> q(rows * cols);
+        std::vector<float> s(rows);
+        quantize_rows_int8(W.data(), rows, cols, cols, q.data(), s.data());
+        std::mt19937 g(M * 100 + cols);
+        std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+        std::vector<float> X(M * ldx, std::numeric_limits<float>::quiet_NaN());
+        for (int m = 0; m < M; ++m)
+          for (int c = 0; c < cols; ++c) X[m * ldx + c] = u(g);
+        for (float beta : {0.0f, 1.0f}) {
+          std::vector<float> Y(M * ldy, -7.0f);
+          if (beta == 0.0f)
+            for (int m = 0; m < M; ++m)
+              for (int r = 0; r < rows; ++r) Y[m * ldy + r] = std::numeric_limits<float>::quiet_NaN();
+          const std::vector<float> Y0 = Y;
+          gemm_rows_int8(M, X.data(), ldx, q.data(), s.data(), rows, cols, Y.data(), ldy, beta);
+          for (int m = 0; m < M; ++m) {
+            std::vector<float> y(Y0.begin() + m * ldy, Y0.begin() + m * ldy + rows);
+            gemv_int8(q.data(), s.data(), rows, cols, X.data() + m * ldx, y.data(), beta);
+            for (int r = 0; r < rows; ++r) {
+              double mag = (beta == 0.0f ? 0.0 : std::fabs(beta * Y0[m * ldy + r])) + 1e-30;
+              for (int c = 0; c < cols; ++c) mag += std::fabs(s[r] * q[r * cols + c] * X[m * ldx + c]);
+              ASSERT_NEAR(Y[m * ldy + r], y[r], 1e-6 * mag)
+                  << "M " << M << " cols " << cols << " beta " << beta << " m " << m << " r " << r;
+            }
+            for (size_t r = rows; r < ldy && m + 1 < M; ++r) ASSERT_EQ(Y[m * ldy + r], -7.0f) << "padding written";
+          }
+        }
+      }
+    }
+  }
+  set_gemv_path(nullptr);
+}
+
 TEST(Int8, NonFiniteWeightsAreRefusedNamingTheRow) {
   std::vector<float> W(2 * 4, 1.0f);
   W[6] = std::numeric_limits<float>::infinity();

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <sstream>
 #include <string>
 
 #include <unistd.h>
@@ -119,6 +120,39 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
   ASSERT_EQ(text.code, 0) << text.out;
   EXPECT_NE(text.out.find("; per language: de "), std::string::npos) << text.out;
   EXPECT_NE(text.out.find(" en "), std::string::npos) << text.out;
+
+  // Decoding on int8 copies of the decoder's matrices transcribes the test
+  // clips as the fp32 weights do. This 30-step model is nearly uniform over a
+  // few tokens (average log-prob ~ -3.4), so a near tie may flip: most
+  // transcripts must be identical, and an identical one must score the same to
+  // within quantisation noise (broken scales or a wrong matrix change both).
+  {
+    const std::string cmd = "transcribe --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json";
+    Result f32 = chorus::testing::chorus(cmd);
+    Result i8 = chorus::testing::chorus(cmd + " --int8");
+    ASSERT_EQ(f32.code, 0) << f32.out;
+    ASSERT_EQ(i8.code, 0) << i8.out;
+    const auto rows = [](const std::string& out) {
+      std::vector<nlohmann::json> v;
+      std::istringstream in(out);
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty() && line[0] == '{') v.push_back(nlohmann::json::parse(line));
+      return v;
+    };
+    const auto a = rows(f32.out), b = rows(i8.out);
+    ASSERT_FALSE(a.empty()) << f32.out;
+    ASSERT_EQ(a.size(), b.size()) << i8.out;
+    size_t same = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (a[i]["text"] != b[i]["text"]) continue;
+      ++same;
+      EXPECT_NEAR(a[i]["avg_logprob"].get<double>(), b[i]["avg_logprob"].get<double>(), 0.01) << i;
+    }
+    EXPECT_GE(same * 4, a.size() * 3) << "fp32:\n" << f32.out << "\nint8:\n" << i8.out;
+  }
+  Result e8 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json --int8");
+  ASSERT_EQ(e8.code, 0) << e8.out;
+  EXPECT_EQ(nlohmann::json::parse(e8.out.substr(e8.out.find('{')))["decode"]["weights"], "int8") << e8.out;
 }
 
 TEST_F(SpeechE2E, RefusesADecoderWithAnotherTokenizer) {

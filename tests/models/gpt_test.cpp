@@ -13,10 +13,12 @@
 
 #include "../nn/grad_check.h"
 #include "../nn/thread_group.h"
+#include "backend/cpu/gemv.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/strfmt.h"
 #include "dist/communicator.h"
+#include "nn/matmul.h"
 #include "nn/tp_shard.h"
 
 // Counting global operator new: a training step must not allocate.
@@ -392,6 +394,55 @@ TEST(Gpt, DecodeStepMatchesForwardLogits) {
   m.reset_cache(B);
   expect_error_mentions([&] { m.decode_step(tok.data(), 1); }, "cached");
   expect_error_mentions([&] { m.decode_step(tok.data(), c.context); }, "pos");
+}
+
+// Decoding on int8 weights (set_decode_int8) gives the logits of fp32
+// decoding with every quantised matrix (block matrices and wte, which is both
+// the LM head and the token embedding) replaced by its dequantised values, up
+// to summation order; off again, decoding is the fp32 model's exactly.
+TEST(Gpt, DecodeInt8EqualsDecodingTheDequantisedWeights) {
+  const GptConfig c = tiny_config();
+  const int B = 2, T = c.context, Vp = c.padded_vocab();
+  Gpt m(c, B, T), deq(c, B, T);
+  m.init_weights(3);
+  auto pm = m.params(), pd = deq.params();
+  std::copy(pm.begin(), pm.end(), pd.begin());
+  int n_quantised = 0;
+  for (const ParamSpec& spec : deq.param_table()) {
+    if (!spec.hidden_matrix && spec.name != "wte.weight") continue;
+    const int rows = static_cast<int>(spec.shape[0]), cols = static_cast<int>(spec.shape[1]);
+    const nn::Int8Weight w = nn::quantize_int8(pd.data() + spec.offset, rows, cols);
+    backend::cpu::dequantize_rows_int8(w.q.data(), w.scale.data(), rows, cols, pd.data() + spec.offset);
+    ++n_quantised;
+  }
+  EXPECT_EQ(n_quantised, 4 * c.n_layer + 1);
+  const auto tok = random_tokens(B * T, c.vocab_size, 5);
+  const auto decode = [&](Gpt& g) {
+    std::vector<float> out;
+    g.reset_cache(B);
+    for (int pos = 0; pos < T; ++pos) {
+      const int32_t step[2] = {tok[pos], tok[T + pos]};
+      const float* l = g.decode_step(step, pos);
+      out.insert(out.end(), l, l + static_cast<size_t>(B) * Vp);
+    }
+    return out;
+  };
+  const auto f32 = decode(m);
+  m.set_decode_int8(true);
+  EXPECT_TRUE(m.decode_int8());
+  const auto i8 = decode(m), want = decode(deq);
+  double max_quant_err = 0;
+  for (int b = 0; b < B; ++b)
+    for (int pos = 0; pos < T; ++pos)
+      for (int v = 0; v < c.vocab_size; ++v) {
+        const size_t k = (static_cast<size_t>(pos) * B + b) * Vp + v;
+        ASSERT_NEAR(i8[k], want[k], 1e-5 + 1e-4 * std::abs(want[k])) << "b " << b << " pos " << pos << " v " << v;
+        max_quant_err = std::max(max_quant_err, double(std::abs(i8[k] - f32[k])));
+      }
+  EXPECT_GT(max_quant_err, 0.0) << "int8 decoding returned the fp32 logits: nothing was quantised";
+  m.set_decode_int8(false);
+  EXPECT_FALSE(m.decode_int8());
+  EXPECT_EQ(decode(m), f32);
 }
 
 // ---- cross-check against PyTorch (tests/fixtures/make_gpt_reference.py) ----

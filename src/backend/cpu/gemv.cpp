@@ -13,6 +13,8 @@
 #include <atomic>
 #include <cmath>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "backend/cpu/gemm.h"
 #include "core/error.h"
@@ -110,16 +112,6 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const T* w, const float* x, i
   return acc;
 }
 
-template <class Dot>
-void gemv_rows(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta, Dot dot) {
-  CHORUS_CHECK(rows >= 0 && cols >= 0, "gemv_int8: bad shape rows %d cols %d", rows, cols);
-#pragma omp parallel for schedule(static) if (!omp_in_parallel() && static_cast<size_t>(rows) * cols > (1u << 16))
-  for (int r = 0; r < rows; ++r) {
-    const float v = scale[r] * dot(q + static_cast<size_t>(r) * cols, x, cols);
-    y[r] = beta == 0.0f ? v : beta * y[r] + v;
-  }
-}
-
 // The widest dot loop this CPU runs, chosen at run time (binaries move
 // between CPU models), unless a test forced one (set_gemv_path).
 enum class DotPath { kPortable, kAvx2, kAvx512 };
@@ -135,45 +127,69 @@ DotPath dot_path() {
   return forced >= 0 ? static_cast<DotPath>(forced) : best_dot_path();
 }
 
+// Y (M, rows) = alpha * scale[r] * X W^T + beta * Y (scale nullptr: 1) for fp32
+// weights or int8 codes, the dot loop of `path`. Each weight row is read from
+// memory once and stays in L1 for the M vectors.
+template <class T>
+void rows_product(DotPath path, int M, const float* X, size_t ldx, const T* W, size_t ldw, const float* scale,
+                  int rows, int cols, float* Y, size_t ldy, float alpha, float beta) {
+  CHORUS_CHECK(M >= 0 && rows >= 0 && cols >= 0 && ldw >= static_cast<size_t>(cols) &&
+                   (M <= 1 || (ldx >= static_cast<size_t>(cols) && ldy >= static_cast<size_t>(rows))),
+               "gemm_rows: bad shape M %d rows %d cols %d ldx %zu ldw %zu ldy %zu", M, rows, cols, ldx, ldw, ldy);
+  // int8 codes for several vectors: each row is widened to fp32 once (into an
+  // L1-resident buffer) and then dotted with every vector, instead of being
+  // widened again per vector.
+  constexpr bool kCodes = std::is_same_v<T, int8_t>;
+  const bool widen_once = kCodes && M > 1;
+  const auto run = [&](auto dot, auto dot_f32) {
+#pragma omp parallel if (!omp_in_parallel() && static_cast<size_t>(rows) * cols > (1u << 16))
+    {
+      thread_local std::vector<float> row;
+      if (widen_once && row.size() < static_cast<size_t>(cols)) row.resize(cols);
+#pragma omp for schedule(static)
+      for (int r = 0; r < rows; ++r) {
+        const T* w = W + static_cast<size_t>(r) * ldw;
+        const float a = scale != nullptr ? alpha * scale[r] : alpha;
+        if (widen_once)
+          for (int c = 0; c < cols; ++c) row[c] = static_cast<float>(w[c]);
+        for (int m = 0; m < M; ++m) {
+          float* y = Y + static_cast<size_t>(m) * ldy + r;
+          const float* x = X + static_cast<size_t>(m) * ldx;
+          const float v = a * (widen_once ? dot_f32(row.data(), x, cols) : dot(w, x, cols));
+          *y = beta == 0.0f ? v : beta * *y + v;
+        }
+      }
+    }
+  };
+  switch (path) {
+    case DotPath::kAvx512: return run(dot_avx512<T>, dot_avx512<float>);
+    case DotPath::kAvx2: return run(dot_avx2<T>, dot_avx2<float>);
+    case DotPath::kPortable: break;
+  }
+  run(dot_portable<T>, dot_portable<float>);
+}
+
 }  // namespace
 
 void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
                          float beta) {
-  gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable<int8_t>);
+  rows_product(DotPath::kPortable, 1, x, static_cast<size_t>(cols), q, static_cast<size_t>(cols), scale, rows, cols,
+               y, static_cast<size_t>(rows), 1.0f, beta);
 }
 
 void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta) {
-  switch (dot_path()) {
-    case DotPath::kAvx512: return gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx512<int8_t>);
-    case DotPath::kAvx2: return gemv_rows(q, scale, rows, cols, x, y, beta, dot_avx2<int8_t>);
-    case DotPath::kPortable: break;
-  }
-  gemv_rows(q, scale, rows, cols, x, y, beta, dot_portable<int8_t>);
+  rows_product(dot_path(), 1, x, static_cast<size_t>(cols), q, static_cast<size_t>(cols), scale, rows, cols, y,
+               static_cast<size_t>(rows), 1.0f, beta);
+}
+
+void gemm_rows_int8(int M, const float* X, size_t ldx, const int8_t* q, const float* scale, int rows, int cols,
+                    float* Y, size_t ldy, float beta) {
+  rows_product(dot_path(), M, X, ldx, q, static_cast<size_t>(cols), scale, rows, cols, Y, ldy, 1.0f, beta);
 }
 
 void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw, int rows, int cols, float* Y,
                    size_t ldy, float alpha, float beta) {
-  CHORUS_CHECK(M >= 0 && rows >= 0 && cols >= 0 && ldw >= static_cast<size_t>(cols) &&
-                   (M <= 1 || (ldx >= static_cast<size_t>(cols) && ldy >= static_cast<size_t>(rows))),
-               "gemm_rows_f32: bad shape M %d rows %d cols %d ldx %zu ldw %zu ldy %zu", M, rows, cols, ldx, ldw, ldy);
-  const auto run = [&](auto dot) {
-    // Each weight row is read from memory once and stays in L1 for the M vectors.
-#pragma omp parallel for schedule(static) if (!omp_in_parallel() && static_cast<size_t>(rows) * cols > (1u << 16))
-    for (int r = 0; r < rows; ++r) {
-      const float* w = W + static_cast<size_t>(r) * ldw;
-      for (int m = 0; m < M; ++m) {
-        float* y = Y + static_cast<size_t>(m) * ldy + r;
-        const float v = alpha * dot(w, X + static_cast<size_t>(m) * ldx, cols);
-        *y = beta == 0.0f ? v : beta * *y + v;
-      }
-    }
-  };
-  switch (dot_path()) {
-    case DotPath::kAvx512: return run(dot_avx512<float>);
-    case DotPath::kAvx2: return run(dot_avx2<float>);
-    case DotPath::kPortable: break;
-  }
-  run(dot_portable<float>);
+  rows_product(dot_path(), M, X, ldx, W, ldw, nullptr, rows, cols, Y, ldy, alpha, beta);
 }
 
 void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha, float beta) {

@@ -46,6 +46,11 @@ void dequantize_rows_int8(const int8_t* q, const float* scale, int rows, int col
 // read when beta == 0). AVX-512 or AVX2 + FMA where the CPU has them (chosen
 // at run time), a portable loop elsewhere; OpenMP over rows.
 void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y, float beta = 0.0f);
+// Y (M, rows) = X (M, cols) dequant(q)^T + beta * Y: gemm_rows_f32 for int8
+// codes (a beam of M tokens through a quantised weight, each code row read
+// once for all M vectors). Y not read when beta == 0.
+void gemm_rows_int8(int M, const float* X, size_t ldx, const int8_t* q, const float* scale, int rows, int cols,
+                    float* Y, size_t ldy, float beta = 0.0f);
 // The portable loop alone (tests compare the two paths).
 void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
                          float beta = 0.0f);

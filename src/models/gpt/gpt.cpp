@@ -181,6 +181,13 @@ struct Gpt::State {
   const float* bias_next = nullptr;
   const float* bias_fwd = nullptr;
   const float* bias_decode = nullptr;
+  // Weight-only int8 copies of the matrices decode_step multiplies by
+  // (set_decode_int8); empty when decoding runs on the fp32 weights.
+  struct Int8Layer {
+    nn::Int8Weight attn, proj, xq, xproj, fc, fcproj;
+  };
+  std::vector<Int8Layer> dec_int8;
+  nn::Int8Weight dec_lm_head;
   // Tensor parallelism: tp == nullptr when the group is one rank.
   dist::Communicator* tp = nullptr;
   int tp_size = 1;
@@ -1041,6 +1048,33 @@ void Gpt::reorder_cache(const int* src) {
   }
 }
 
+void Gpt::set_decode_int8(bool on) {
+  State& s = *s_;
+  s.dec_int8.clear();
+  s.dec_lm_head = nn::Int8Weight();
+  if (!on) return;
+  CHORUS_CHECK(s.precision == Precision::fp32, "Gpt::set_decode_int8: decoding runs fp32 models, this one is %s",
+               precision_name(s.precision));
+  CHORUS_CHECK(s.tp == nullptr, "generate runs on one rank: this model is a TP = %d shard", s.tp_size);
+  const int C = cfg_.n_embd;
+  s.dec_int8.resize(cfg_.n_layer);
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const LayerView<float>& w = s.p.layers[l];
+    State::Int8Layer& q = s.dec_int8[l];
+    q.attn = nn::quantize_int8(w.attn_w, 3 * C, C);
+    q.proj = nn::quantize_int8(w.proj_w, C, C);
+    if (s.cross.enabled()) {
+      q.xq = nn::quantize_int8(w.xq_w, C, C);
+      q.xproj = nn::quantize_int8(w.xproj_w, C, C);
+    }
+    q.fc = nn::quantize_int8(w.fc_w, 4 * C, C);
+    q.fcproj = nn::quantize_int8(w.fcproj_w, C, 4 * C);
+  }
+  s.dec_lm_head = nn::quantize_int8(s.p.wte, cfg_.padded_vocab(), C);
+}
+
+bool Gpt::decode_int8() const { return !s_->dec_int8.empty(); }
+
 const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   State& s = *s_;
   CHORUS_CHECK(s.tp == nullptr, "generate runs on one rank: this model is a TP = %d shard", s.tp_size);
@@ -1056,14 +1090,38 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   const size_t ctx = cfg_.context;
   const size_t layer_stride = static_cast<size_t>(B) * ctx * C;
 
-  // (B, 1) sequence at position pos: wpe row pos.
-  nn::embedding_forward<float>(s.dec_x, tokens, s.p.wte, s.p.wpe + static_cast<size_t>(pos) * C, B, 1, C);
+  // y = x W^T + b (+ residual) for the B rows: through the int8 copy when
+  // set_decode_int8 made one, else the fp32 weight.
+  const bool int8 = !s.dec_int8.empty();
+  const auto linear = [&](float* out, const float* in, const float* w, const nn::Int8Weight& wq, const float* b,
+                          int in_dim, int out_dim, const float* residual) {
+    if (int8) nn::matmul_forward_int8(out, in, wq, b, B, residual);
+    else nn::matmul_forward(out, in, w, b, B, in_dim, out_dim, residual);
+  };
+  static const State::Int8Layer kNone;
+
+  // (B, 1) sequence at position pos: wpe row pos. With int8 weights the token
+  // rows are the LM head's dequantised rows (wte is one tensor: the model
+  // decodes as its quantised copy would, wherever it came from).
+  const float* wpe_row = s.p.wpe + static_cast<size_t>(pos) * C;
+  if (int8) {
+    for (int b = 0; b < B; ++b) {
+      const size_t row = static_cast<size_t>(tokens[b]);
+      const int8_t* q = s.dec_lm_head.q.data() + row * C;
+      const float sc = s.dec_lm_head.scale[row];
+      float* x = s.dec_x + static_cast<size_t>(b) * C;
+      for (int c = 0; c < C; ++c) x[c] = sc * static_cast<float>(q[c]) + wpe_row[c];
+    }
+  } else {
+    nn::embedding_forward<float>(s.dec_x, tokens, s.p.wte, wpe_row, B, 1, C);
+  }
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerView<float>& w = s.p.layers[l];
+    const State::Int8Layer& q = int8 ? s.dec_int8[l] : kNone;
     float* kc = s.k_cache + l * layer_stride;
     float* vc = s.v_cache + l * layer_stride;
     nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln1_w, w.ln1_b, B, C);
-    nn::matmul_forward(s.dec_qkv, s.dec_ln, w.attn_w, w.attn_b, B, C, 3 * C);
+    linear(s.dec_qkv, s.dec_ln, w.attn_w, q.attn, w.attn_b, C, 3 * C, nullptr);
     for (int b = 0; b < B; ++b) {
       const float* row = s.dec_qkv + static_cast<size_t>(b) * 3 * C;
       const size_t at = (static_cast<size_t>(b) * ctx + pos) * C;
@@ -1072,24 +1130,24 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
     }
     nn::attention_decode(s.dec_y, s.dec_scores, s.dec_qkv, 3 * static_cast<size_t>(C), kc, vc, ctx * C, B,
                          pos + 1, C, NH);
-    nn::matmul_forward(s.dec_x, s.dec_y, w.proj_w, w.proj_b, B, C, C, /*residual=*/s.dec_x);
+    linear(s.dec_x, s.dec_y, w.proj_w, q.proj, w.proj_b, C, C, /*residual=*/s.dec_x);
     if (s.cross.enabled()) {
       const size_t seq = static_cast<size_t>(s.cross.max_len) * 2 * C;
       const float* kv = s.x_kv + l * static_cast<size_t>(B) * seq;
       nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.lnx_w, w.lnx_b, B, C);
-      nn::matmul_forward(s.dec_q, s.dec_ln, w.xq_w, w.xq_b, B, C, C);
+      linear(s.dec_q, s.dec_ln, w.xq_w, q.xq, w.xq_b, C, C, nullptr);
       const nn::AttentionBias bias{s.bias_decode, s.bias_head_w.data()};
       nn::mha_decode(s.dec_y, s.dec_scores, s.dec_q, C, kv, kv + C, 2 * static_cast<size_t>(C), seq,
                      s.dec_mem_len.data(), B, s.dec_S, C, NH, s.bias_decode != nullptr ? &bias : nullptr);
-      nn::matmul_forward(s.dec_x, s.dec_y, w.xproj_w, w.xproj_b, B, C, C, /*residual=*/s.dec_x);
+      linear(s.dec_x, s.dec_y, w.xproj_w, q.xproj, w.xproj_b, C, C, /*residual=*/s.dec_x);
     }
     nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln2_w, w.ln2_b, B, C);
-    nn::matmul_forward(s.dec_fch, s.dec_ln, w.fc_w, w.fc_b, B, C, 4 * C);
+    linear(s.dec_fch, s.dec_ln, w.fc_w, q.fc, w.fc_b, C, 4 * C, nullptr);
     nn::gelu_forward(s.dec_fch, s.dec_fch, static_cast<size_t>(B) * 4 * C);
-    nn::matmul_forward(s.dec_x, s.dec_fch, w.fcproj_w, w.fcproj_b, B, 4 * C, C, /*residual=*/s.dec_x);
+    linear(s.dec_x, s.dec_fch, w.fcproj_w, q.fcproj, w.fcproj_b, 4 * C, C, /*residual=*/s.dec_x);
   }
   nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, s.p.lnf_w, s.p.lnf_b, B, C);
-  nn::matmul_forward<float>(s.dec_logits, s.dec_ln, s.p.wte, nullptr, B, C, Vp);
+  linear(s.dec_logits, s.dec_ln, s.p.wte, s.dec_lm_head, nullptr, C, Vp, nullptr);
   s.n_cached = pos + 1;
   return s.dec_logits;
 }

@@ -238,6 +238,15 @@ class Gpt {
   // fp32 of the B sequences (mem_len nullable), turned into every layer's
   // cross keys/values once.
   void set_decode_memory(const float* memory, const int* mem_len, int S);
+  // Decoding on weight-only int8 copies (nn::Int8Weight, per output channel)
+  // of every matrix decode_step multiplies by: QKV, attention out, cross-
+  // attention q / out, MLP, LM head = token embedding (the token rows are read
+  // dequantised from it). Quantised from the current weights (call again after
+  // they change); positions, LayerNorms, biases, the cross keys/values of
+  // set_decode_memory and forward() stay fp32. false frees them. fp32 models,
+  // TP = 1 (throws otherwise).
+  void set_decode_int8(bool on);
+  bool decode_int8() const;
   // Beam search: sequence b of the cache becomes a copy of sequence src[b]
   // (self-attention cache, cross keys/values and their lengths).
   void reorder_cache(const int* src);
