@@ -174,8 +174,45 @@ struct LoadedRecognizer {
   std::string dir;
 };
 
+// A weights file of a speech model (chorus quantize): the model from its
+// header, every tensor by name, int8 decoding when it is quantised.
+LoadedRecognizer load_recognizer_file(const std::string& path, const std::string& tok_override, int max_batch,
+                                      bool int8) {
+  LoadedRecognizer r;
+  r.dir = path;
+  checkpoint::WeightsHeader h;
+  auto tensors = checkpoint::read_weights_tensors(path, &h);
+  CHORUS_CHECK(h.model_type == "speech", "checkpoint '%s': attribute 'model_type' is '%s', expected 'speech'",
+               path.c_str(), h.model_type.c_str());
+  std::string tok_path = tok_override.empty() ? h.tokenizer : tok_override;
+  CHORUS_CHECK(!tok_path.empty(), "checkpoint '%s': no tokenizer recorded (give --tokenizer)", path.c_str());
+  check_input_file(tok_path, "tokenizer", "a tokenizer JSON file");
+  r.tok = data::Tokenizer::load(tok_path);
+  CHORUS_CHECK(r.tok.hash() == h.tokenizer_hash,
+               "checkpoint '%s': attribute 'tokenizer_hash' is %s but tokenizer '%s' has %s", path.c_str(),
+               h.tokenizer_hash.c_str(), tok_path.c_str(), r.tok.hash().c_str());
+  const auto cfg = models::SpeechSeq2SeqConfig::from_manifest(h.config, h.model_extra, path);
+  r.model = std::make_unique<models::SpeechSeq2Seq>(cfg, max_batch, cfg.encoder.max_frames, cfg.decoder.context,
+                                                    nullptr, Precision::fp32);
+  const auto params = r.model->params();
+  CHORUS_CHECK(tensors.size() == r.model->param_table().size(),
+               "checkpoint '%s': %zu tensors, the model of its header has %zu", path.c_str(), tensors.size(),
+               r.model->param_table().size());
+  for (const auto& p : r.model->param_table()) {
+    auto it = std::find_if(tensors.begin(), tensors.end(), [&](const auto& t) { return t.name == p.name; });
+    CHORUS_CHECK(it != tensors.end(), "checkpoint '%s': tensor 'params/%s' is missing", path.c_str(), p.name.c_str());
+    CHORUS_CHECK(it->shape == p.shape && it->data.size() == p.numel,
+                 "checkpoint '%s': tensor 'params/%s' has another shape than the model of its header", path.c_str(),
+                 p.name.c_str());
+    std::copy(it->data.begin(), it->data.end(), params.begin() + p.offset);
+  }
+  if (int8 || h.quantization == "int8") r.model->decoder().set_decode_int8(true);
+  return r;
+}
+
 LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok_override, int max_batch,
                                  bool int8) {
+  if (fs::is_regular_file(path)) return load_recognizer_file(path, tok_override, max_batch, int8);
   LoadedRecognizer r;
   r.dir = checkpoint::resolve_checkpoint_dir(path);
   const auto m = checkpoint::read_manifest((fs::path(r.dir) / "manifest.json").string());
@@ -242,8 +279,8 @@ std::vector<Clip> read_manifest_clips(const std::string& path) {
 }
 
 void add_decode_flags(OptionSet& o) {
-  o.add<std::string>("model", "checkpoint", "", "a finetune-speech run / save directory (its latest checkpoint) or a "
-                                                "checkpoint directory");
+  o.add<std::string>("model", "checkpoint", "", "a finetune-speech run / save directory (its latest checkpoint), a "
+                                                "checkpoint directory, or a weights file from `chorus quantize`");
   o.add<std::string>("model", "tokenizer", "", "tokenizer JSON (default: the one the checkpoint records)");
   o.add_switch("model", "int8",
                "decode on weight-only int8 copies of the decoder's matrices (per output channel; a quarter of the "
@@ -387,7 +424,7 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   j["checkpoint"] = rec.dir;
   j["decode"] = {{"beam", dopt.beam},
                  {"ctc_weight", dopt.ctc_weight},
-                 {"weights", vm["int8"].as<bool>() ? "int8" : "fp32"},
+                 {"weights", rec.model->decoder().decode_int8() ? "int8" : "fp32"},
                  {"encoder_s", timing.encoder_s},
                  {"decoder_s", timing.decoder_s}};
   if (vm["json"].as<bool>())
@@ -398,7 +435,7 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
     std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d; encoder %.1f s, decoder %.1f s, "
                 "%s weights); per language:%s\n",
                 rates.table().c_str(), ts / std::max(as, 1e-9), as, ts, dopt.beam, timing.encoder_s, timing.decoder_s,
-                vm["int8"].as<bool>() ? "int8" : "fp32", per_lang.c_str());
+                rec.model->decoder().decode_int8() ? "int8" : "fp32", per_lang.c_str());
   }
   if (!vm["out"].as<std::string>().empty()) {
     nlohmann::json full = j;

@@ -157,7 +157,10 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
                     "the model size (it is the weights file's)");
   models::Gpt model(header.config, 1, header.config.context, nullptr);
   checkpoint::load_weights(weights, model, tok.hash());
-  if (vm["int8"].as<bool>()) model.set_decode_int8(true);
+  // A quantised file (chorus quantize) decodes on its int8 codes: the loaded
+  // weights are their dequantised values, and quantising them again gives the
+  // same codes.
+  if (vm["int8"].as<bool>() || header.quantization == "int8") model.set_decode_int8(true);
 
   train::GenerateOptions g;
   g.max_new_tokens = vm["max-new-tokens"].as<int>();

@@ -18,6 +18,7 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt);
 int cmd_generate(int argc, char** argv, dist::Runtime& rt);
 int cmd_checkpoint(int argc, char** argv, dist::Runtime& rt);
 int cmd_plan(int argc, char** argv, dist::Runtime& rt);
+int cmd_quantize(int argc, char** argv, dist::Runtime& rt);
 
 // Refuses to run a single-process tool on more than one rank.
 void require_single_process(dist::Runtime& rt, const char* command);

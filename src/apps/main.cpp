@@ -34,6 +34,7 @@ const Command kCommands[] = {
     {"finetune-speech", chorus::apps::cmd_finetune_speech, "fine-tune the speech recogniser from a pretrained GPT"},
     {"transcribe", chorus::apps::cmd_transcribe, "transcribe WAV files with a speech checkpoint"},
     {"evaluate", chorus::apps::cmd_evaluate, "WER / CER per language of a speech checkpoint on a manifest"},
+    {"quantize", chorus::apps::cmd_quantize, "an int8 weights file of a GPT or speech model, for inference"},
     {"checkpoint", chorus::apps::cmd_checkpoint, "inspect, verify, hash, reshard or export a checkpoint"},
     {"plan", chorus::apps::cmd_plan, "memory per rank, FLOPs and step time of a training layout, before it runs"},
 };

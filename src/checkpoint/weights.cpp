@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "backend/cpu/gemv.h"
 #include "checkpoint/durable.h"
 #include "core/error.h"
 #include "core/hash.h"
@@ -14,7 +15,8 @@ namespace chorus::checkpoint {
 namespace {
 
 constexpr const char* kFormat = "chorus-weights";
-constexpr int64_t kVersion = 1;
+constexpr int64_t kVersion = 1;        // a plain fp32 GPT file
+constexpr int64_t kVersionTyped = 2;   // + model_type / model_extra / int8 tensors (chorus quantize)
 // Attribute of every /params dataset: the SHA-256 (hex) of its float32
 // little-endian data. Files written before it existed load with a warning.
 constexpr const char* kDigestAttr = "sha256";
@@ -64,6 +66,44 @@ void check_digest(const std::string& path, hid_t ds, const std::string& name, co
                "weights '%s': tensor '%s' is damaged: its data has SHA-256 %s but the file records %s (the file "
                "changed after it was written: copy or export it again)",
                path.c_str(), name.c_str(), found.c_str(), want.c_str());
+}
+
+// Reads dataset ds (tensor `name` under /params of file f, dims) into out as
+// fp32: a float dataset directly, an int8 one (a quantised matrix) through its
+// per-row scales under /scales, dequantised.
+void read_tensor_f32(const h5::File& f, hid_t ds, const std::string& name, const std::vector<hsize_t>& dims,
+                     float* out) {
+  size_t n = 1;
+  for (hsize_t d : dims) n *= static_cast<size_t>(d);
+  h5::TypeId type(H5Dget_type(ds));
+  const bool codes = type.valid() && H5Tget_class(type.get()) == H5T_INTEGER && H5Tget_size(type.get()) == 1;
+  if (!codes) {
+    CHORUS_CHECK(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) >= 0,
+                 "weights '%s': reading tensor 'params/%s' failed: %s", f.path().c_str(), name.c_str(),
+                 h5::last_error().c_str());
+    return;
+  }
+  CHORUS_CHECK(dims.size() == 2, "weights '%s': int8 tensor 'params/%s' has %zu dimensions, expected 2 (rows, cols)",
+               f.path().c_str(), name.c_str(), dims.size());
+  const int rows = static_cast<int>(dims[0]), cols = static_cast<int>(dims[1]);
+  std::vector<int8_t> q(n);
+  CHORUS_CHECK(H5Dread(ds, H5T_NATIVE_INT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, q.data()) >= 0,
+               "weights '%s': reading int8 tensor 'params/%s' failed: %s", f.path().c_str(), name.c_str(),
+               h5::last_error().c_str());
+  const std::string sname = "scales/" + name;
+  CHORUS_CHECK(H5Lexists(f.get(), "scales", H5P_DEFAULT) > 0 && H5Lexists(f.get(), sname.c_str(), H5P_DEFAULT) > 0,
+               "weights '%s': int8 tensor 'params/%s' has no scales ('%s' is missing)", f.path().c_str(),
+               name.c_str(), sname.c_str());
+  h5::DatasetId sds(H5Dopen2(f.get(), sname.c_str(), H5P_DEFAULT));
+  h5::SpaceId sspace(sds.valid() ? H5Dget_space(sds.get()) : H5I_INVALID_HID);
+  CHORUS_CHECK(sspace.valid() && H5Sget_simple_extent_ndims(sspace.get()) == 1 &&
+                   H5Sget_simple_extent_npoints(sspace.get()) == rows,
+               "weights '%s': '%s' must hold %d scales (one per row of 'params/%s')", f.path().c_str(), sname.c_str(),
+               rows, name.c_str());
+  std::vector<float> scale(rows);
+  CHORUS_CHECK(H5Dread(sds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, scale.data()) >= 0,
+               "weights '%s': reading '%s' failed: %s", f.path().c_str(), sname.c_str(), h5::last_error().c_str());
+  backend::cpu::dequantize_rows_int8(q.data(), scale.data(), rows, cols, out);
 }
 
 void warn_unchecked(const std::string& path, size_t unchecked) {
@@ -125,12 +165,31 @@ void save_weights(const std::string& path, models::Gpt& model, const std::string
 
 void write_weights_file(const std::string& path, const models::GptConfig& c, const std::string& tokenizer_hash,
                         const std::vector<WeightsTensorView>& tensors) {
+  WeightsHeader h;
+  h.config = c;
+  h.tokenizer_hash = tokenizer_hash;
+  write_weights_file(path, h, tensors);
+}
+
+void write_weights_file(const std::string& path, const WeightsHeader& h, const std::vector<WeightsTensorView>& tensors) {
+  const models::GptConfig& c = h.config;
+  const std::string& tokenizer_hash = h.tokenizer_hash;
+  bool quantised = false;
+  for (const auto& t : tensors) quantised = quantised || t.codes != nullptr;
+  CHORUS_CHECK(!quantised || h.quantization == "int8", "weights: int8 tensors need header quantization 'int8'");
+  const bool typed = h.model_type != "gpt" || quantised || !h.quantization.empty();
   h5::quiet_errors();
   const std::string tmp = path + ".tmp";
   {
     h5::File f = h5::File::create(tmp);
     h5::write_attr_string(f, "format", kFormat);
-    h5::write_attr_int(f, "version", kVersion);
+    h5::write_attr_int(f, "version", typed ? kVersionTyped : kVersion);
+    if (typed) {
+      h5::write_attr_string(f, "model_type", h.model_type);
+      h5::write_attr_string(f, "model_extra", h.model_extra.is_null() ? "null" : h.model_extra.dump());
+      h5::write_attr_string(f, "quantization", h.quantization.empty() ? "none" : h.quantization);
+      h5::write_attr_string(f, "tokenizer", h.tokenizer);
+    }
     h5::write_attr_int(f, "n_layer", c.n_layer);
     h5::write_attr_int(f, "n_embd", c.n_embd);
     h5::write_attr_int(f, "n_head", c.n_head);
@@ -139,16 +198,40 @@ void write_weights_file(const std::string& path, const models::GptConfig& c, con
     h5::write_attr_string(f, "tokenizer_hash", tokenizer_hash);
     h5::Id<H5Gclose> group(H5Gcreate2(f.get(), "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     CHORUS_CHECK(group.valid(), "weights: cannot create group 'params' in '%s'", tmp.c_str());
+    h5::Id<H5Gclose> scales;
+    if (quantised) {
+      scales = h5::Id<H5Gclose>(H5Gcreate2(f.get(), "scales", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+      CHORUS_CHECK(scales.valid(), "weights: cannot create group 'scales' in '%s'", tmp.c_str());
+    }
+    std::vector<float> dequantised;
     for (const auto& t : tensors) {
       std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
       h5::SpaceId space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
-      h5::DatasetId ds(H5Dcreate2(group.get(), t.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
-                                  H5P_DEFAULT, H5P_DEFAULT));
+      const bool q = t.codes != nullptr;
+      CHORUS_CHECK(!q || (dims.size() == 2 && t.scale != nullptr), "weights: int8 tensor '%s' must be 2-D with scales",
+                   t.name.c_str());
+      h5::DatasetId ds(H5Dcreate2(group.get(), t.name.c_str(), q ? H5T_STD_I8LE : H5T_IEEE_F32LE, space.get(),
+                                  H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
       CHORUS_CHECK(ds.valid(), "weights: cannot create dataset 'params/%s' in '%s'", t.name.c_str(), tmp.c_str());
-      CHORUS_CHECK(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data) >= 0,
+      CHORUS_CHECK(H5Dwrite(ds.get(), q ? H5T_NATIVE_INT8 : H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                            q ? static_cast<const void*>(t.codes) : static_cast<const void*>(t.data)) >= 0,
                    "weights: writing 'params/%s' to '%s' failed: %s", t.name.c_str(), tmp.c_str(),
                    h5::last_error().c_str());
-      write_digest(ds.get(), data_digest(t.data, numel_of(t.shape)),
+      const float* values = t.data;
+      if (q) {
+        const hsize_t rows = dims[0];
+        h5::SpaceId sspace(H5Screate_simple(1, &rows, nullptr));
+        h5::DatasetId sds(H5Dcreate2(scales.get(), t.name.c_str(), H5T_IEEE_F32LE, sspace.get(), H5P_DEFAULT,
+                                     H5P_DEFAULT, H5P_DEFAULT));
+        CHORUS_CHECK(sds.valid() && H5Dwrite(sds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.scale) >= 0,
+                     "weights: writing 'scales/%s' to '%s' failed: %s", t.name.c_str(), tmp.c_str(),
+                     h5::last_error().c_str());
+        dequantised.resize(numel_of(t.shape));
+        backend::cpu::dequantize_rows_int8(t.codes, t.scale, static_cast<int>(dims[0]), static_cast<int>(dims[1]),
+                                           dequantised.data());
+        values = dequantised.data();
+      }
+      write_digest(ds.get(), data_digest(values, numel_of(t.shape)),
                    strfmt("'params/%s' in '%s'", t.name.c_str(), tmp.c_str()));
     }
     f.flush();
@@ -167,10 +250,11 @@ static WeightsHeader read_header(const h5::File& f) {
   CHORUS_CHECK(format == kFormat, "weights '%s': attribute 'format' is '%s', expected '%s'", f.path().c_str(),
                format.c_str(), kFormat);
   const int64_t version = h5::read_attr_int(f, "version");
-  CHORUS_CHECK(version == kVersion,
-               "weights '%s': attribute 'version' is %lld, this build reads version %lld (HINT: a newer chorus "
-               "wrote it)",
-               f.path().c_str(), static_cast<long long>(version), static_cast<long long>(kVersion));
+  CHORUS_CHECK(version == kVersion || version == kVersionTyped,
+               "weights '%s': attribute 'version' is %lld, this build reads versions %lld and %lld (HINT: a newer "
+               "chorus wrote it)",
+               f.path().c_str(), static_cast<long long>(version), static_cast<long long>(kVersion),
+               static_cast<long long>(kVersionTyped));
   WeightsHeader h;
   h.config.n_layer = static_cast<int>(h5::read_attr_int(f, "n_layer"));
   h.config.n_embd = static_cast<int>(h5::read_attr_int(f, "n_embd"));
@@ -178,6 +262,24 @@ static WeightsHeader read_header(const h5::File& f) {
   h.config.vocab_size = static_cast<int>(h5::read_attr_int(f, "vocab_size"));
   h.config.context = static_cast<int>(h5::read_attr_int(f, "context"));
   h.tokenizer_hash = h5::read_attr_string(f, "tokenizer_hash");
+  if (version == kVersionTyped) {
+    h.model_type = h5::read_attr_string(f, "model_type");
+    CHORUS_CHECK(h.model_type == "gpt" || h.model_type == "speech",
+                 "weights '%s': attribute 'model_type' is '%s', expected 'gpt' or 'speech'", f.path().c_str(),
+                 h.model_type.c_str());
+    const std::string extra = h5::read_attr_string(f, "model_extra");
+    try {
+      h.model_extra = nlohmann::json::parse(extra);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(strfmt("weights '%s': attribute 'model_extra' is not JSON: %s", f.path().c_str(), e.what()));
+    }
+    h.quantization = h5::read_attr_string(f, "quantization");
+    CHORUS_CHECK(h.quantization == "none" || h.quantization == "int8",
+                 "weights '%s': attribute 'quantization' is '%s', expected 'none' or 'int8'", f.path().c_str(),
+                 h.quantization.c_str());
+    if (h.quantization == "none") h.quantization.clear();
+    h.tokenizer = h5::read_attr_string(f, "tokenizer");
+  }
   try {
     h.config.validate();
   } catch (const Error& e) {
@@ -233,10 +335,7 @@ void load_weights(const std::string& path, models::Gpt& model, const std::string
                  path.c_str(), name.c_str(), numel_of(want), want.size());
     const bool sharded = p.tp_axis >= 0 && tp > 1;
     if (sharded) global.resize(numel_of(want));
-    CHORUS_CHECK(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                         sharded ? global.data() : params + p.offset) >= 0,
-                 "weights '%s': reading tensor '%s' failed: %s", path.c_str(), name.c_str(),
-                 h5::last_error().c_str());
+    read_tensor_f32(f, ds.get(), p.name, dims, sharded ? global.data() : params + p.offset);
     check_digest(path, ds.get(), name, sharded ? global.data() : params + p.offset, numel_of(want), &unchecked);
     if (sharded) nn::slice_shard(spec, tp_rank, tp, global.data(), params + p.offset);
   }
@@ -273,9 +372,7 @@ std::vector<WeightsTensor> read_weights_tensors(const std::string& path, Weights
     t.name = name;
     t.shape.assign(dims.begin(), dims.end());
     t.data.resize(numel_of(t.shape));
-    CHORUS_CHECK(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data.data()) >= 0,
-                 "weights '%s': reading tensor 'params/%s' failed: %s", path.c_str(), name.c_str(),
-                 h5::last_error().c_str());
+    read_tensor_f32(f, ds.get(), name, dims, t.data.data());
     check_digest(path, ds.get(), "params/" + name, t.data.data(), t.data.size(), &unchecked);
     out.push_back(std::move(t));
   }

@@ -11,8 +11,11 @@
 // checkpoint/checkpoint.h; `chorus checkpoint export` turns one into this.)
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "dist/grid.h"
 #include "models/gpt/gpt.h"
@@ -21,8 +24,17 @@
 namespace chorus::checkpoint {
 
 struct WeightsHeader {
-  models::GptConfig config;
+  models::GptConfig config;  // the GPT's, or a speech model's decoder's
   std::string tokenizer_hash;
+  // Version 2 (written by `chorus quantize`; version-1 files read as "gpt",
+  // unquantised): what the file holds — "gpt", or "speech" with model_extra
+  // (the rest of SpeechSeq2SeqConfig, as a checkpoint manifest records it) —,
+  // "int8" when some tensors are stored quantised, and the tokenizer's path
+  // at the time of writing (informational).
+  std::string model_type = "gpt";
+  nlohmann::json model_extra;
+  std::string quantization;
+  std::string tokenizer;
 };
 
 // Writes the consolidated (global) tensors atomically (path + ".tmp", fsync,
@@ -30,16 +42,27 @@ struct WeightsHeader {
 // DP group 0 and world rank 0 writes the file.
 void save_weights(const std::string& path, models::Gpt& model, const std::string& tokenizer_hash,
                   dist::ParallelGrid& grid);
-// A global tensor to write: its name under /params, shape and data.
+// A global tensor to write: its name under /params, shape and data. With
+// codes set the tensor is stored weight-only int8: codes (rows, cols) as an
+// int8 dataset under /params and one fp32 scale per row under /scales
+// (nn::Int8Weight; rows = shape[0]); data is then unused. Every reader returns
+// the dequantised fp32 values, and the digest is theirs.
 struct WeightsTensorView {
   std::string name;
   std::vector<int64_t> shape;
   const float* data = nullptr;
+  const int8_t* codes = nullptr;
+  const float* scale = nullptr;
 };
 // Writes a weights file from global tensors, atomically (path + ".tmp",
 // fsync, rename, fsync of the directory). save_weights and checkpoint export
 // use it.
 void write_weights_file(const std::string& path, const models::GptConfig& config, const std::string& tokenizer_hash,
+                        const std::vector<WeightsTensorView>& tensors);
+// The same with a full header: version 2 when it is not a plain unquantised
+// GPT file (older readers then refuse it by version instead of misreading int8
+// codes as weights).
+void write_weights_file(const std::string& path, const WeightsHeader& header,
                         const std::vector<WeightsTensorView>& tensors);
 
 // A tensor read back from a weights file.

@@ -150,6 +150,50 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
     }
     EXPECT_GE(same * 4, a.size() * 3) << "fp32:\n" << f32.out << "\nint8:\n" << i8.out;
   }
+  // chorus quantize: the int8 file transcribes exactly as --int8 on the
+  // checkpoint (the same codes), and is smaller; the GPT's file generates as
+  // generate --int8 does.
+  {
+    Result q = chorus::testing::chorus("quantize --checkpoint " + d + "/ft --out " + d + "/ft-int8.h5");
+    ASSERT_EQ(q.code, 0) << q.out;
+    EXPECT_NE(q.out.find("(speech)"), std::string::npos) << q.out;
+    const std::string cmd = "transcribe --manifest " + d + "/corpus/test.tsv --json --beam 2 --checkpoint ";
+    Result a = chorus::testing::chorus(cmd + d + "/ft --int8");
+    Result b = chorus::testing::chorus(cmd + d + "/ft-int8.h5");
+    ASSERT_EQ(a.code, 0) << a.out;
+    ASSERT_EQ(b.code, 0) << b.out;
+    const auto json_lines = [](const std::string& out) {
+      std::string v;
+      std::istringstream in(out);
+      for (std::string line; std::getline(in, line);)
+        if (!line.empty() && line[0] == '{') v += line.substr(line.find("\"path\"")) + "\n";  // paths are equal
+      return v;
+    };
+    EXPECT_EQ(json_lines(a.out), json_lines(b.out));
+    EXPECT_NE(b.out.find("int8 weights"), std::string::npos) << b.out;
+    Result again = chorus::testing::chorus("quantize --checkpoint " + d + "/ft --out " + d + "/ft-int8.h5");
+    EXPECT_NE(again.code, 0);
+    EXPECT_NE(again.out.find("--force"), std::string::npos) << again.out;
+    Result int4 = chorus::testing::chorus("quantize --checkpoint " + d + "/ft --out " + d + "/x.h5 --scheme int4");
+    EXPECT_NE(int4.code, 0);
+    EXPECT_NE(int4.out.find("scheme"), std::string::npos) << int4.out;
+
+    Result qg = chorus::testing::chorus("quantize --checkpoint " + d + "/gpt --out " + d + "/gpt-int8.h5");
+    ASSERT_EQ(qg.code, 0) << qg.out;
+    EXPECT_LT(fs::file_size(d + "/gpt-int8.h5"), fs::file_size(d + "/gpt/model.h5") / 2);
+    const std::string gen = "generate --prompt 'The ' --max-new-tokens 24 --temperature 0 --run-dir " + d + "/gpt";
+    Result g1 = chorus::testing::chorus(gen + " --int8");
+    Result g2 = chorus::testing::chorus(gen + " --weights " + d + "/gpt-int8.h5");
+    ASSERT_EQ(g1.code, 0) << g1.out;
+    ASSERT_EQ(g2.code, 0) << g2.out;
+    const auto text = [](std::string out) {  // without the timing line (stderr, interleaved)
+      const size_t at = out.find("generated ");
+      if (at != std::string::npos) out.erase(at, out.find('\n', at) - at);
+      return out;
+    };
+    EXPECT_EQ(text(g1.out), text(g2.out));
+    EXPECT_NE(g2.out.find("(int8 weights"), std::string::npos) << g2.out;
+  }
   Result e8 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json --int8");
   ASSERT_EQ(e8.code, 0) << e8.out;
   EXPECT_EQ(nlohmann::json::parse(e8.out.substr(e8.out.find('{')))["decode"]["weights"], "int8") << e8.out;

@@ -1075,6 +1075,18 @@ void Gpt::set_decode_int8(bool on) {
 
 bool Gpt::decode_int8() const { return !s_->dec_int8.empty(); }
 
+bool decode_int8_tensor(const std::string& name) {
+  const auto ends = [&](const char* suffix) {
+    const size_t n = std::strlen(suffix);
+    return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
+  };
+  if (name == "wte.weight" || name == "decoder.wte.weight") return true;
+  for (const char* s : {".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight",
+                        ".crossattn.q.weight", ".crossattn.c_proj.weight"})
+    if (ends(s)) return name.compare(0, 2, "h.") == 0 || name.compare(0, 10, "decoder.h.") == 0;
+  return false;
+}
+
 const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   State& s = *s_;
   CHORUS_CHECK(s.tp == nullptr, "generate runs on one rank: this model is a TP = %d shard", s.tp_size);

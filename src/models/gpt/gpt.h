@@ -245,6 +245,7 @@ class Gpt {
   // they change); positions, LayerNorms, biases, the cross keys/values of
   // set_decode_memory and forward() stay fp32. false frees them. fp32 models,
   // TP = 1 (throws otherwise).
+  // (decode_int8_tensor names exactly these matrices.)
   void set_decode_int8(bool on);
   bool decode_int8() const;
   // Beam search: sequence b of the cache becomes a copy of sequence src[b]
@@ -261,5 +262,11 @@ class Gpt {
   struct State;
   std::unique_ptr<State> s_;
 };
+
+// The tensors Gpt::set_decode_int8 quantises, by parameter name (a GPT's, or
+// a speech model's decoder's with its "decoder." prefix): wte and the block
+// matrices but the cross-attention keys/values. `chorus quantize` stores
+// exactly these as int8, so a quantised file decodes as --int8 does.
+bool decode_int8_tensor(const std::string& name);
 
 }  // namespace chorus::models
