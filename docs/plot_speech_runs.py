@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CER against training time of the two-stage speech recipe (launch/experiments/speech-base).
 
-  /usr/bin/python3 docs/plot_speech_runs.py OUT_DIR [--out docs/speech_base_cer.png]
+  /usr/bin/python3 docs/plot_speech_runs.py OUT_DIR [--out docs/speech_base_cer.png] [--x minutes|steps]
+      [--title TEXT]
 
 OUT_DIR holds ctc/ (stage 1: the encoder on CTC alone), pretrained/ and random/ (stage 2,
 joint training from stage 1's encoder with the pretrained or a random decoder), each a
@@ -22,21 +23,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+X = "minutes"  # or "steps" (--x)
+
+
+def xval(r):
+    return r["step"] if X == "steps" else r["elapsed_s"] / 60.0
+
+
 def evals(run):
-    """(elapsed minutes, row) of every validation row of a run's metrics.jsonl."""
+    """(x, row) of every validation row of a run's metrics.jsonl."""
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl")) if x.strip()]
-    return [(r["elapsed_s"] / 60.0, r) for r in rows if "val_loss" in r]
+    return [(xval(r), r) for r in rows if "val_loss" in r]
 
 
 def last_elapsed(run):
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl")) if x.strip()]
-    return rows[-1]["elapsed_s"] / 60.0
+    return xval(rows[-1])
 
 
 def joint_points(run, offset):
-    """(minutes, pooled CER) of the checkpoints' joint decoding on the val split."""
+    """(x, pooled CER) of the checkpoints' joint decoding on the val split."""
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl")) if x.strip()]
-    at = {r["step"]: r["elapsed_s"] / 60.0 for r in rows}
+    at = {r["step"]: xval(r) for r in rows}
     pts = []
     for f in sorted(glob.glob(os.path.join(run, "step-*", "val-joint.json"))):
         step = int(os.path.basename(os.path.dirname(f)).split("-")[1])
@@ -50,7 +58,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
     ap.add_argument("--out", default="docs/speech_base_cer.png")
+    ap.add_argument("--x", choices=("minutes", "steps"), default="minutes",
+                    help="x axis: wall-clock minutes (2 cores) or optimizer steps")
+    ap.add_argument("--title", default="speech-base recipe: pooled val CER (8 languages) against training time")
     a = ap.parse_args()
+    global X
+    X = a.x
     fig, ax = plt.subplots(figsize=(9, 5))
     ctc = os.path.join(a.out_dir, "ctc")
     pts = [(m, 100 * r["val_ctc_cer"]) for m, r in evals(ctc) if "val_ctc_cer" in r]
@@ -71,12 +84,12 @@ def main():
         jp = joint_points(run, offset)
         if jp:
             ax.plot(*zip(*jp), "o-", color=color, label=f"{name} decoder: joint CTC/attention, beam 4")
-    ax.set_xlabel("training time (minutes, 2 cores)")
+    ax.set_xlabel("training time (minutes, 2 cores)" if X == "minutes" else "optimizer steps (stage 2 after stage 1)")
     ax.set_ylabel("val CER (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("speech-base recipe: pooled val CER (8 languages) against training time")
+    ax.set_title(a.title, fontsize=10)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
     print("wrote", a.out)

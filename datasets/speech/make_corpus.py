@@ -283,6 +283,7 @@ def main(argv: list[str]) -> int:
             "voices": {lang: list(sentences.VOICES[lang]) for lang in a.langs},
             "variants": list(VARIANTS), "speed_wpm": list(SPEED_WPM), "pitch": list(PITCH),
             "test_fraction": sentences.TEST_FRACTION, "val_fraction": sentences.VAL_FRACTION,
+            "test_fraction_by_lang": {lang: sentences.test_fraction(lang) for lang in a.langs},
             "words": [sentences.MIN_WORDS, sentences.MAX_WORDS], "hanzi": [sentences.MIN_HANZI, sentences.MAX_HANZI],
         },
     }

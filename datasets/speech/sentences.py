@@ -60,6 +60,13 @@ UNSEGMENTED = frozenset({"zh"})  # written without spaces between words
 # Fractions of the hash range: [0, TEST) -> test, [TEST, TEST + VAL) -> val.
 TEST_FRACTION = 0.05
 VAL_FRACTION = 0.05
+# The transfer languages train on at most ~100 clips but need >= 50 test
+# sentences from small pools (datasets/text-extra): a larger test share.
+TEST_FRACTION_EXTRA = 0.15
+
+
+def test_fraction(lang: str) -> float:
+    return TEST_FRACTION_EXTRA if lang in EXTRA_LANGS else TEST_FRACTION
 
 # Length limits for a clip: words (alphabetic) or hanzi (zh), inclusive.
 MIN_WORDS, MAX_WORDS = 3, 20
@@ -262,9 +269,10 @@ def split_of(key: str, lang: str) -> str:
     """'train', 'val' or 'test' for a sentence key, by sha1 of "lang<TAB>key"."""
     h = hashlib.sha1((lang + "\t" + key).encode("utf-8")).digest()
     u = int.from_bytes(h[:8], "big") / 2.0**64
-    if u < TEST_FRACTION:
+    test = test_fraction(lang)
+    if u < test:
         return "test"
-    if u < TEST_FRACTION + VAL_FRACTION:
+    if u < test + VAL_FRACTION:
         return "val"
     return "train"
 

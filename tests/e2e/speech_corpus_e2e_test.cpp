@@ -165,3 +165,22 @@ TEST_F(SpeechCorpus, TinyCorpusIsWellFormedDisjointAndHeldOutOfPretraining) {
   r = sh("python3 " + kScripts + "pretrain_text.py --out " + (dir_ / "leaky").string() + " --check " + held);
   EXPECT_EQ(r.code, 1) << r.out;
 }
+
+// The transfer languages (not in the default corpus) come from
+// datasets/text-extra and hold at least 50 test sentences each, disjoint from
+// their train sentences.
+TEST_F(SpeechCorpus, TransferLanguagesHoldFiftyTestSentences) {
+  const fs::path corpus = dir_ / "transfer";
+  Result r = sh("python3 " + kScripts + "make_corpus.py --out " + corpus.string() +
+                " --langs pl,cs --train 2 --val 1 --test 1 --jobs 2 --quiet");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream jin(corpus / "corpus.json");
+  const auto meta = nlohmann::json::parse(jin);
+  for (const char* lang : {"pl", "cs"}) {
+    EXPECT_GE(meta["pool_sizes"][lang]["test"].get<int>(), 50) << lang;
+    EXPECT_GE(meta["pool_sizes"][lang]["train"].get<int>(), 100) << lang;
+    EXPECT_EQ(meta["splits"]["test"]["langs"][lang]["clips"], 1) << lang;
+  }
+  Result def = sh("python3 " + kScripts + "make_corpus.py --help");
+  EXPECT_NE(def.out.find("en,de,fr,es,it,pt,ru,zh"), std::string::npos) << "the default stays the eight languages";
+}
