@@ -49,7 +49,8 @@ std::string decoder_weights(const std::string& path, const std::string& run_dir,
   if (fs::is_regular_file(fs::path(path) / "model.h5")) return (fs::path(path) / "model.h5").string();
   const std::string dir = checkpoint::resolve_checkpoint_dir(path);
   const std::string manifest = (fs::path(dir) / "manifest.json").string();
-  check_decoder_tokenizer(manifest, checkpoint::read_manifest(manifest).tokenizer_hash, tok, tok_path);
+  const std::string hash = checkpoint::read_manifest(manifest).tokenizer_hash;
+  if (tok.vocab_size_of(hash) == 0) check_decoder_tokenizer(manifest, hash, tok, tok_path);  // an ancestor grows
   const std::string out = (fs::path(run_dir) / "init-decoder.h5").string();
   std::string err;
   if (grid.world_rank() == 0) {
@@ -420,18 +421,65 @@ void load_speech_weights(dist::ParallelGrid& grid, const std::string& dir, model
   checkpoint::load_checkpoint(grid, dir, 0, model.config().decoder, tokenizer_hash, st);
 }
 
-void load_speech_weights_grown(dist::ParallelGrid& grid, const std::string& dir, models::SpeechSeq2Seq& model,
-                               const data::Tokenizer& tok, int old_vocab) {
-  const std::string manifest_path = (fs::path(dir) / "manifest.json").string();
-  const checkpoint::Manifest m = checkpoint::read_manifest(manifest_path);
-  const checkpoint::GlobalState g = checkpoint::read_global(dir, m, false);
-  const int V = tok.vocab_size();
-  // The new tokens' rows start at the mean of the old language tokens' rows.
+namespace {
+
+// The token embedding (rows x C, global) of a model trained with a tokenizer of
+// old_vocab tokens, for tok, which extends it (add-language): the old rows kept,
+// the new tokens' rows at the mean of the old language tokens' rows (a new
+// language starts where the languages are), padding rows zero.
+std::vector<float> grow_embedding(const float* src, int64_t rows, size_t C, const data::Tokenizer& tok,
+                                  int old_vocab) {
   std::vector<uint32_t> old_langs;
   for (const auto& l : tok.languages()) {
     const uint32_t id = tok.special("<|" + l + "|>");
     if (static_cast<int>(id) < old_vocab) old_langs.push_back(id);
   }
+  std::vector<float> grown(static_cast<size_t>(rows) * C, 0.0f);
+  std::copy_n(src, static_cast<size_t>(old_vocab) * C, grown.begin());
+  std::vector<double> mean(C, 0.0);
+  for (uint32_t id : old_langs)
+    for (size_t c = 0; c < C; ++c) mean[c] += src[id * C + c] / static_cast<double>(old_langs.size());
+  for (int r = old_vocab; r < tok.vocab_size(); ++r)
+    for (size_t c = 0; c < C; ++c) grown[r * C + c] = static_cast<float>(mean[c]);
+  return grown;
+}
+
+// A GPT weights file into a speech decoder whose tokenizer extends the GPT's:
+// every tensor by name, wte grown (grow_embedding), the cross-attention (not in
+// a GPT file) left as initialised; this rank's TP shard of each.
+void load_decoder_grown(const std::string& file, models::Gpt& dec, const data::Tokenizer& tok, int old_vocab,
+                        const dist::ParallelGrid& grid) {
+  const auto tensors = checkpoint::read_weights_tensors(file);
+  const auto params = dec.params();
+  for (const auto& p : dec.param_table()) {
+    const auto it = std::find_if(tensors.begin(), tensors.end(), [&](const auto& t) { return t.name == p.name; });
+    if (it == tensors.end()) {
+      CHORUS_CHECK(p.name.find(".ln_x.") != std::string::npos || p.name.find(".crossattn.") != std::string::npos,
+                   "init-decoder: '%s' has no tensor '%s'", file.c_str(), p.name.c_str());
+      continue;
+    }
+    const float* src = it->data.data();
+    std::vector<float> grown;
+    if (it->shape != p.global_shape) {
+      CHORUS_CHECK(p.name == "wte.weight" && it->shape.size() == 2 && it->shape[1] == p.global_shape[1] &&
+                       it->shape[0] >= old_vocab,
+                   "init-decoder: '%s': tensor '%s' has another shape; only the embedding may grow with the "
+                   "tokenizer",
+                   file.c_str(), p.name.c_str());
+      grown = grow_embedding(src, p.global_shape[0], static_cast<size_t>(p.global_shape[1]), tok, old_vocab);
+      src = grown.data();
+    }
+    nn::slice_shard(checkpoint::shard_spec(p), grid.tp_rank(), grid.tp_size(), src, params.data() + p.offset);
+  }
+}
+
+}  // namespace
+
+void load_speech_weights_grown(dist::ParallelGrid& grid, const std::string& dir, models::SpeechSeq2Seq& model,
+                               const data::Tokenizer& tok, int old_vocab) {
+  const std::string manifest_path = (fs::path(dir) / "manifest.json").string();
+  const checkpoint::Manifest m = checkpoint::read_manifest(manifest_path);
+  const checkpoint::GlobalState g = checkpoint::read_global(dir, m, false);
   const auto params = model.params();
   for (const auto& p : model.param_table()) {
     size_t i = 0;
@@ -442,19 +490,12 @@ void load_speech_weights_grown(dist::ParallelGrid& grid, const std::string& dir,
     std::vector<float> grown;
     if (saved != p.global_shape) {
       CHORUS_CHECK(p.name == "decoder.wte.weight" && saved.size() == 2 && p.global_shape.size() == 2 &&
-                       saved[1] == p.global_shape[1] && saved[0] >= old_vocab && p.global_shape[0] >= V,
+                       saved[1] == p.global_shape[1] && saved[0] >= old_vocab && p.global_shape[0] >= tok.vocab_size(),
                    "%s: tensor '%s' has shape [%lld, %lld] here; only the decoder's embedding may grow with the "
                    "tokenizer",
                    manifest_path.c_str(), p.name.c_str(), static_cast<long long>(saved[0]),
                    static_cast<long long>(saved.size() > 1 ? saved[1] : 0));
-      const size_t C = static_cast<size_t>(saved[1]);
-      grown.assign(static_cast<size_t>(p.global_shape[0]) * C, 0.0f);
-      std::copy_n(src, static_cast<size_t>(old_vocab) * C, grown.begin());
-      std::vector<double> mean(C, 0.0);
-      for (uint32_t id : old_langs)
-        for (size_t c = 0; c < C; ++c) mean[c] += src[id * C + c] / static_cast<double>(old_langs.size());
-      for (int r = old_vocab; r < V; ++r)
-        for (size_t c = 0; c < C; ++c) grown[r * C + c] = static_cast<float>(mean[c]);
+      grown = grow_embedding(src, p.global_shape[0], static_cast<size_t>(saved[1]), tok, old_vocab);
       src = grown.data();
     }
     nn::slice_shard(checkpoint::shard_spec(p), grid.tp_rank(), grid.tp_size(), src, params.data() + p.offset);
@@ -516,10 +557,24 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
     cfg.encoder = opt.encoder;
     cfg.prior = opt.prior;
   }
+  int decoder_grow_from = 0;  // > 0: the GPT's tokenizer had this many tokens, --tokenizer extends it
   if (opt.init_from.empty() || encoder_only) {
     const DecoderSource source = decoder_source(opt, tok.vocab_size());
-    if (!source.file.empty()) check_decoder_tokenizer(source.file, source.tokenizer_hash, tok, opt.tokenizer_path);
     cfg.decoder = source.config;
+    if (!source.file.empty()) {
+      decoder_grow_from = source.tokenizer_hash != tok.hash() ? tok.vocab_size_of(source.tokenizer_hash) : 0;
+      if (decoder_grow_from == 0) check_decoder_tokenizer(source.file, source.tokenizer_hash, tok, opt.tokenizer_path);
+      CHORUS_CHECK(decoder_grow_from == 0 || decoder_grow_from == source.config.vocab_size,
+                   "init-decoder: %s has %d tokens but its tokenizer (an ancestor of --tokenizer '%s') had %d",
+                   source.file.c_str(), source.config.vocab_size, opt.tokenizer_path.c_str(), decoder_grow_from);
+      if (decoder_grow_from > 0) {
+        cfg.decoder.vocab_size = tok.vocab_size();
+        log_info("init-decoder: %s was trained with tokenizer %.12s (%d tokens); --tokenizer '%s' extends it to %d "
+                 "tokens: the embedding grows by %d rows",
+                 source.file.c_str(), source.tokenizer_hash.c_str(), decoder_grow_from, opt.tokenizer_path.c_str(),
+                 tok.vocab_size(), tok.vocab_size() - decoder_grow_from);
+      }
+    }
   }
   cfg.decoder.validate();
   CHORUS_CHECK(cfg.prior.n_heads <= cfg.decoder.n_head, "ctc-prior-heads: %d exceeds the decoder's %d heads",
@@ -541,7 +596,7 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
   if (pretrained && (init_from_dir.empty() || encoder_only)) {
     weights = decoder_weights(opt.init_decoder, opt.train.run_dir, grid, tok, opt.tokenizer_path);
     const auto h = checkpoint::read_weights_header(weights);
-    check_decoder_tokenizer(weights, h.tokenizer_hash, tok, opt.tokenizer_path);
+    if (decoder_grow_from == 0) check_decoder_tokenizer(weights, h.tokenizer_hash, tok, opt.tokenizer_path);
   }
   SpeechTask task(opt, tok, cfg, grid, pretrained);
   task.model().init_weights(opt.train.seed);
@@ -562,7 +617,9 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
       load_speech_weights(grid, init_from_dir, task.model(), tok.hash());
     log_info("init-from: encoder, decoder and CTC head from %s", init_from_dir.c_str());
   }
-  if (pretrained && !weights.empty())
+  if (pretrained && !weights.empty() && decoder_grow_from > 0)
+    load_decoder_grown(weights, task.model().decoder(), tok, decoder_grow_from, grid);
+  else if (pretrained && !weights.empty())
     checkpoint::load_weights(weights, task.model().decoder(), tok.hash(), grid.tp_rank(), grid.tp_size(),
                              /*allow_new_cross_attention=*/true);
   FinetuneSpeechResult r;

@@ -377,6 +377,18 @@ TEST_F(SpeechE2E, InitFromGrowsTheVocabularyForANewLanguage) {
   Result t = chorus::testing::chorus("transcribe --checkpoint " + d + "/grow_train --manifest " + d +
                                      "/af.tsv --lang af");
   EXPECT_EQ(t.code, 0) << t.out;
+  // --init-decoder GPT with the extended tokenizer (a new language from the
+  // GPT alone, encoder new): the GPT's tensors load unchanged, the embedding
+  // grows; the decoder is not trained in a CTC-only step, so its blocks are the
+  // GPT's as with the GPT's own tokenizer.
+  const std::string from_gpt = "--init-decoder " + d + "/gpt --batch 4 --eval-clips 0 --steps 1 --ctc-only-steps 1 ";
+  Result g1 = run("gpt_grow", from_gpt + "--tokenizer " + d + "/tok-af.json --data " + d + "/speech-af");
+  ASSERT_EQ(g1.code, 0) << g1.out;
+  EXPECT_NE(g1.out.find("the embedding grows by 1 rows"), std::string::npos) << g1.out;
+  ASSERT_EQ(run("gpt_same", from_gpt + "--tokenizer " + d + "/tok.json --data " + d + "/speech").code, 0);
+  for (const char* prefix : {"decoder.h.0.attn.", "decoder.h.1.mlp.", "decoder.wpe.", "decoder.ln_f."})
+    EXPECT_EQ(hash("gpt_grow", prefix), hash("gpt_same", prefix)) << prefix;
+  EXPECT_NE(hash("gpt_grow", "decoder.wte."), hash("gpt_same", "decoder.wte."));
   // A tokenizer that does not extend the model's is refused, naming it.
   ASSERT_EQ(chorus::testing::chorus("train-tokenizer --quiet --input " + d + "/text --vocab 400 --out " + d +
                                     "/tok-other.json").code,
@@ -385,6 +397,9 @@ TEST_F(SpeechE2E, InitFromGrowsTheVocabularyForANewLanguage) {
                                    "/grow_src --steps 1");
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.out.find("tok-other.json"), std::string::npos) << bad.out;
+  Result bad_gpt = run("gpt_bad", "--tokenizer " + d + "/tok-other.json --data " + d + "/speech-af " + from_gpt);
+  EXPECT_NE(bad_gpt.code, 0);
+  EXPECT_NE(bad_gpt.out.find("tok-other.json"), std::string::npos) << bad_gpt.out;
 }
 
 TEST_F(SpeechE2E, Bf16AndFp16TrackFp32) {
