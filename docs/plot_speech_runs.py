@@ -9,7 +9,7 @@ joint training from stage 1's encoder with the pretrained or a random decoder), 
 finetune-speech run directory. Plotted against wall-clock minutes (stage 2 after stage 1's),
 on the val split: the CTC head's greedy CER (both stages), the attention decoder's greedy CER
 (metrics.jsonl, val_cer) and joint CTC/attention beam-4 CER of the checkpoints
-(step-*/val-joint.json written by the recipe's last stage). Needs matplotlib
+(NAME/val-joint-STEP.json written by the recipe's last stage). Needs matplotlib
 (Debian: apt-get install python3-matplotlib).
 """
 import argparse
@@ -46,8 +46,8 @@ def joint_points(run, offset):
     rows = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl")) if x.strip()]
     at = {r["step"]: xval(r) for r in rows}
     pts = []
-    for f in sorted(glob.glob(os.path.join(run, "step-*", "val-joint.json"))):
-        step = int(os.path.basename(os.path.dirname(f)).split("-")[1])
+    for f in sorted(glob.glob(os.path.join(run, "val-joint-*.json"))):
+        step = int(os.path.basename(f)[len("val-joint-"):-len(".json")])
         cer = json.load(open(f))["overall"]["cer"]
         if step in at:
             pts.append((offset + at[step], 100.0 * cer))
