@@ -168,14 +168,9 @@ std::string export_tokenizer_path(const std::string& flag, const std::string& ck
     check_input_file(flag, "tokenizer", "a tokenizer JSON file");
     return flag;
   }
-  const std::filesystem::path config = std::filesystem::path(ckpt_dir).parent_path() / "config.json";
-  std::ifstream in(config);
-  if (!in) return "";
-  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-  if (!j.is_object() || !j.contains("tokenizer") || !j["tokenizer"].is_string()) return "";
-  const std::string path = j["tokenizer"].get<std::string>();
+  const std::string path = recorded_tokenizer(std::filesystem::path(ckpt_dir).parent_path().string());
   std::error_code ec;
-  return std::filesystem::is_regular_file(path, ec) ? path : "";
+  return !path.empty() && std::filesystem::is_regular_file(path, ec) ? path : "";
 }
 
 int export_cmd(int argc, char** argv) {

@@ -149,6 +149,10 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   check_input_file(tok_path, "tokenizer", "a tokenizer JSON file");
   auto tok = data::Tokenizer::load(tok_path);
   auto header = checkpoint::read_weights_header(weights);
+  CHORUS_CHECK(header.model_type == "gpt",
+               "weights '%s': attribute 'model_type' is '%s': generate runs a GPT (transcribe / evaluate run a speech "
+               "model)",
+               weights.c_str(), header.model_type.c_str());
   const auto& hc = header.config;
   const models::GptMemory need = models::gpt_memory(hc, 1, hc.context, 1, Precision::fp32);  // the model below
   check_memory_fits("generate", double(need.master_bytes + need.grad_bytes + need.activation_bytes),

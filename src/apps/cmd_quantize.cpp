@@ -4,7 +4,6 @@
 // stored as int8 codes with one fp32 scale per output row (nn::Int8Weight);
 // everything else stays fp32.
 #include <filesystem>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -26,19 +25,6 @@ namespace chorus::apps {
 namespace fs = std::filesystem;
 
 namespace {
-
-// The tokenizer a run directory records in its config.json ("" if none).
-std::string recorded_tokenizer(const fs::path& run_dir) {
-  std::ifstream in(run_dir / "config.json");
-  if (!in.good()) return "";
-  try {
-    nlohmann::json cfg;
-    in >> cfg;
-    return cfg.value("tokenizer", std::string());
-  } catch (const nlohmann::json::exception&) {
-    return "";
-  }
-}
 
 struct Tensors {
   checkpoint::WeightsHeader header;
@@ -64,7 +50,7 @@ Tensors read_gpt(const std::string& path) {
   }
   CHORUS_CHECK(t.header.quantization.empty(), "checkpoint: '%s' is already quantised (%s)", file.c_str(),
                t.header.quantization.c_str());
-  if (fs::is_directory(path)) t.header.tokenizer = recorded_tokenizer(path);
+  if (fs::is_directory(path)) t.header.tokenizer = recorded_tokenizer(path);  // informational
   return t;
 }
 
@@ -113,6 +99,7 @@ int cmd_quantize(int argc, char** argv, dist::Runtime& rt) {
                vm["scheme"].as<std::string>().c_str());
   CHORUS_CHECK(fs::exists(src), "checkpoint: '%s' does not exist", src.c_str());
   check_new_file(out, "out", vm["force"].as<bool>());
+  check_not_input(out, "out", {src});
 
   // A directory with a checkpoint manifest (a run or step directory) is a
   // speech model when the manifest says so; anything else a GPT weights file.

@@ -7,6 +7,8 @@
 #include <iterator>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 
 namespace chorus::apps {
@@ -187,6 +189,14 @@ void check_new_file(const std::string& out, const std::string& flag, bool force)
   CHORUS_CHECK(!fs::is_directory(st), "%s: '%s' is a directory, expected a file path", flag.c_str(), out.c_str());
   CHORUS_CHECK(force || !fs::exists(st), "%s: '%s' already exists; give --force to replace it, or choose another path",
                flag.c_str(), out.c_str());
+}
+
+std::string recorded_tokenizer(const std::string& run_dir) {
+  std::ifstream in(fs::path(run_dir) / "config.json");
+  if (!in) return "";
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (!j.is_object() || !j.contains("tokenizer") || !j["tokenizer"].is_string()) return "";
+  return j["tokenizer"].get<std::string>();
 }
 
 }  // namespace chorus::apps

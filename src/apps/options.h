@@ -82,4 +82,8 @@ void check_not_input(const std::string& out, const std::string& flag, const std:
 // Refuses an output file `out` that already exists unless `force` (--force).
 void check_new_file(const std::string& out, const std::string& flag, bool force);
 
+// The tokenizer path a run recorded in <run_dir>/config.json, "" when that file
+// is missing or unreadable or has no string field "tokenizer".
+std::string recorded_tokenizer(const std::string& run_dir);
+
 }  // namespace chorus::apps

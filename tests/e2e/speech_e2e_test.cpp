@@ -193,6 +193,18 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
     };
     EXPECT_EQ(text(g1.out), text(g2.out));
     EXPECT_NE(g2.out.find("(int8 weights"), std::string::npos) << g2.out;
+    // A file of the other kind is refused by name, as is an output inside the input.
+    Result wrong_t = chorus::testing::chorus("transcribe --checkpoint " + d + "/gpt-int8.h5 --manifest " + d +
+                                             "/corpus/test.tsv");
+    EXPECT_NE(wrong_t.code, 0);
+    EXPECT_NE(wrong_t.out.find("model_type"), std::string::npos) << wrong_t.out;
+    Result wrong_g = chorus::testing::chorus("generate --weights " + d + "/ft-int8.h5 --tokenizer " + d + "/tok.json");
+    EXPECT_NE(wrong_g.code, 0);
+    EXPECT_NE(wrong_g.out.find("model_type"), std::string::npos) << wrong_g.out;
+    Result inside = chorus::testing::chorus("quantize --checkpoint " + d + "/ft --out " + d + "/ft/q.h5");
+    EXPECT_NE(inside.code, 0);
+    EXPECT_NE(inside.out.find("out:"), std::string::npos) << inside.out;
+    EXPECT_FALSE(fs::exists(d + "/ft/q.h5"));
   }
   Result e8 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json --int8");
   ASSERT_EQ(e8.code, 0) << e8.out;
