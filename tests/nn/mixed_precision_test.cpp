@@ -44,6 +44,7 @@
 #include "core/dtype.h"
 #include "core/rng.h"
 #include "grad_check.h"
+#include "mixed_check.h"
 #include "nn/attention.h"
 #include "nn/conv1d.h"
 #include "nn/ctc.h"
@@ -57,59 +58,9 @@
 namespace chorus::nn {
 namespace {
 
-using chorus::testing::random_vector;
+using namespace chorus::testing;  // grad_check.h, mixed_check.h
 
-template <typename T>
-struct Dtype;
-template <>
-struct Dtype<bf16> {
-  static constexpr const char* kName = "bf16";
-  static constexpr int kMant = 7;  // stored mantissa bits
-  static constexpr int kEmin = -126;
-  static constexpr double kOnce = 1e-2;
-  static constexpr double kFew = 2e-2;
-};
-template <>
-struct Dtype<fp16> {
-  static constexpr const char* kName = "fp16";
-  static constexpr int kMant = 10;
-  static constexpr int kEmin = -14;
-  static constexpr double kOnce = 1.5e-3;
-  static constexpr double kFew = 2.5e-3;
-};
 constexpr double kParam = 1e-5;
-
-// Rounds v to T in place (v then holds exactly the T values) and returns the T tensor.
-template <typename T>
-std::vector<T> round_inputs(std::vector<float>& v) {
-  std::vector<T> t(v.size());
-  convert(t.data(), v.data(), v.size());
-  convert(v.data(), t.data(), v.size());
-  return t;
-}
-
-template <typename T>
-std::vector<float> widen(const std::vector<T>& t) {
-  std::vector<float> v(t.size());
-  convert(v.data(), t.data(), t.size());
-  return v;
-}
-
-// A T tensor every element of which is NaN: outputs that must be overwritten.
-template <typename T>
-std::vector<T> nan_filled(size_t n) {
-  return std::vector<T>(n, from_f32<T>(std::numeric_limits<float>::quiet_NaN()));
-}
-
-double rel_max_err(const std::vector<float>& got, const std::vector<float>& ref) {
-  double err = 0.0, mx = 0.0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double d = std::abs(static_cast<double>(got[i]) - ref[i]);
-    err = std::isnan(d) ? INFINITY : std::max(err, d);
-    mx = std::max(mx, std::abs(static_cast<double>(ref[i])));
-  }
-  return err / std::max(mx, 1e-30);
-}
 
 // Relative-to-max error within tol; prints it for the record.
 void expect_close(const std::string& what, const std::vector<float>& got, const std::vector<float>& ref,
@@ -119,41 +70,6 @@ void expect_close(const std::string& what, const std::vector<float>& got, const 
   std::printf("[ mixed    ] %-36s rel-to-max err %.3e (tol %.1e)\n", what.c_str(), err, tol);
   ::testing::Test::RecordProperty(what, std::to_string(err));
   EXPECT_LE(err, tol) << what;
-}
-
-// One ulp of T at |x|.
-template <typename T>
-double ulp_of(double x) {
-  int e = 0;
-  std::frexp(std::abs(x), &e);  // |x| in [2^(e-1), 2^e)
-  return std::ldexp(1.0, std::max(e - 1, Dtype<T>::kEmin) - Dtype<T>::kMant);
-}
-
-// For an output that T computes in fp32 from the same values as the fp32
-// layer and rounds once: every element is a T value within one T ulp of the
-// fp32 result (plus fp32 summation noise, 1e-6 of the largest value), nearly
-// all are exactly round_to<T>(fp32 result), and the rounding is visible:
-// most elements differ from the fp32 result (a T path that kept fp32 values
-// would fail here).
-template <typename T>
-void expect_rounded_once(const std::string& what, const std::vector<T>& got_t, const std::vector<float>& ref) {
-  ASSERT_EQ(got_t.size(), ref.size());
-  const std::vector<float> got = widen(got_t);
-  double mx = 0.0;
-  for (float r : ref) mx = std::max(mx, std::abs(static_cast<double>(r)));
-  size_t n_exact = 0, n_differ = 0, n_far = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    ASSERT_EQ(from_f32<T>(got[i]).bits, got_t[i].bits) << what << "[" << i << "] is not a T value";
-    ASSERT_TRUE(std::isfinite(got[i])) << what << "[" << i << "]";
-    n_exact += got[i] == round_to<T>(ref[i]);
-    n_differ += got[i] != ref[i];
-    const double d = std::abs(static_cast<double>(got[i]) - ref[i]);
-    if (d > ulp_of<T>(ref[i]) + 1e-6 * mx && ++n_far <= 5)
-      ADD_FAILURE() << what << "[" << i << "]: " << got[i] << " vs fp32 " << ref[i] << ", more than one ulp";
-  }
-  EXPECT_EQ(n_far, 0u) << what;
-  EXPECT_GE(n_exact, ref.size() - ref.size() / 100) << what << ": not round_to<T>(fp32 result)";
-  EXPECT_GE(n_differ, ref.size() / 4) << what << ": hardly any element differs from fp32: not rounded to T?";
 }
 
 // dst holds init + 2 * grad (two backward calls onto init), in fp32.
@@ -172,7 +88,6 @@ std::string name(const char* layer, const char* tensor) {
 
 template <typename T>
 class MixedPrecision : public ::testing::Test {};
-using StorageTypes = ::testing::Types<bf16, fp16>;
 TYPED_TEST_SUITE(MixedPrecision, StorageTypes);
 
 TYPED_TEST(MixedPrecision, MatmulWithBiasAndResidual) {
