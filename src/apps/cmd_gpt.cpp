@@ -33,6 +33,7 @@ void add_pretrain_flags(OptionSet& o) {
   o.add<int>("model", "n-head", 6, "attention heads (must divide n-embd)");
   o.add<int>("model", "vocab-size", 0, "vocabulary size; 0 = the tokenizer's (a different value is refused)");
   o.add<int>("model", "context", 256, "maximum sequence length (position-embedding rows)");
+  add_gpt_arch_flags(o);
   o.add<std::string>("data", "tokenizer", "tokenizer.json", "tokenizer JSON; its hash must match the shards'");
   o.add<std::string>("data", "data", "shards", "directory of train_*.h5 / val_*.h5 shards from prepare-text");
   o.add<int>("data", "seq-len", 256, "tokens per training sequence (T <= context)");
@@ -49,6 +50,7 @@ train::PretrainOptions read_pretrain_flags(const po::variables_map& vm) {
   p.model.n_head = vm["n-head"].as<int>();
   p.model.vocab_size = vm["vocab-size"].as<int>();
   p.model.context = vm["context"].as<int>();
+  read_gpt_arch_flags(vm, p.model);
   p.tokenizer_path = vm["tokenizer"].as<std::string>();
   p.data_dir = vm["data"].as<std::string>();
   p.seq_len = vm["seq-len"].as<int>();

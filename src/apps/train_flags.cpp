@@ -221,4 +221,38 @@ train::TrainOptions read_train_flags(const po::variables_map& vm) {
   return p;
 }
 
+void add_gpt_arch_flags(OptionSet& o) {
+  o.add<std::string>("model", "pos", "learned",
+                     "positions: learned (GPT-2's wpe table) | rotary (RoPE on every head's q and k, no table)");
+  o.add<std::string>("model", "norm", "layernorm", "block norms: layernorm (GPT-2, with bias) | rmsnorm (gain only)");
+  o.add_switch("model", "qk-norm", "RMS-normalise every head's q and k before attention (parameter-free)");
+  o.add<std::string>("model", "mlp", "gelu",
+                     "MLP: gelu (GPT-2, width 4d) | relu2 (ReLU squared, 4d) | swiglu (SwiGLU, width 8d/3 rounded "
+                     "up to a multiple of 64)");
+  o.add_switch("model", "untied-head", "an LM head of its own (lm_head.weight) instead of the token embedding");
+  o.add<float>("model", "logit-softcap", 0.0f, "0",
+               "soft-cap the logits at this value, cap * tanh(logits / cap) (0 = off; the speedrun uses 15-30)");
+  o.add<float>("model", "rope-theta", 10000.0f, "10000", "rotary base (with --pos rotary)");
+  o.add<std::string>("model", "attention", "flash",
+                     "causal attention kernel (not part of the model; either loads any checkpoint): flash (tiled, keeps "
+                     "only the softmax statistics: memory linear in the sequence length) | full (keeps every "
+                     "T x T probability matrix for backward)");
+}
+
+void read_gpt_arch_flags(const po::variables_map& vm, models::GptConfig& c) {
+  c.pos = models::parse_pos(vm["pos"].as<std::string>(), "pos");
+  c.norm = models::parse_norm(vm["norm"].as<std::string>(), "norm");
+  c.qk_norm = vm["qk-norm"].as<bool>();
+  c.mlp = models::parse_mlp(vm["mlp"].as<std::string>(), "mlp");
+  c.tied_head = !vm["untied-head"].as<bool>();
+  c.logit_softcap = vm["logit-softcap"].as<float>();
+  c.rope_theta = vm["rope-theta"].as<float>();
+  const std::string attention = vm["attention"].as<std::string>();
+  CHORUS_CHECK(attention == "flash" || attention == "full", "attention: expected flash or full, got '%s'",
+               attention.c_str());
+  c.flash_attention = attention == "flash";
+  CHORUS_CHECK(c.logit_softcap >= 0.0f, "logit-softcap: must be >= 0 (0 = off), got %g",
+               static_cast<double>(c.logit_softcap));
+}
+
 }  // namespace chorus::apps

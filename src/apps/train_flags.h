@@ -7,6 +7,7 @@
 #include <string>
 
 #include "apps/options.h"
+#include "models/gpt/gpt.h"
 #include "train/loop.h"
 
 namespace chorus::apps {
@@ -25,5 +26,11 @@ void add_train_flags(OptionSet& o, const TrainFlagDefaults& d);
 // Reads them back (and applies --threads and --gemm to the process). The
 // caller sets the grid (the --tp flag: vm["tp"]).
 train::TrainOptions read_train_flags(const po::variables_map& vm);
+
+// The GPT architecture options of [model] (models::GptConfig, docs/ARCHITECTURE.md):
+// --pos, --norm, --qk-norm, --mlp, --untied-head, --logit-softcap, --rope-theta
+// (every default is GPT-2's choice), and the attention kernel, --attention.
+void add_gpt_arch_flags(OptionSet& o);
+void read_gpt_arch_flags(const po::variables_map& vm, models::GptConfig& c);
 
 }  // namespace chorus::apps

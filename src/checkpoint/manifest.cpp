@@ -174,6 +174,7 @@ json manifest_to_json(const Manifest& m) {
                 {"vocab_size", m.model.vocab_size},
                 {"padded_vocab", m.model.padded_vocab()},
                 {"context", m.model.context}};
+  if (!m.model.is_gpt2()) j["model"]["arch"] = models::gpt_arch_to_json(m.model);
   j["tokenizer"] = {{"hash", m.tokenizer_hash}, {"eot_token", m.eot_token}};
   j["step"] = m.step;
   j["tokens_seen"] = m.tokens_seen;
@@ -277,6 +278,8 @@ Manifest manifest_from_json(const json& j, const std::string& where) {
   m.model.n_head = model.i32("n_head", 1);
   m.model.vocab_size = model.i32("vocab_size", 1);
   m.model.context = model.i32("context", 1);
+  if (const auto& jm = j.at("model"); jm.contains("arch"))
+    models::gpt_arch_from_json(m.model, jm.at("arch"), "checkpoint manifest '" + where + "', model");
   try {
     m.model.validate();
   } catch (const Error& e) {
@@ -523,6 +526,11 @@ void check_matches_run(const Manifest& m, const std::string& where, const models
   same("n_head", m.model.n_head, c.n_head);
   same("vocab_size", m.model.vocab_size, c.vocab_size);
   same("context", m.model.context, c.context);
+  CHORUS_CHECK(m.model.arch_name() == c.arch_name() && models::gpt_arch_to_json(m.model) == models::gpt_arch_to_json(c),
+               "checkpoint '%s': field 'model.arch' is %s (%s) but this run's model is %s (%s) (a checkpoint resumes "
+               "only the model it was saved from)",
+               where.c_str(), m.model.arch_name().c_str(), models::gpt_arch_to_json(m.model).dump().c_str(),
+               c.arch_name().c_str(), models::gpt_arch_to_json(c).dump().c_str());
   CHORUS_CHECK(
       tokenizer_hash.empty() || m.tokenizer_hash == tokenizer_hash,
       "checkpoint '%s': field 'tokenizer.hash' is %s but this run's tokenizer has hash %s (resume with the "

@@ -282,6 +282,17 @@ void export_safetensors(const std::string& src, const std::string& out_dir, Prec
                         const ExportTokenizer* tokenizer) {
   const Loaded l = load_manifest(src);
   const Manifest& m = l.manifest;
+  CHORUS_CHECK(m.model.is_gpt2(),
+               "export: checkpoint '%s' is a GPT with %s (field 'model.arch' of its manifest): the GPT-2 safetensors "
+               "layout cannot express %s; export it with `chorus checkpoint export --format chorus` for chorus "
+               "generate / finetune-speech",
+               l.dir.c_str(), m.model.arch_name().c_str(),
+               m.model.pos != models::PosKind::learned          ? "rotary positions"
+               : m.model.norm != models::NormKind::layernorm    ? "RMSNorm"
+               : m.model.qk_norm                                ? "QK-norm"
+               : m.model.mlp != models::MlpKind::gelu           ? "this MLP"
+               : !m.model.tied_head                             ? "an untied LM head"
+                                                                : "logit soft-capping");
   CHORUS_CHECK(!tokenizer || tokenizer->hash == m.tokenizer_hash,
                "tokenizer: '%s' has hash %s but the checkpoint '%s' was trained with tokenizer %s; give the "
                "run's tokenizer (--tokenizer)",

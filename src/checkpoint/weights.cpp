@@ -195,6 +195,7 @@ void write_weights_file(const std::string& path, const WeightsHeader& h, const s
     h5::write_attr_int(f, "n_head", c.n_head);
     h5::write_attr_int(f, "vocab_size", c.vocab_size);
     h5::write_attr_int(f, "context", c.context);
+    if (!c.is_gpt2()) h5::write_attr_string(f, "arch", models::gpt_arch_to_json(c).dump());  // absent: GPT-2
     h5::write_attr_string(f, "tokenizer_hash", tokenizer_hash);
     h5::Id<H5Gclose> group(H5Gcreate2(f.get(), "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     CHORUS_CHECK(group.valid(), "weights: cannot create group 'params' in '%s'", tmp.c_str());
@@ -261,6 +262,16 @@ static WeightsHeader read_header(const h5::File& f) {
   h.config.n_head = static_cast<int>(h5::read_attr_int(f, "n_head"));
   h.config.vocab_size = static_cast<int>(h5::read_attr_int(f, "vocab_size"));
   h.config.context = static_cast<int>(h5::read_attr_int(f, "context"));
+  if (h5::has_attr(f, "arch")) {
+    const std::string arch = h5::read_attr_string(f, "arch");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(arch);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(strfmt("weights '%s': attribute 'arch' is not JSON: %s", f.path().c_str(), e.what()));
+    }
+    models::gpt_arch_from_json(h.config, j, strfmt("weights '%s'", f.path().c_str()));
+  }
   h.tokenizer_hash = h5::read_attr_string(f, "tokenizer_hash");
   if (version == kVersionTyped) {
     h.model_type = h5::read_attr_string(f, "model_type");
@@ -301,11 +312,13 @@ void load_weights(const std::string& path, models::Gpt& model, const std::string
   WeightsHeader h = read_header(f);
   const auto& c = model.config();
   CHORUS_CHECK(h.config.n_layer == c.n_layer && h.config.n_embd == c.n_embd && h.config.n_head == c.n_head &&
-                   h.config.vocab_size == c.vocab_size && h.config.context == c.context,
-               "weights '%s': model config L%d d%d h%d vocab %d context %d differs from the model's L%d d%d h%d "
-               "vocab %d context %d",
+                   h.config.vocab_size == c.vocab_size && h.config.context == c.context &&
+                   models::gpt_arch_to_json(h.config) == models::gpt_arch_to_json(c),
+               "weights '%s': model config L%d d%d h%d vocab %d context %d (%s) differs from the model's L%d d%d h%d "
+               "vocab %d context %d (%s)",
                path.c_str(), h.config.n_layer, h.config.n_embd, h.config.n_head, h.config.vocab_size,
-               h.config.context, c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.context);
+               h.config.context, h.config.arch_name().c_str(), c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.context,
+               c.arch_name().c_str());
   CHORUS_CHECK(expected_hash.empty() || h.tokenizer_hash == expected_hash,
                "weights '%s': attribute 'tokenizer_hash' is %s but the tokenizer in use has %s", path.c_str(),
                h.tokenizer_hash.c_str(), expected_hash.c_str());

@@ -17,8 +17,12 @@ void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe
   for (int r = 0; r < n_rows; ++r) {
     const int t = r % Tn;
     const T* te = wte + static_cast<size_t>(tokens[r]) * C;
-    const T* pe = wpe + static_cast<size_t>(t) * C;
     T* o = out + static_cast<size_t>(r) * C;
+    if (wpe == nullptr) {  // no position table (rotary positions)
+      std::copy_n(te, C, o);
+      continue;
+    }
+    const T* pe = wpe + static_cast<size_t>(t) * C;
 #pragma omp simd
     for (int c = 0; c < C; ++c) o[c] = from_f32<T>(to_f32(te[c]) + to_f32(pe[c]));
   }
@@ -44,9 +48,11 @@ void embedding_backward_rows(float* dwte, float* dwpe, const T* dout, const int3
       for (int t = 0; t < Tn; ++t) {
         const size_t i = static_cast<size_t>(b) * Tn + t;
         const T* d = dout + i * C + c0;
-        float* gpe = dwpe + static_cast<size_t>(t) * C + c0;
+        if (dwpe != nullptr) {
+          float* gpe = dwpe + static_cast<size_t>(t) * C + c0;
 #pragma omp simd
-        for (int c = 0; c < nc; ++c) gpe[c] += to_f32(d[c]);
+          for (int c = 0; c < nc; ++c) gpe[c] += to_f32(d[c]);
+        }
         const int64_t row = static_cast<int64_t>(tokens[i]) - row_begin;
         if (row < 0 || row >= n_rows) continue;
         float* gte = dwte + static_cast<size_t>(row) * C + c0;

@@ -11,11 +11,13 @@
 namespace chorus::nn {
 
 // out (B, T, C) = wte[tokens[b, t]] + wpe[t].
-// tokens (B, T) with values in [0, V) (not checked here); wte (V, C); wpe (>= T, C).
+// tokens (B, T) with values in [0, V) (not checked here); wte (V, C); wpe (>= T, C),
+// or nullptr for no position table (rotary positions: out = wte rows).
 template <typename T>
 void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe, int B, int Tn, int C);
 
-// dwte (V, C) += scatter of dout by token; dwpe (>= T, C) += dout summed over B.
+// dwte (V, C) += scatter of dout by token; dwpe (>= T, C) += dout summed over B
+// (dwpe nullptr: no position table).
 // dout (B, T, C). Deterministic: parallel over column blocks, rows in order.
 template <typename T>
 void embedding_backward(float* dwte, float* dwpe, const T* dout, const int32_t* tokens, int B, int Tn, int C);

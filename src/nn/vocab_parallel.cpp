@@ -57,6 +57,7 @@ void vocab_parallel_embedding_forward(T* out, const int32_t* tokens, const T* wt
   // Exactly wte[token] + wpe[t] as on one rank: the other ranks added zeros.
 #pragma omp parallel for schedule(static) if (static_cast <size_t>(n_rows) * C > (1u << 15))
   for (int i = 0; i < n_rows; ++i) {
+    if (wpe == nullptr) continue;  // rotary positions: no table
     const T* pe = wpe + static_cast<size_t>(i % Tn) * C;
     float* o = acc + static_cast<size_t>(i) * C;
 #pragma omp simd
@@ -108,8 +109,9 @@ void vocab_parallel_cross_entropy_forward(float* losses, float* lse, float* stat
 
 template <typename T>
 void vocab_parallel_cross_entropy_backward(T* dlogits, const T* logits, const float* lse,
-                                           const int32_t* targets, float dloss, int N, const VocabRange& r) {
-  if (covers_all(r)) {
+                                           const int32_t* targets, float dloss, int N, const VocabRange& r,
+                                           float softcap) {
+  if (covers_all(r) && softcap == 0.0f) {
     softmax_cross_entropy_backward(dlogits, logits, lse, targets, dloss, N, r.vocab, r.size);
     return;
   }
@@ -124,8 +126,21 @@ void vocab_parallel_cross_entropy_backward(T* dlogits, const T* logits, const fl
     }
     const float* l = row_f32(logits, i, r.size, n_valid);
     float* d = f32_accumulator(d_t, r.size, cpu::kScratchRowOut);
-    cpu::exp_store_scaled(d, l, n_valid, lse[i], dloss);
-    if (r.owns(target)) d[target - r.begin] -= dloss;
+    if (softcap > 0.0f) {
+      // l holds the capped logits y = cap tanh(z / cap) (d may be l itself:
+      // each element is read before it is written): dz = dy (1 - (y / cap)^2).
+      const float inv_cap = 1.0f / softcap;
+      const int t = r.owns(target) ? target - r.begin : -1;
+      for (int v = 0; v < n_valid; ++v) {
+        const float y = l[v], u = y * inv_cap;
+        float g = cpu::exp_approx(y - lse[i]) * dloss;
+        if (v == t) g -= dloss;
+        d[v] = g * (1.0f - u * u);
+      }
+    } else {
+      cpu::exp_store_scaled(d, l, n_valid, lse[i], dloss);
+      if (r.owns(target)) d[target - r.begin] -= dloss;
+    }
     for (int v = n_valid; v < r.size; ++v) d[v] = 0.0f;
     store_rows(d_t, r.size, d, r.size, 1, r.size);
   }
@@ -139,7 +154,7 @@ void vocab_parallel_cross_entropy_backward(T* dlogits, const T* logits, const fl
   template void vocab_parallel_cross_entropy_forward<T>(float*, float*, float*, const T*, const int32_t*, int,   \
                                                         const VocabRange&, dist::Communicator*);                \
   template void vocab_parallel_cross_entropy_backward<T>(T*, const T*, const float*, const int32_t*, float, int, \
-                                                         const VocabRange&);
+                                                         const VocabRange&, float);
 CHORUS_INSTANTIATE(float)
 CHORUS_INSTANTIATE(bf16)
 CHORUS_INSTANTIATE(fp16)

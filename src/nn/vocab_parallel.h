@@ -72,8 +72,12 @@ void vocab_parallel_cross_entropy_forward(float* losses, float* lse, float* stat
 // columns, 0 for padded columns and ignored rows (overwritten; may alias
 // logits). lse as forward. Local: no communication (the gradient w.r.t. the LM
 // head input is then the column-parallel all-reduce, nn/parallel_linear.h).
+// softcap > 0: the logits are soft-capped, y = cap tanh(z / cap)
+// (nn/mlp_activations.h softcap_forward), and dlogits is the gradient w.r.t.
+// the uncapped z: (softmax - onehot) (1 - (y / cap)^2).
 template <typename T>
 void vocab_parallel_cross_entropy_backward(T* dlogits, const T* logits, const float* lse,
-                                           const int32_t* targets, float dloss, int N, const VocabRange& r);
+                                           const int32_t* targets, float dloss, int N, const VocabRange& r,
+                                           float softcap = 0.0f);
 
 }  // namespace chorus::nn

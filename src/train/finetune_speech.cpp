@@ -314,7 +314,7 @@ class SpeechTask final : public TrainTask {
     return {{"model_type", "speech"}, {"encoder", cfg_.encoder.to_json()},
             {"decoder", {{"n_layer", cfg_.decoder.n_layer}, {"n_embd", cfg_.decoder.n_embd},
                          {"n_head", cfg_.decoder.n_head}, {"vocab_size", cfg_.decoder.vocab_size},
-                         {"context", cfg_.decoder.context}}},
+                         {"context", cfg_.decoder.context}, {"arch", models::gpt_arch_to_json(cfg_.decoder)}}},
             {"tokenizer", fs::absolute(o_.tokenizer_path).string()}, {"tokenizer_hash", tok_.hash()},
             {"data", fs::absolute(o_.data_dir).string()}, {"init_decoder", o_.init_decoder},
             {"init_from", o_.init_from}, {"batch", o_.batch}, {"max_tokens", o_.max_tokens}, {"ctc_weight", json_float(o_.ctc_weight)},
@@ -461,7 +461,7 @@ void load_decoder_grown(const std::string& file, models::Gpt& dec, const data::T
     const float* src = it->data.data();
     std::vector<float> grown;
     if (it->shape != p.global_shape) {
-      CHORUS_CHECK(p.name == "wte.weight" && it->shape.size() == 2 && it->shape[1] == p.global_shape[1] &&
+      CHORUS_CHECK((p.name == "wte.weight" || p.name == "lm_head.weight") && it->shape.size() == 2 && it->shape[1] == p.global_shape[1] &&
                        it->shape[0] >= old_vocab,
                    "init-decoder: '%s': tensor '%s' has another shape; only the embedding may grow with the "
                    "tokenizer",
@@ -583,7 +583,7 @@ FinetuneSpeechResult finetune_speech(const FinetuneSpeechOptions& opt_in) {
                "ctc-prior: the prior comes from the CTC head, so ctc-weight must be > 0 (got %g)", opt.ctc_weight);
   CHORUS_CHECK(opt.max_tokens <= cfg.decoder.context, "max-tokens: %d exceeds the decoder context %d",
                opt.max_tokens, cfg.decoder.context);
-  grid.check_divides(cfg.decoder.n_head, 4 * cfg.decoder.n_embd, cfg.decoder.padded_vocab());
+  grid.check_divides(cfg.decoder.n_head, cfg.decoder.mlp_hidden(), cfg.decoder.padded_vocab());
   // Before anything is written or read: the longest clips (the mean length only changes the FLOPs).
   check_plan_fits(plan_finetune_speech(opt, cfg, {grid.dp_size(), grid.tp_size(), opt.train.zero_stage,
                                                   opt.train.precision}, cfg.encoder.max_frames),

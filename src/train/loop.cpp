@@ -579,7 +579,8 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
                           {"loss_scale", loss_scale}, {"skipped_steps", scaler.skipped_steps()},
                           {"step_skipped", st.skipped || bad != BadStep::none},
                           {"bad_step", bad != BadStep::none}, {"bad_steps", result.bad_steps},
-                          {"tokens", tokens_seen}, {"elapsed_s", elapsed}, {"eta_s", eta}};
+                          {"tokens", tokens_seen}, {"elapsed_s", elapsed},
+                          {"train_s", clock.train_seconds()}, {"eta_s", eta}};
     if (rank_times)
       row.update({{"rank_step_ms_min", rank_times->min * 1e3}, {"rank_step_ms_median", rank_times->median * 1e3},
                   {"rank_step_ms_max", rank_times->max * 1e3}, {"slowest_rank", rank_times->slowest}});

@@ -40,7 +40,10 @@ void check_layout(const Layout& l) {
 }
 
 std::string gpt_name(const models::GptConfig& c) {
-  return strfmt("GPT L%d d%d h%d vocab %d context %d", c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.context);
+  std::string name =
+      strfmt("GPT L%d d%d h%d vocab %d context %d", c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.context);
+  if (!c.is_gpt2()) name.append(" ").append(c.arch_name());
+  return name;
 }
 
 }  // namespace

@@ -101,8 +101,9 @@ class GptPretrainTask final : public TrainTask {
 
   void log_setup() const override {
     const auto& c = o_.model;
-    log_info("model: GPT L%d d%d h%d vocab %d (padded %d) context %d: %.2fM parameters (%.2fM for FLOPs)",
-             c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.padded_vocab(), c.context, model_.n_params() / 1e6,
+    log_info("model: GPT L%d d%d h%d vocab %d (padded %d) context %d, %s: %.2fM parameters (%.2fM for FLOPs)",
+             c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.padded_vocab(), c.context, c.arch_name().c_str(),
+             model_.n_params() / 1e6,
              model_.n_flop_params() / 1e6);
     log_info("data: %llu train tokens (%llu windows of %d), %llu val tokens; batch %d x seq %d x accum %d x dp %d",
              static_cast<unsigned long long>(train_stream_->n_tokens()),
@@ -114,7 +115,7 @@ class GptPretrainTask final : public TrainTask {
   nlohmann::json config_json() const override {
     const auto& c = o_.model;
     return {{"model", {{"n_layer", c.n_layer}, {"n_embd", c.n_embd}, {"n_head", c.n_head},
-                       {"vocab_size", c.vocab_size}, {"context", c.context}}},
+                       {"vocab_size", c.vocab_size}, {"context", c.context}, {"arch", models::gpt_arch_to_json(c)}}},
             {"tokenizer", fs::absolute(o_.tokenizer_path).string()},
             {"tokenizer_hash", tok_.hash()},
             {"data", fs::absolute(o_.data_dir).string()},
@@ -157,7 +158,7 @@ PretrainResult pretrain(const PretrainOptions& opt_in) {
   dist::ParallelGrid single = dist::ParallelGrid::single();
   dist::ParallelGrid& grid = opt.train.grid ? *opt.train.grid : single;
   opt.train.grid = &grid;
-  grid.check_divides(opt.model.n_head, 4 * opt.model.n_embd, opt.model.padded_vocab());
+  grid.check_divides(opt.model.n_head, opt.model.mlp_hidden(), opt.model.padded_vocab());
   check_plan_fits(plan_pretrain(opt, {grid.dp_size(), grid.tp_size(), opt.train.zero_stage, opt.train.precision}),
                   opt.train.max_memory_gib, grid.world(), "pretrain",
                   "--batch, --seq-len, --n-embd or --n-layer, or use --tp / --zero 1 over more ranks");

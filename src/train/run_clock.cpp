@@ -11,6 +11,7 @@ namespace chorus::train {
 
 void RunClock::add_step(double seconds) {
   recent_.push_back(seconds);
+  train_total_ += seconds;
   if (static_cast<int>(recent_.size()) > window_) recent_.pop_front();
 }
 

@@ -25,6 +25,8 @@ class RunClock {
   void add_eval(double seconds);
   void add_save(double seconds);
   double elapsed() const { return since_start_.seconds(); }
+  // Seconds spent in training steps (no evaluations, no checkpoints).
+  double train_seconds() const { return train_total_; }
   // Median of the recent step times (0 before the first step).
   double step_seconds() const;
   // Seconds still to go; 0 before any step was timed.
@@ -34,7 +36,7 @@ class RunClock {
   int window_;
   Timer since_start_;
   std::deque<double> recent_;
-  double eval_total_ = 0.0, save_total_ = 0.0;
+  double eval_total_ = 0.0, save_total_ = 0.0, train_total_ = 0.0;
   int64_t n_evals_ = 0, n_saves_ = 0;
 };
 

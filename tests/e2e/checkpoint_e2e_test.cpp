@@ -178,6 +178,39 @@ TEST_F(Ckpt, ResumeWithAnotherOptimizerIsRefused) {
     EXPECT_EQ(manifest(ckpt).optimizer.type, trained) << "the refused run changed nothing";
   }
 }
+// The architecture options (docs/ARCHITECTURE.md) resume exactly too, and are
+// part of the model a checkpoint resumes: a run with other options is refused
+// by name; the GPT-2 safetensors export refuses a layout it cannot hold, the
+// chorus weights file keeps it and generate decodes it.
+TEST_F(Ckpt, ExactResumeModernArchDp2xTp2Zero1) {
+  exact_resume("modern_dp2tp2", 4,
+               "--batch 4 --tp 2 --zero 1 --optimizer muon --pos rotary --norm rmsnorm --qk-norm --mlp swiglu "
+               "--untied-head --logit-softcap 30");
+}
+TEST_F(Ckpt, ArchIsRecordedAndAnotherIsRefused) {
+  const std::string run = path("arch_switch");
+  pretrain(1, run, "--batch 8 --stop-at 2 --pos rotary --mlp relu2");
+  const std::string ckpt = run + "/step-00000002";
+  EXPECT_EQ(manifest(ckpt).model.pos, chorus::models::PosKind::rotary);
+  EXPECT_EQ(manifest(ckpt).model.mlp, chorus::models::MlpKind::relu2);
+  std::ifstream cfg(run + "/config.json");
+  EXPECT_EQ(nlohmann::json::parse(cfg).at("model").at("arch").at("pos").get<std::string>(), "rotary");
+  Result r = pretrain(1, run, "--batch 8 --resume auto --mlp relu2", 1);
+  EXPECT_NE(r.out.find("field 'model.arch' is rotary relu2"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(ckpt), std::string::npos) << r.out;
+  r = tool("export " + ckpt + " --out " + path("arch_hf") + " --format safetensors");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("cannot express rotary positions"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(path("arch_hf") + "/model.safetensors"));
+  r = tool("export " + ckpt + " --out " + path("arch.h5"));
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string gen = std::string(CHORUS_BINARY) + " generate --weights " + path("arch.h5") + " --tokenizer " +
+                          path("tok.json") + " --max-new-tokens 8 --threads 1";
+  r = sh(gen);
+  EXPECT_EQ(r.code, 0) << r.out;
+  r = sh(gen + " --int8");
+  EXPECT_EQ(r.code, 0) << r.out;
+}
 TEST_F(Ckpt, ExactResumeTensorParallel2) { exact_resume("tp2", 2, "--batch 8 --tp 2"); }
 TEST_F(Ckpt, ExactResumeDp2xTp2Zero1) { exact_resume("dp2tp2", 4, "--batch 4 --tp 2 --zero 1"); }
 // Mixed precision: the fp32 masters, Adam state and (fp16) the loss scaler's

@@ -68,10 +68,12 @@ class SpeechE2E : public ::testing::Test {
     return sh(cmd);
   }
   // One rank vs DP 2 and TP 2: runs prefix + one / dp2 / tp2, with extra flags.
-  static void expect_layouts_equal(const std::string& prefix, const std::string& extra) {
+  // `init`: the decoder's source (default: random weights of a small GPT-2 shape).
+  static void expect_layouts_equal(
+      const std::string& prefix, const std::string& extra,
+      const std::string& init = "--init-decoder none --dec-n-layer 2 --dec-n-embd 64 --dec-n-head 4 --dec-context 64") {
     const std::string d = dir_.string() + "/" + prefix;
-    const std::string common = "--init-decoder none --dec-n-layer 2 --dec-n-embd 64 --dec-n-head 4 --dec-context 64 "
-                               "--no-spec-augment --eval-clips 0 --steps 4 --eval-every 4 --bucket-batches 3 " +
+    const std::string common = init + " --no-spec-augment --eval-clips 0 --steps 4 --eval-every 4 --bucket-batches 3 " +
                                extra + " ";
     Result one = finetune(prefix + "one", common + "--batch 4");
     ASSERT_EQ(one.code, 0) << one.out;
@@ -243,6 +245,29 @@ TEST_F(SpeechE2E, DataAndTensorParallelEqualOneRank) { expect_layouts_equal("", 
 // lr group of 0 over whole Muon matrices) and then joint training.
 TEST_F(SpeechE2E, MuonDataAndTensorParallelEqualOneRank) {
   expect_layouts_equal("muon_", "--optimizer muon --ctc-only-steps 2");
+}
+
+// A decoder from a GPT pretrained with every architecture option
+// (docs/ARCHITECTURE.md: rotary, RMSNorm, QK-norm, SwiGLU, untied head,
+// soft-capped logits): the speech model keeps its layout (recorded in the
+// manifest), DP 2 and TP 2 equal one rank, and transcribe decodes it (joint
+// beam, and on int8 weights).
+TEST_F(SpeechE2E, DecoderFromAGptWithEveryArchitectureOption) {
+  const std::string d = dir_.string(), src = CHORUS_SOURCE_DIR;
+  Result g = sh(std::string(CHORUS_BINARY) + " pretrain --config " + src + "/configs/gpt-tiny.ini --tokenizer " + d +
+                "/tok.json --data " + d + "/shards --run-dir " + d + "/gpt_modern --steps 4 --quiet --threads 2 " +
+                "--pos rotary --norm rmsnorm --qk-norm --mlp swiglu --untied-head --logit-softcap 30");
+  ASSERT_EQ(g.code, 0) << g.out;
+  expect_layouts_equal("modern_", "--ctc-only-steps 1", "--init-decoder " + d + "/gpt_modern");
+  const Result m = sh("cat " + d + "/modern_one/latest/manifest.json");
+  EXPECT_NE(m.out.find("\"pos\": \"rotary\""), std::string::npos) << m.out;
+  EXPECT_NE(m.out.find("\"mlp\": \"swiglu\""), std::string::npos) << m.out;
+  for (const char* flags : {"--beam 3 --ctc-weight 0.3", "--beam 1 --int8"}) {
+    Result t = chorus::testing::chorus("transcribe --checkpoint " + d + "/modern_tp2 --manifest " + d +
+                                       "/corpus/test.tsv " + flags);
+    ASSERT_EQ(t.code, 0) << flags << "\n" << t.out;
+    EXPECT_NE(t.out.find("real-time factor"), std::string::npos) << t.out;
+  }
 }
 
 // The CTC alignment prior on three of the decoder's four heads (split 2 + 1

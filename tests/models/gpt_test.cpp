@@ -18,8 +18,8 @@
 #include "core/rng.h"
 #include "core/strfmt.h"
 #include "dist/communicator.h"
+#include "gpt_tp_check.h"
 #include "nn/matmul.h"
-#include "nn/tp_shard.h"
 
 // Counting global operator new: a training step must not allocate.
 namespace {
@@ -45,6 +45,7 @@ namespace {
 
 using chorus::testing::expect_grad_close;
 using chorus::testing::GradCheckOptions;
+using chorus::testing::random_tokens;
 
 GptConfig tiny_config() {
   GptConfig c;
@@ -90,13 +91,6 @@ void set_formula_weights(Gpt& model) {
       }
     }
   }
-}
-
-std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
-  Rng rng(seed, 3);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng.below(vocab));
-  return t;
 }
 
 template <typename F>
@@ -563,45 +557,8 @@ TEST(GptReference, MatchesPyTorchLossLogitsAndGradients) {
 // holding shards of the formula weights gives one rank's loss and gradients.
 // tests/dist/gpt_tp_test.cpp checks the same under mpirun, with init_weights.
 TEST(Gpt, TensorParallelShardsOnThreadsMatchOneRank) {
-  const GptConfig c = tiny_config();  // 2 heads, vocab 37 padded to 64
-  const int B = 2, T = 6, tp = 2;
-  Gpt ref(c, B, T);
-  set_formula_weights(ref);
-  auto tok = random_tokens(B * T, c.vocab_size, 8), tgt = random_tokens(B * T, c.vocab_size, 9);
-  tgt[0] = c.vocab_size - 1;  // owned by the last rank, next to the padding
-  ref.zero_grad();
-  const float want = ref.forward(tok.data(), tgt.data(), B, T);
-  ref.backward(0.5f);
-  const auto& ref_table = ref.param_table();
-  std::vector<float> global_grads(ref.n_params(), 0.0f);
-  std::vector<float> losses(tp);
-  chorus::testing::ThreadGroup(tp).run([&](dist::Communicator& comm) {
-    Gpt m(c, B, T, &comm);
-    const auto& table = m.param_table();
-    for (size_t i = 0; i < table.size(); ++i)
-      nn::slice_shard({table[i].global_shape, table[i].tp_axis, table[i].tp_parts}, comm.rank(), tp,
-                      ref.params().data() + ref_table[i].offset, m.params().data() + table[i].offset);
-    m.zero_grad();
-    losses[comm.rank()] = m.forward(tok.data(), tgt.data(), B, T);
-    m.backward(0.5f);
-    comm.barrier();
-    for (size_t i = 0; i < table.size(); ++i)  // disjoint shards; replicated tensors from rank 0
-      if (table[i].tp_axis >= 0 || comm.rank() == 0)
-        nn::place_shard({table[i].global_shape, table[i].tp_axis, table[i].tp_parts}, comm.rank(), tp,
-                        m.grads().data() + table[i].offset, global_grads.data() + ref_table[i].offset);
-    comm.barrier();
-  });
-  EXPECT_EQ(losses[0], losses[1]);
-  EXPECT_NEAR(losses[0], want, 1e-5 * std::abs(want));
-  for (const ParamSpec& p : ref_table) {
-    const float* g = ref.grads().data() + p.offset;
-    float scale = 0.0f, worst = 0.0f;
-    for (size_t j = 0; j < p.numel; ++j) {
-      scale = std::max(scale, std::abs(g[j]));
-      worst = std::max(worst, std::abs(g[j] - global_grads[p.offset + j]));
-    }
-    EXPECT_LE(worst, 1e-5f * scale + 1e-9f) << p.name;
-  }
+  // 2 heads, vocab 37 padded to 64, over 2 ranks.
+  chorus::testing::expect_tp_matches_one_rank(tiny_config(), set_formula_weights, 2, 6, 2);
 }
 
 TEST(Gpt, TensorParallelRefusesGenerationAndBadDegrees) {

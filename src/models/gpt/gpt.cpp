@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <unordered_map>
 
 #include "backend/cpu/arena.h"
 #include "backend/cpu/buffer.h"
@@ -30,10 +31,14 @@
 
 #include "nn/attention.h"
 #include "nn/embedding.h"
+#include "nn/flash_attention.h"
 #include "nn/gelu.h"
 #include "nn/layernorm.h"
 #include "nn/matmul.h"
+#include "nn/mlp_activations.h"
 #include "nn/parallel_linear.h"
+#include "nn/qk_transform.h"
+#include "nn/rmsnorm.h"
 #include "nn/tp_shard.h"
 #include "nn/vocab_parallel.h"
 
@@ -43,39 +48,14 @@ namespace cpu = chorus::backend::cpu;
 
 namespace {
 
-// Per-layer tensors, in the order they appear in the parameter table.
-enum LayerParam {
-  kLn1W,
-  kLn1B,
-  kAttnW,
-  kAttnB,
-  kAttnProjW,
-  kAttnProjB,
-  kLn2W,
-  kLn2B,
-  kFcW,
-  kFcB,
-  kFcProjW,
-  kFcProjB,
-  kParamsPerLayer,  // a plain GPT block
-  // cross-attention models only, after the plain block's tensors
-  kLnxW = kParamsPerLayer,
-  kLnxB,
-  kXqW,
-  kXqB,
-  kXkvW,
-  kXkvB,
-  kXprojW,
-  kXprojB,
-  kParamsPerCrossLayer
-};
-
 // How init_weights fills a tensor (a tag in the table, not a name match).
 enum class Init { kNormal, kResidualNormal, kZero, kOne };
 
 // Pointers of one block's tensors into params() or grads() (P = float), or
 // into the compute copy of the weights (P = the storage dtype).
 // Shapes are global (TP = 1); with TP > 1 the local shard in brackets.
+// F = GptConfig::mlp_hidden(), Fo = mlp_fc_width() (2F for SwiGLU: gate | up).
+// With RMSNorm the norms have no bias (nullptr).
 template <typename P>
 struct LayerView {
   P* ln1_w;     // (C)      h.{i}.ln_1.weight
@@ -86,9 +66,9 @@ struct LayerView {
   P* proj_b;    // (C)      h.{i}.attn.c_proj.bias
   P* ln2_w;     // (C)      h.{i}.ln_2.weight
   P* ln2_b;     // (C)      h.{i}.ln_2.bias
-  P* fc_w;      // (4C, C)  [Fl, C]   h.{i}.mlp.c_fc.weight  column-parallel
-  P* fc_b;      // (4C)     [Fl]      h.{i}.mlp.c_fc.bias
-  P* fcproj_w;  // (C, 4C)  [C, Fl]   h.{i}.mlp.c_proj.weight  row-parallel
+  P* fc_w;      // (Fo, C)  [Fol, C]  h.{i}.mlp.c_fc.weight  column-parallel (SwiGLU: parts gate | up)
+  P* fc_b;      // (Fo)     [Fol]     h.{i}.mlp.c_fc.bias
+  P* fcproj_w;  // (C, F)   [C, Fl]   h.{i}.mlp.c_proj.weight  row-parallel
   P* fcproj_b;  // (C)      h.{i}.mlp.c_proj.bias
   // cross-attention (nullptr in a plain GPT); Ca = the memory width
   P* lnx_w = nullptr;    // (C)        h.{i}.ln_x.weight
@@ -104,7 +84,8 @@ struct LayerView {
 template <typename P>
 struct ModelView {
   P* wte = nullptr;  // (Vp, C) [Vl, C]  wte.weight, vocab-parallel (rows >= V stay zero)
-  P* wpe = nullptr;  // (ctx, C)  wpe.weight
+  P* wpe = nullptr;  // (ctx, C)  wpe.weight (nullptr with rotary positions)
+  P* lm_head = nullptr;  // (Vp, C) [Vl, C]  lm_head.weight when untied, else wte
   std::vector<LayerView<P>> layers;
   P* lnf_w = nullptr;  // (C)       ln_f.weight
   P* lnf_b = nullptr;  // (C)       ln_f.bias
@@ -117,15 +98,17 @@ struct LayerActs {
   T* ln1;            // (B, T, C)
   float* ln1_mean;   // (B, T)
   float* ln1_rstd;   // (B, T)
-  T* qkv;            // (B, T, 3Cl) local heads' q | k | v
+  T* qkv;            // (B, T, 3Cl) local heads' q | k | v (q, k after QK-norm / rotary)
+  float* qk_rstd = nullptr;  // (B, T, 2 NH/tp) QK-norm statistics
   T* atty;           // (B, T, Cl)  local heads' attention output before c_proj
-  T* att;            // (B, NH/tp, T, T) softmax probabilities of the local heads
+  T* att = nullptr;  // (B, NH/tp, T, T) softmax probabilities of the local heads (full kernel)
+  float* lse = nullptr;  // (B, NH/tp, T) their rows' log-sum-exp (flash kernel)
   T* res2;           // (B, T, C)   x + attn(ln_1(x))
   T* ln2;            // (B, T, C)
   float* ln2_mean;   // (B, T)
   float* ln2_rstd;   // (B, T)
-  T* fch;            // (B, T, Fl)  c_fc output (local columns)
-  T* fch_gelu;       // (B, T, Fl)
+  T* fch;            // (B, T, Fol) c_fc output (local columns)
+  T* fch_gelu;       // (B, T, Fl)  after the activation (GELU, ReLU^2 or SwiGLU)
   T* res3;           // (B, T, C)   block output
   // cross-attention models only
   T* lnx = nullptr;         // (B, T, C)
@@ -155,7 +138,8 @@ struct Acts {
   T* dln = nullptr;    // (B, T, C) gradient at a layernorm output
   T* datty = nullptr;  // (B, T, Cl)
   T* dqkv = nullptr;   // (B, T, 3Cl)
-  T* dfch = nullptr;   // (B, T, Fl)
+  T* dfch = nullptr;   // (B, T, Fol)
+  T* dact = nullptr;   // (B, T, Fl) SwiGLU only: d(activation output); else dfch is used
   T* dxkv = nullptr;       // (B, S, 2Cl)  cross-attention models
   T* dmem = nullptr;       // (B, S, Ca)   d loss / d memory, summed over layers
   T* dmem_part = nullptr;  // (B, S, Ca)   one layer's part
@@ -168,7 +152,6 @@ struct Gpt::State {
   int max_seq = 0;
   Precision precision = Precision::fp32;
   CrossAttentionConfig cross;
-  int per_layer = kParamsPerLayer;  // table entries per block
   // The memory of the next forward / backward (cross-attention models).
   const void* mem = nullptr;
   const int* mem_len = nullptr;
@@ -188,13 +171,14 @@ struct Gpt::State {
   };
   std::vector<Int8Layer> dec_int8;
   nn::Int8Weight dec_lm_head;
+  nn::Int8Weight dec_wte;  // untied head only: the token rows (tied: dec_lm_head's)
   // Tensor parallelism: tp == nullptr when the group is one rank.
   dist::Communicator* tp = nullptr;
   int tp_size = 1;
   int tp_rank = 0;
   int n_head_local = 0;  // NH / tp
   int attn_local = 0;    // Cl = C / tp
-  int mlp_local = 0;     // Fl = 4C / tp
+  int mlp_local = 0;     // Fl = F / tp
   nn::VocabRange vocab;  // this rank's rows of wte / columns of the logits
   std::vector<ParamSpec> table;
   std::vector<Init> init;  // one per table entry
@@ -265,7 +249,9 @@ struct Gpt::State {
   float* dec_rstd = nullptr;    // (B)
   float* dec_qkv = nullptr;     // (B, 3C)
   float* dec_y = nullptr;       // (B, C)
-  float* dec_fch = nullptr;     // (B, 4C)
+  float* dec_fch = nullptr;     // (B, Fo)
+  float* dec_act = nullptr;     // (B, F) SwiGLU's output (else dec_fch in place)
+  float* dec_qk_rstd = nullptr; // (B, 2NH)
   float* dec_logits = nullptr;  // (B, Vp)
   float* dec_scores = nullptr;  // (B, NH, max(ctx, S))
   float* dec_q = nullptr;       // (B, C)  cross-attention query
@@ -278,41 +264,45 @@ namespace {
 
 template <typename P>
 ModelView<P> make_view(P* base, const std::vector<ParamSpec>& table, int n_layer) {
+  std::unordered_map<std::string, size_t> index;
+  for (size_t i = 0; i < table.size(); ++i) index.emplace(table[i].name, i);
+  // nullptr for a tensor this architecture does not have
+  auto at = [&](const std::string& name) -> P* {
+    const auto it = index.find(name);
+    return it == index.end() ? nullptr : base + table[it->second].offset;
+  };
   ModelView<P> v;
-  const size_t per_layer = (table.size() - 4) / static_cast<size_t>(n_layer);
-  auto at = [&](size_t i) { return base + table[i].offset; };
-  v.wte = at(0);
-  v.wpe = at(1);
+  v.wte = at("wte.weight");
+  v.wpe = at("wpe.weight");
+  v.lm_head = at("lm_head.weight");
+  if (v.lm_head == nullptr) v.lm_head = v.wte;  // tied
   v.layers.resize(n_layer);
   for (int l = 0; l < n_layer; ++l) {
-    const size_t i = 2 + static_cast<size_t>(l) * per_layer;
+    const std::string h = "h." + std::to_string(l) + ".";
     LayerView<P>& lv = v.layers[l];
-    lv.ln1_w = at(i + kLn1W);
-    lv.ln1_b = at(i + kLn1B);
-    lv.attn_w = at(i + kAttnW);
-    lv.attn_b = at(i + kAttnB);
-    lv.proj_w = at(i + kAttnProjW);
-    lv.proj_b = at(i + kAttnProjB);
-    lv.ln2_w = at(i + kLn2W);
-    lv.ln2_b = at(i + kLn2B);
-    lv.fc_w = at(i + kFcW);
-    lv.fc_b = at(i + kFcB);
-    lv.fcproj_w = at(i + kFcProjW);
-    lv.fcproj_b = at(i + kFcProjB);
-    if (per_layer == kParamsPerCrossLayer) {
-      lv.lnx_w = at(i + kLnxW);
-      lv.lnx_b = at(i + kLnxB);
-      lv.xq_w = at(i + kXqW);
-      lv.xq_b = at(i + kXqB);
-      lv.xkv_w = at(i + kXkvW);
-      lv.xkv_b = at(i + kXkvB);
-      lv.xproj_w = at(i + kXprojW);
-      lv.xproj_b = at(i + kXprojB);
-    }
+    lv.ln1_w = at(h + "ln_1.weight");
+    lv.ln1_b = at(h + "ln_1.bias");
+    lv.attn_w = at(h + "attn.c_attn.weight");
+    lv.attn_b = at(h + "attn.c_attn.bias");
+    lv.proj_w = at(h + "attn.c_proj.weight");
+    lv.proj_b = at(h + "attn.c_proj.bias");
+    lv.ln2_w = at(h + "ln_2.weight");
+    lv.ln2_b = at(h + "ln_2.bias");
+    lv.fc_w = at(h + "mlp.c_fc.weight");
+    lv.fc_b = at(h + "mlp.c_fc.bias");
+    lv.fcproj_w = at(h + "mlp.c_proj.weight");
+    lv.fcproj_b = at(h + "mlp.c_proj.bias");
+    lv.lnx_w = at(h + "ln_x.weight");
+    lv.lnx_b = at(h + "ln_x.bias");
+    lv.xq_w = at(h + "crossattn.q.weight");
+    lv.xq_b = at(h + "crossattn.q.bias");
+    lv.xkv_w = at(h + "crossattn.kv.weight");
+    lv.xkv_b = at(h + "crossattn.kv.bias");
+    lv.xproj_w = at(h + "crossattn.c_proj.weight");
+    lv.xproj_b = at(h + "crossattn.c_proj.bias");
   }
-  const size_t f = 2 + static_cast<size_t>(n_layer) * per_layer;
-  v.lnf_w = at(f);
-  v.lnf_b = at(f + 1);
+  v.lnf_w = at("ln_f.weight");
+  v.lnf_b = at("ln_f.bias");
   return v;
 }
 
@@ -320,8 +310,11 @@ ModelView<P> make_view(P* base, const std::vector<ParamSpec>& table, int n_layer
 // this rank's local widths (see the shape comments of Acts).
 struct ActDims {
   int n_layer = 0;
-  size_t N = 0, C = 0, Cl = 0, Fl = 0, Vl = 0;
-  size_t att = 0;   // B * NH/tp * T * T
+  size_t N = 0, C = 0, Cl = 0, Fl = 0, Fol = 0, Vl = 0;
+  size_t qk = 0;    // QK-norm statistics per position: 2 NH/tp (0 without QK-norm)
+  bool swiglu = false;
+  size_t att = 0;   // B * NH/tp * T * T (full attention kernel; 0 with flash)
+  size_t lse = 0;   // B * NH/tp * T (flash kernel; 0 with the full one)
   bool tp = false;  // TP > 1: the parallel cross-entropy's scratch
   size_t NS = 0, Ca = 0, xatt = 0;  // cross-attention: B * max_len, memory width, B * NH/tp * T * max_len
 };
@@ -337,13 +330,15 @@ void lay_out_activations(Acts<T>& a, cpu::Arena& arena, const ActDims& d) {
     arena.add(&la.ln1_mean, N);
     arena.add(&la.ln1_rstd, N);
     arena.add(&la.qkv, N * 3 * Cl);
+    if (d.qk > 0) arena.add(&la.qk_rstd, N * d.qk);
     arena.add(&la.atty, N * Cl);
-    arena.add(&la.att, d.att);
+    if (d.att > 0) arena.add(&la.att, d.att);
+    if (d.lse > 0) arena.add(&la.lse, d.lse);
     arena.add(&la.res2, N * C);
     arena.add(&la.ln2, N * C);
     arena.add(&la.ln2_mean, N);
     arena.add(&la.ln2_rstd, N);
-    arena.add(&la.fch, N * Fl);
+    arena.add(&la.fch, N * d.Fol);
     arena.add(&la.fch_gelu, N * Fl);
     arena.add(&la.res3, N * C);
     if (Ca > 0) {
@@ -368,7 +363,8 @@ void lay_out_activations(Acts<T>& a, cpu::Arena& arena, const ActDims& d) {
   arena.add(&a.dln, N * C);
   arena.add(&a.datty, N * Cl);
   arena.add(&a.dqkv, N * 3 * Cl);
-  arena.add(&a.dfch, N * Fl);
+  arena.add(&a.dfch, N * d.Fol);
+  if (d.swiglu) arena.add(&a.dact, N * Fl);
   if (Ca > 0) {
     arena.add(&a.dxkv, NS * 2 * Cl);
     arena.add(&a.dmem, NS * Ca);
@@ -422,14 +418,13 @@ struct LocalWidths {
   int n_head = 0, attn = 0, mlp = 0, vocab = 0;  // NH/tp, Cl, Fl, Vl
 };
 LocalWidths local_widths(const GptConfig& cfg, int n_tp) {
-  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab();
+  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab(), F = cfg.mlp_hidden();
   CHORUS_CHECK(cfg.n_head % n_tp == 0,
                "Gpt: TP = %d does not divide n_head = %d (heads are split across TP ranks)", n_tp, cfg.n_head);
-  CHORUS_CHECK(4 * C % n_tp == 0, "Gpt: TP = %d does not divide the MLP width 4 * n_embd = %lld", n_tp,
-               static_cast<long long>(4 * C));
+  CHORUS_CHECK(F % n_tp == 0, "Gpt: TP = %d does not divide the MLP width %lld", n_tp, static_cast<long long>(F));
   CHORUS_CHECK(Vp % n_tp == 0, "Gpt: TP = %d does not divide the padded vocabulary %lld", n_tp,
                static_cast<long long>(Vp));
-  return {cfg.n_head / n_tp, static_cast<int>(C / n_tp), static_cast<int>(4 * C / n_tp), static_cast<int>(Vp / n_tp)};
+  return {cfg.n_head / n_tp, static_cast<int>(C / n_tp), static_cast<int>(F / n_tp), static_cast<int>(Vp / n_tp)};
 }
 
 // What the constructor checks of a model's shape before sizing anything.
@@ -452,8 +447,14 @@ ActDims act_dims(const GptConfig& cfg, int max_batch, int max_seq, const LocalWi
   d.C = cfg.n_embd;
   d.Cl = w.attn;
   d.Fl = w.mlp;
+  d.swiglu = cfg.mlp == MlpKind::swiglu;
+  d.Fol = d.swiglu ? 2 * d.Fl : d.Fl;
+  d.qk = cfg.qk_norm ? 2 * static_cast<size_t>(w.n_head) : 0;
   d.Vl = w.vocab;
-  d.att = static_cast<size_t>(max_batch) * w.n_head * max_seq * max_seq;
+  if (cfg.flash_attention)
+    d.lse = static_cast<size_t>(max_batch) * w.n_head * max_seq;
+  else
+    d.att = static_cast<size_t>(max_batch) * w.n_head * max_seq * max_seq;
   d.tp = n_tp > 1;
   d.NS = static_cast<size_t>(max_batch) * cross.max_len;
   d.Ca = cross.n_state;
@@ -486,27 +487,32 @@ Table build_table(const GptConfig& cfg, int n_tp, CrossAttentionConfig cross) {
     t.init.push_back(init);
   };
   // Table order = buffer order: embeddings, then each block's tensors
-  // contiguously (a layer is one flat range), then the final LayerNorm.
+  // contiguously (a layer is one flat range), then the final norm (and the
+  // untied head). Tensors an option removes are not in the table at all.
+  const int64_t F = cfg.mlp_hidden(), Fo = cfg.mlp_fc_width();
+  const int fc_parts = cfg.mlp == MlpKind::swiglu ? 2 : 1;  // gate | up, each split over TP
+  const bool ln_bias = cfg.norm == NormKind::layernorm;
+  auto add_norm = [&](const std::string& prefix) {
+    add(prefix + ".weight", {C}, false, Init::kOne);
+    if (ln_bias) add(prefix + ".bias", {C}, false, Init::kZero);
+  };
   add("wte.weight", {Vp, C}, true, Init::kNormal, 0);  // vocab-parallel
-  add("wpe.weight", {ctx, C}, true, Init::kNormal);
+  if (cfg.pos == PosKind::learned) add("wpe.weight", {ctx, C}, true, Init::kNormal);
   for (int64_t l = 0; l < L; ++l) {
     const std::string h = "h." + std::to_string(l) + ".";
-    add(h + "ln_1.weight", {C}, false, Init::kOne);
-    add(h + "ln_1.bias", {C}, false, Init::kZero);
+    add_norm(h + "ln_1");
     add(h + "attn.c_attn.weight", {3 * C, C}, true, Init::kNormal, 0, 3, kHidden);  // column-parallel, q|k|v
     add(h + "attn.c_attn.bias", {3 * C}, false, Init::kZero, 0, 3);
     add(h + "attn.c_proj.weight", {C, C}, true, Init::kResidualNormal, 1, 1, kHidden);  // row-parallel
     add(h + "attn.c_proj.bias", {C}, false, Init::kZero);
-    add(h + "ln_2.weight", {C}, false, Init::kOne);
-    add(h + "ln_2.bias", {C}, false, Init::kZero);
-    add(h + "mlp.c_fc.weight", {4 * C, C}, true, Init::kNormal, 0, 1, kHidden);  // column-parallel
-    add(h + "mlp.c_fc.bias", {4 * C}, false, Init::kZero, 0);
-    add(h + "mlp.c_proj.weight", {C, 4 * C}, true, Init::kResidualNormal, 1, 1, kHidden);  // row-parallel
+    add_norm(h + "ln_2");
+    add(h + "mlp.c_fc.weight", {Fo, C}, true, Init::kNormal, 0, fc_parts, kHidden);  // column-parallel
+    add(h + "mlp.c_fc.bias", {Fo}, false, Init::kZero, 0, fc_parts);
+    add(h + "mlp.c_proj.weight", {C, F}, true, Init::kResidualNormal, 1, 1, kHidden);  // row-parallel
     add(h + "mlp.c_proj.bias", {C}, false, Init::kZero);
     if (cross.enabled()) {
       const int64_t Ca = cross.n_state;
-      add(h + "ln_x.weight", {C}, false, Init::kOne);
-      add(h + "ln_x.bias", {C}, false, Init::kZero);
+      add_norm(h + "ln_x");
       add(h + "crossattn.q.weight", {C, C}, true, Init::kNormal, 0, 1, kHidden);  // column-parallel
       add(h + "crossattn.q.bias", {C}, false, Init::kZero, 0);
       add(h + "crossattn.kv.weight", {2 * C, Ca}, true, Init::kNormal, 0, 2, kHidden);  // column-parallel, k|v
@@ -516,8 +522,8 @@ Table build_table(const GptConfig& cfg, int n_tp, CrossAttentionConfig cross) {
       add(h + "crossattn.c_proj.bias", {C}, false, Init::kZero);
     }
   }
-  add("ln_f.weight", {C}, false, Init::kOne);
-  add("ln_f.bias", {C}, false, Init::kZero);
+  add_norm("ln_f");
+  if (!cfg.tied_head) add("lm_head.weight", {Vp, C}, true, Init::kNormal, 0);  // vocab-parallel, as wte
 
   t.n_params = offset;
   return t;
@@ -538,6 +544,49 @@ void add_into(T* dst, const T* src, size_t n) {
   for (size_t i = 0; i < n; ++i) dst[i] = from_f32<T>(to_f32(dst[i]) + to_f32(src[i]));
 }
 
+// The block's norm (GptConfig::norm): LayerNorm (mean, rstd saved) or RMSNorm
+// (rstd saved, no bias: b, db are nullptr).
+template <typename T>
+void norm_forward(NormKind k, T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int N, int C) {
+  if (k == NormKind::rmsnorm) nn::rmsnorm_forward(out, rstd, x, w, N, C);
+  else nn::layernorm_forward(out, mean, rstd, x, w, b, N, C);
+}
+template <typename T>
+void norm_backward(NormKind k, T* dx, float* dw, float* db, const T* dout, const T* x, const T* w, const float* mean,
+                   const float* rstd, int N, int C, const T* dresidual) {
+  if (k == NormKind::rmsnorm) nn::rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C, dresidual);
+  else nn::layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C, dresidual);
+}
+
+// The MLP's activation (GptConfig::mlp): act (N, F) from fch (N, Fo).
+template <typename T>
+void mlp_activation_forward(MlpKind k, T* act, const T* fch, int N, int F) {
+  const size_t n = static_cast<size_t>(N) * F;
+  switch (k) {
+    case MlpKind::gelu: nn::gelu_forward(act, fch, n); return;
+    case MlpKind::relu2: nn::relu2_forward(act, fch, n); return;
+    case MlpKind::swiglu: nn::swiglu_forward(act, fch, N, F); return;
+  }
+}
+// dfch (N, Fo) from dact (N, F); dfch may be dact except for SwiGLU.
+template <typename T>
+void mlp_activation_backward(MlpKind k, T* dfch, const T* fch, const T* dact, int N, int F) {
+  const size_t n = static_cast<size_t>(N) * F;
+  switch (k) {
+    case MlpKind::gelu: nn::gelu_backward(dfch, fch, dact, n); return;
+    case MlpKind::relu2: nn::relu2_backward(dfch, fch, dact, n); return;
+    case MlpKind::swiglu: nn::swiglu_backward(dfch, fch, dact, N, F); return;
+  }
+}
+
+nn::QkTransform qk_transform_of(const GptConfig& c) {
+  nn::QkTransform tf;
+  tf.qk_norm = c.qk_norm;
+  tf.rotary = c.pos == PosKind::rotary;
+  tf.rope_theta = c.rope_theta;
+  return tf;
+}
+
 }  // namespace
 
 Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq) : Gpt(cfg, max_batch, max_seq, nullptr) {}
@@ -551,7 +600,6 @@ Gpt::Gpt(const GptConfig& cfg, int max_batch, int max_seq, dist::Communicator* t
   s.max_seq = max_seq;
   s.precision = precision;
   s.cross = cross;
-  if (cross.enabled()) s.per_layer = kParamsPerCrossLayer;
   if (tp != nullptr && tp->size() > 1) {
     s.tp = tp;
     s.tp_size = tp->size();
@@ -605,7 +653,7 @@ void Gpt::init_weights(uint64_t seed) {
     if (sharded) global.resize(n_global);
     float* w = sharded ? global.data() : s.pbase + spec.offset;
     size_t n = n_global;
-    if (i == 0) {  // wte: real vocabulary rows only; padded rows stay zero
+    if (spec.name == "wte.weight" || spec.name == "lm_head.weight") {  // real vocabulary rows only; padded rows stay zero
       n = static_cast<size_t>(cfg_.vocab_size) * cfg_.n_embd;
       std::memset(w + n, 0, (n_global - n) * sizeof(float));
     }
@@ -712,8 +760,9 @@ size_t flop_params(const std::vector<ParamSpec>& table, const GptConfig& cfg) {
     n_global += n;
   }
   const size_t C = cfg.n_embd;
-  return n_global - static_cast<size_t>(cfg.padded_vocab() - cfg.vocab_size) * C -
-         static_cast<size_t>(cfg.context) * C;
+  const size_t vocab_tables = cfg.tied_head ? 1 : 2;
+  return n_global - vocab_tables * static_cast<size_t>(cfg.padded_vocab() - cfg.vocab_size) * C -
+         (cfg.pos == PosKind::learned ? static_cast<size_t>(cfg.context) * C : 0);
 }
 
 double flops_per_token_of(size_t n_flop_params, const GptConfig& cfg, int T) {
@@ -800,18 +849,25 @@ float Gpt::forward_typed(bool with_targets) {
   // replicated (identical on every TP rank); qkv, atty, fch are local columns.
   nn::vocab_parallel_embedding_forward(A.encoded, s.tokens.data(), p.wte, p.wpe, s.vocab, B, Tn, C, s.tp);
   const T* x = A.encoded;  // (B, T, C) residual stream entering the block
+  const NormKind nk = cfg_.norm;
+  const nn::QkTransform tf = qk_transform_of(cfg_);
+  const int Fo = cfg_.mlp == MlpKind::swiglu ? 2 * Fl : Fl;
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerView<T>& w = p.layers[l];
     const LayerActs<T>& a = A.layers[l];
-    nn::layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, w.ln1_w, w.ln1_b, N, C);
+    norm_forward(nk, a.ln1, a.ln1_mean, a.ln1_rstd, x, w.ln1_w, w.ln1_b, N, C);
     nn::column_parallel_forward(a.qkv, a.ln1, w.attn_w, w.attn_b, N, C, 3 * Cl);
-    nn::attention_forward(a.atty, a.att, a.qkv, B, Tn, Cl, NHl);  // the local heads only
+    if (tf.any()) nn::qk_transform_forward(a.qkv, a.qk_rstd, B, Tn, Cl, NHl, tf);  // the local heads
+    if (cfg_.flash_attention)  // the local heads only
+      nn::flash_attention_forward(a.atty, a.lse, a.qkv, B, Tn, Cl, NHl);
+    else
+      nn::attention_forward(a.atty, a.att, a.qkv, B, Tn, Cl, NHl);
     nn::row_parallel_forward(a.res2, a.atty, w.proj_w, w.proj_b, N, Cl, C, /*residual=*/x, s.tp);
     const T* h = a.res2;  // the stream entering the MLP sub-block
     if (s.cross.enabled()) {
       const T* mem = static_cast<const T*>(s.mem);
       const int NS = B * s.S, Ca = s.cross.n_state;
-      nn::layernorm_forward(a.lnx, a.lnx_mean, a.lnx_rstd, a.res2, w.lnx_w, w.lnx_b, N, C);
+      norm_forward(nk, a.lnx, a.lnx_mean, a.lnx_rstd, a.res2, w.lnx_w, w.lnx_b, N, C);
       nn::column_parallel_forward(a.xq, a.lnx, w.xq_w, w.xq_b, N, C, Cl);
       nn::column_parallel_forward(a.xkv, mem, w.xkv_w, w.xkv_b, NS, Ca, 2 * Cl);
       const nn::AttentionBias bias{s.bias_fwd, s.bias_head_w.data()};
@@ -821,15 +877,16 @@ float Gpt::forward_typed(bool with_targets) {
       nn::row_parallel_forward(a.resx, a.xy, w.xproj_w, w.xproj_b, N, Cl, C, /*residual=*/a.res2, s.tp);
       h = a.resx;
     }
-    nn::layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, h, w.ln2_w, w.ln2_b, N, C);
-    nn::column_parallel_forward(a.fch, a.ln2, w.fc_w, w.fc_b, N, C, Fl);
-    nn::gelu_forward(a.fch_gelu, a.fch, static_cast<size_t>(N) * Fl);
+    norm_forward(nk, a.ln2, a.ln2_mean, a.ln2_rstd, h, w.ln2_w, w.ln2_b, N, C);
+    nn::column_parallel_forward(a.fch, a.ln2, w.fc_w, w.fc_b, N, C, Fo);
+    mlp_activation_forward(cfg_.mlp, a.fch_gelu, a.fch, N, Fl);
     nn::row_parallel_forward(a.res3, a.fch_gelu, w.fcproj_w, w.fcproj_b, N, Fl, C, /*residual=*/h, s.tp);
     x = a.res3;
   }
-  nn::layernorm_forward(A.lnf, A.lnf_mean, A.lnf_rstd, x, p.lnf_w, p.lnf_b, N, C);
-  // LM head tied to the vocab-parallel wte: this rank's (N, Vl) columns only.
-  nn::column_parallel_forward<T>(A.logits, A.lnf, p.wte, nullptr, N, C, Vl);
+  norm_forward(nk, A.lnf, A.lnf_mean, A.lnf_rstd, x, p.lnf_w, p.lnf_b, N, C);
+  // LM head (the vocab-parallel wte, or lm_head when untied): this rank's (N, Vl) columns only.
+  nn::column_parallel_forward<T>(A.logits, A.lnf, p.lm_head, nullptr, N, C, Vl);
+  if (cfg_.logit_softcap > 0.0f) nn::softcap_forward(A.logits, static_cast<size_t>(N) * Vl, cfg_.logit_softcap);
   if (!with_targets) return 0.0f;
   // Ignored targets (-1) are computed as token 0 and masked out of the loss
   // here and of the gradient in backward.
@@ -903,7 +960,7 @@ void Gpt::backward_typed(float loss_scale) {
   T* dlogits = A.logits;
   nn::vocab_parallel_cross_entropy_backward(dlogits, A.logits, A.lse, s.ce_targets.data(),
                                             s.per_sequence ? loss_scale : loss_scale / std::max(1, s.n_valid), N,
-                                            s.vocab);
+                                            s.vocab, cfg_.logit_softcap);
   if (s.per_sequence) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; ++i) {
@@ -915,9 +972,13 @@ void Gpt::backward_typed(float loss_scale) {
   if (s.n_valid < N)
     for (int i = 0; i < N; ++i)
       if (!s.valid[i]) std::memset(static_cast<void*>(dlogits + static_cast<size_t>(i) * Vl), 0, Vl * sizeof(T));
-  nn::column_parallel_backward(A.dln, s.g.wte, nullptr, dlogits, A.lnf, p.wte, N, C, Vl, s.tp);
+  nn::column_parallel_backward(A.dln, s.g.lm_head, nullptr, dlogits, A.lnf, p.lm_head, N, C, Vl, s.tp);
   const T* x_last = A.layers.back().res3;
-  nn::layernorm_backward<T>(A.dres, s.g.lnf_w, s.g.lnf_b, A.dln, x_last, p.lnf_w, A.lnf_mean, A.lnf_rstd, N, C);
+  const NormKind nk = cfg_.norm;
+  const nn::QkTransform tf = qk_transform_of(cfg_);
+  const int Fo = cfg_.mlp == MlpKind::swiglu ? 2 * Fl : Fl;
+  T* dact = cfg_.mlp == MlpKind::swiglu ? A.dact : A.dfch;  // d(activation output)
+  norm_backward<T>(nk, A.dres, s.g.lnf_w, s.g.lnf_b, A.dln, x_last, p.lnf_w, A.lnf_mean, A.lnf_rstd, N, C, nullptr);
 
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const LayerView<T>& w = p.layers[l];
@@ -926,12 +987,12 @@ void Gpt::backward_typed(float loss_scale) {
     const T* x = l == 0 ? A.encoded : A.layers[l - 1].res3;
     // A.dres holds d(res3); the MLP branch and the skip both receive it.
     // dres and dln are replicated (the column-parallel backward all-reduces dln).
-    nn::row_parallel_backward(A.dfch, g.fcproj_w, g.fcproj_b, A.dres, a.fch_gelu, w.fcproj_w, N, Fl, C);
-    nn::gelu_backward<T>(A.dfch, a.fch, A.dfch, static_cast<size_t>(N) * Fl);
-    nn::column_parallel_backward(A.dln, g.fc_w, g.fc_b, A.dfch, a.ln2, w.fc_w, N, C, Fl, s.tp);
+    nn::row_parallel_backward(dact, g.fcproj_w, g.fcproj_b, A.dres, a.fch_gelu, w.fcproj_w, N, Fl, C);
+    mlp_activation_backward<T>(cfg_.mlp, A.dfch, a.fch, dact, N, Fl);
+    nn::column_parallel_backward(A.dln, g.fc_w, g.fc_b, A.dfch, a.ln2, w.fc_w, N, C, Fo, s.tp);
     const T* h = s.cross.enabled() ? a.resx : a.res2;
-    nn::layernorm_backward<T>(A.dres, g.ln2_w, g.ln2_b, A.dln, h, w.ln2_w, a.ln2_mean, a.ln2_rstd, N, C,
-                              /*dresidual=*/A.dres);  // now d(h)
+    norm_backward<T>(nk, A.dres, g.ln2_w, g.ln2_b, A.dln, h, w.ln2_w, a.ln2_mean, a.ln2_rstd, N, C,
+                     /*dresidual=*/A.dres);  // now d(h)
     if (s.cross.enabled()) {
       const T* mem = static_cast<const T*>(s.mem);
       const int NS = B * s.S, Ca = s.cross.n_state;
@@ -944,14 +1005,18 @@ void Gpt::backward_typed(float loss_scale) {
       T* dmem = l == cfg_.n_layer - 1 ? A.dmem : A.dmem_part;
       nn::column_parallel_backward(dmem, g.xkv_w, g.xkv_b, A.dxkv, mem, w.xkv_w, NS, Ca, 2 * Cl, s.tp);
       if (dmem != A.dmem) add_into(A.dmem, A.dmem_part, static_cast<size_t>(NS) * Ca);
-      nn::layernorm_backward<T>(A.dres, g.lnx_w, g.lnx_b, A.dln, a.res2, w.lnx_w, a.lnx_mean, a.lnx_rstd, N, C,
-                                /*dresidual=*/A.dres);  // now d(res2)
+      norm_backward<T>(nk, A.dres, g.lnx_w, g.lnx_b, A.dln, a.res2, w.lnx_w, a.lnx_mean, a.lnx_rstd, N, C,
+                       /*dresidual=*/A.dres);  // now d(res2)
     }
     nn::row_parallel_backward(A.datty, g.proj_w, g.proj_b, A.dres, a.atty, w.proj_w, N, Cl, C);
-    nn::attention_backward<T>(A.dqkv, A.datty, a.qkv, a.att, B, Tn, Cl, NHl);
+    if (cfg_.flash_attention)
+      nn::flash_attention_backward<T>(A.dqkv, A.datty, a.qkv, a.atty, a.lse, B, Tn, Cl, NHl);
+    else
+      nn::attention_backward<T>(A.dqkv, A.datty, a.qkv, a.att, B, Tn, Cl, NHl);
+    if (tf.any()) nn::qk_transform_backward(A.dqkv, a.qkv, a.qk_rstd, B, Tn, Cl, NHl, tf);
     nn::column_parallel_backward(A.dln, g.attn_w, g.attn_b, A.dqkv, a.ln1, w.attn_w, N, C, 3 * Cl, s.tp);
-    nn::layernorm_backward<T>(A.dres, g.ln1_w, g.ln1_b, A.dln, x, w.ln1_w, a.ln1_mean, a.ln1_rstd, N, C,
-                              /*dresidual=*/A.dres);  // now d(x)
+    norm_backward<T>(nk, A.dres, g.ln1_w, g.ln1_b, A.dln, x, w.ln1_w, a.ln1_mean, a.ln1_rstd, N, C,
+                     /*dresidual=*/A.dres);  // now d(x)
   }
   nn::vocab_parallel_embedding_backward<T>(s.g.wte, s.g.wpe, A.dres, s.tokens.data(), s.vocab, B, Tn, C);
 }
@@ -978,7 +1043,9 @@ void Gpt::reset_cache(int B) {
     arena.add(&s.dec_rstd, b);
     arena.add(&s.dec_qkv, b * 3 * C);
     arena.add(&s.dec_y, b * C);
-    arena.add(&s.dec_fch, b * 4 * C);
+    arena.add(&s.dec_fch, b * static_cast<size_t>(cfg_.mlp_fc_width()));
+    arena.add(&s.dec_act, b * static_cast<size_t>(cfg_.mlp_hidden()));
+    arena.add(&s.dec_qk_rstd, b * 2 * NH);
     arena.add(&s.dec_logits, b * Vp);
     arena.add(&s.dec_scores, b * NH * std::max<size_t>(ctx, s.cross.max_len));
     if (s.cross.enabled()) {
@@ -1052,6 +1119,7 @@ void Gpt::set_decode_int8(bool on) {
   State& s = *s_;
   s.dec_int8.clear();
   s.dec_lm_head = nn::Int8Weight();
+  s.dec_wte = nn::Int8Weight();
   if (!on) return;
   CHORUS_CHECK(s.precision == Precision::fp32, "Gpt::set_decode_int8: decoding runs fp32 models, this one is %s",
                precision_name(s.precision));
@@ -1067,10 +1135,11 @@ void Gpt::set_decode_int8(bool on) {
       q.xq = nn::quantize_int8(w.xq_w, C, C);
       q.xproj = nn::quantize_int8(w.xproj_w, C, C);
     }
-    q.fc = nn::quantize_int8(w.fc_w, 4 * C, C);
-    q.fcproj = nn::quantize_int8(w.fcproj_w, C, 4 * C);
+    q.fc = nn::quantize_int8(w.fc_w, cfg_.mlp_fc_width(), C);
+    q.fcproj = nn::quantize_int8(w.fcproj_w, C, cfg_.mlp_hidden());
   }
-  s.dec_lm_head = nn::quantize_int8(s.p.wte, cfg_.padded_vocab(), C);
+  s.dec_lm_head = nn::quantize_int8(s.p.lm_head, cfg_.padded_vocab(), C);
+  if (!cfg_.tied_head) s.dec_wte = nn::quantize_int8(s.p.wte, cfg_.padded_vocab(), C);
 }
 
 bool Gpt::decode_int8() const { return !s_->dec_int8.empty(); }
@@ -1080,7 +1149,9 @@ bool decode_int8_tensor(const std::string& name) {
     const size_t n = std::strlen(suffix);
     return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
   };
-  if (name == "wte.weight" || name == "decoder.wte.weight") return true;
+  if (name == "wte.weight" || name == "decoder.wte.weight" || name == "lm_head.weight" ||
+      name == "decoder.lm_head.weight")
+    return true;
   for (const char* s : {".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight",
                         ".crossattn.q.weight", ".crossattn.c_proj.weight"})
     if (ends(s)) return name.compare(0, 2, "h.") == 0 || name.compare(0, 10, "decoder.h.") == 0;
@@ -1098,6 +1169,9 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   CHORUS_CHECK(pos <= s.n_cached, "Gpt::decode_step: pos = %d but only positions [0, %d) are cached", pos,
                s.n_cached);
   const int B = s.cache_B, C = cfg_.n_embd, NH = cfg_.n_head, Vp = cfg_.padded_vocab();
+  const int F = cfg_.mlp_hidden(), Fo = cfg_.mlp_fc_width();
+  const NormKind nk = cfg_.norm;
+  const nn::QkTransform tf = qk_transform_of(cfg_);
   check_tokens(tokens, B, cfg_.vocab_size, "tokens");
   const size_t ctx = cfg_.context;
   const size_t layer_stride = static_cast<size_t>(B) * ctx * C;
@@ -1112,17 +1186,19 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   };
   static const State::Int8Layer kNone;
 
-  // (B, 1) sequence at position pos: wpe row pos. With int8 weights the token
-  // rows are the LM head's dequantised rows (wte is one tensor: the model
-  // decodes as its quantised copy would, wherever it came from).
-  const float* wpe_row = s.p.wpe + static_cast<size_t>(pos) * C;
+  // (B, 1) sequence at position pos: wpe row pos (none with rotary
+  // positions). With int8 weights the token rows are wte's dequantised rows
+  // (tied: the LM head's; the model decodes as its quantised copy would,
+  // wherever it came from).
+  const float* wpe_row = s.p.wpe != nullptr ? s.p.wpe + static_cast<size_t>(pos) * C : nullptr;
   if (int8) {
+    const nn::Int8Weight& emb = cfg_.tied_head ? s.dec_lm_head : s.dec_wte;
     for (int b = 0; b < B; ++b) {
       const size_t row = static_cast<size_t>(tokens[b]);
-      const int8_t* q = s.dec_lm_head.q.data() + row * C;
-      const float sc = s.dec_lm_head.scale[row];
+      const int8_t* q = emb.q.data() + row * C;
+      const float sc = emb.scale[row];
       float* x = s.dec_x + static_cast<size_t>(b) * C;
-      for (int c = 0; c < C; ++c) x[c] = sc * static_cast<float>(q[c]) + wpe_row[c];
+      for (int c = 0; c < C; ++c) x[c] = sc * static_cast<float>(q[c]) + (wpe_row != nullptr ? wpe_row[c] : 0.0f);
     }
   } else {
     nn::embedding_forward<float>(s.dec_x, tokens, s.p.wte, wpe_row, B, 1, C);
@@ -1132,8 +1208,9 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
     const State::Int8Layer& q = int8 ? s.dec_int8[l] : kNone;
     float* kc = s.k_cache + l * layer_stride;
     float* vc = s.v_cache + l * layer_stride;
-    nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln1_w, w.ln1_b, B, C);
+    norm_forward(nk, s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln1_w, w.ln1_b, B, C);
     linear(s.dec_qkv, s.dec_ln, w.attn_w, q.attn, w.attn_b, C, 3 * C, nullptr);
+    if (tf.any()) nn::qk_transform_forward(s.dec_qkv, s.dec_qk_rstd, B, 1, C, NH, tf, pos);
     for (int b = 0; b < B; ++b) {
       const float* row = s.dec_qkv + static_cast<size_t>(b) * 3 * C;
       const size_t at = (static_cast<size_t>(b) * ctx + pos) * C;
@@ -1146,20 +1223,22 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
     if (s.cross.enabled()) {
       const size_t seq = static_cast<size_t>(s.cross.max_len) * 2 * C;
       const float* kv = s.x_kv + l * static_cast<size_t>(B) * seq;
-      nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.lnx_w, w.lnx_b, B, C);
+      norm_forward(nk, s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.lnx_w, w.lnx_b, B, C);
       linear(s.dec_q, s.dec_ln, w.xq_w, q.xq, w.xq_b, C, C, nullptr);
       const nn::AttentionBias bias{s.bias_decode, s.bias_head_w.data()};
       nn::mha_decode(s.dec_y, s.dec_scores, s.dec_q, C, kv, kv + C, 2 * static_cast<size_t>(C), seq,
                      s.dec_mem_len.data(), B, s.dec_S, C, NH, s.bias_decode != nullptr ? &bias : nullptr);
       linear(s.dec_x, s.dec_y, w.xproj_w, q.xproj, w.xproj_b, C, C, /*residual=*/s.dec_x);
     }
-    nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln2_w, w.ln2_b, B, C);
-    linear(s.dec_fch, s.dec_ln, w.fc_w, q.fc, w.fc_b, C, 4 * C, nullptr);
-    nn::gelu_forward(s.dec_fch, s.dec_fch, static_cast<size_t>(B) * 4 * C);
-    linear(s.dec_x, s.dec_fch, w.fcproj_w, q.fcproj, w.fcproj_b, 4 * C, C, /*residual=*/s.dec_x);
+    norm_forward(nk, s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln2_w, w.ln2_b, B, C);
+    linear(s.dec_fch, s.dec_ln, w.fc_w, q.fc, w.fc_b, C, Fo, nullptr);
+    float* act = cfg_.mlp == MlpKind::swiglu ? s.dec_act : s.dec_fch;
+    mlp_activation_forward(cfg_.mlp, act, s.dec_fch, B, F);
+    linear(s.dec_x, act, w.fcproj_w, q.fcproj, w.fcproj_b, F, C, /*residual=*/s.dec_x);
   }
-  nn::layernorm_forward(s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, s.p.lnf_w, s.p.lnf_b, B, C);
-  linear(s.dec_logits, s.dec_ln, s.p.wte, s.dec_lm_head, nullptr, C, Vp, nullptr);
+  norm_forward(nk, s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, s.p.lnf_w, s.p.lnf_b, B, C);
+  linear(s.dec_logits, s.dec_ln, s.p.lm_head, s.dec_lm_head, nullptr, C, Vp, nullptr);
+  if (cfg_.logit_softcap > 0.0f) nn::softcap_forward(s.dec_logits, static_cast<size_t>(B) * Vp, cfg_.logit_softcap);
   s.n_cached = pos + 1;
   return s.dec_logits;
 }

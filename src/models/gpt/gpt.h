@@ -2,6 +2,9 @@
 // token + learned position embeddings, n_layer pre-LayerNorm blocks of causal
 // multi-head attention and a GELU(tanh) MLP of width 4d, final LayerNorm, LM
 // head tied to the token embedding. All Linear layers have biases.
+// GptConfig's architecture options (docs/ARCHITECTURE.md) swap parts of it:
+// rotary positions instead of wpe, RMSNorm, QK-norm, ReLU^2 or SwiGLU MLPs,
+// an untied LM head, soft-capped logits; the defaults are GPT-2's.
 //
 // Memory is llm.c-style: one contiguous fp32 buffer for all parameters, one of
 // the same size for their gradients, one for activations sized once for
@@ -25,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "core/dtype.h"
 
 namespace chorus::dist {
@@ -33,18 +38,68 @@ class Communicator;
 
 namespace chorus::models {
 
+// Architecture options ([model] in a config, docs/ARCHITECTURE.md). Each
+// defaults to GPT-2's choice, so a config, checkpoint or weights file that
+// does not name them is GPT-2.
+enum class PosKind { learned, rotary };       // wpe rows | RoPE on q and k (Su et al. 2021)
+enum class NormKind { layernorm, rmsnorm };   // LayerNorm with bias | RMSNorm, gain only
+enum class MlpKind { gelu, relu2, swiglu };   // GELU(tanh) | ReLU^2 (So et al. 2021) | SwiGLU (Shazeer 2020)
+const char* pos_name(PosKind k);
+const char* norm_name(NormKind k);
+const char* mlp_name(MlpKind k);
+// Parse the names above; an Error naming `field` and the choices otherwise.
+PosKind parse_pos(const std::string& s, const std::string& field);
+NormKind parse_norm(const std::string& s, const std::string& field);
+MlpKind parse_mlp(const std::string& s, const std::string& field);
+
 struct GptConfig {
   int n_layer = 2;
   int n_embd = 64;     // d
   int n_head = 4;      // d % n_head == 0
   int vocab_size = 512;
-  int context = 64;    // rows of the position embedding (max sequence length)
+  int context = 64;    // maximum sequence length (the rows of wpe with learned positions)
+  PosKind pos = PosKind::learned;
+  NormKind norm = NormKind::layernorm;
+  bool qk_norm = false;        // parameter-free RMSNorm of every head's q and k before attention
+  MlpKind mlp = MlpKind::gelu;
+  bool tied_head = true;       // LM head = wte (false: its own lm_head.weight)
+  float logit_softcap = 0.0f;  // > 0: logits = cap * tanh(logits / cap); 0 = off
+  float rope_theta = 10000.0f; // rotary base
+  // Runtime choice, not part of the architecture (not recorded, any value
+  // loads any checkpoint): causal self-attention with the flash-style tiled
+  // kernel that keeps only each row's softmax log-sum-exp for backward
+  // (nn/flash_attention.h; activation memory linear in T), or the kernel that
+  // keeps the (B, NH, T, T) probabilities (nn/attention.h).
+  bool flash_attention = true;
   // Vocabulary rows actually allocated: vocab_size rounded up to a multiple of
   // 64 (GEMM-friendly, and divisible by the usual TP degrees). Padded logits
   // are masked out of the softmax and never sampled.
   int padded_vocab() const { return (vocab_size + 63) / 64 * 64; }
+  // MLP hidden width F: 4d, or for SwiGLU 8d/3 rounded up to a multiple of 64
+  // (the parameters of a 4d GELU MLP in three matrices instead of two).
+  int mlp_hidden() const {
+    return mlp == MlpKind::swiglu ? (8 * n_embd / 3 + 63) / 64 * 64 : 4 * n_embd;
+  }
+  // Width of c_fc's output: F, or 2F (gate | up) for SwiGLU.
+  int mlp_fc_width() const { return mlp == MlpKind::swiglu ? 2 * mlp_hidden() : mlp_hidden(); }
+  // Every option at GPT-2's choice (the layout GPT-2 safetensors can hold).
+  bool is_gpt2() const {
+    return pos == PosKind::learned && norm == NormKind::layernorm && !qk_norm && mlp == MlpKind::gelu &&
+           tied_head && logit_softcap == 0.0f;
+  }
+  // "gpt2", or the options that differ, e.g. "rotary rmsnorm qk-norm relu2 untied softcap=30".
+  std::string arch_name() const;
   void validate() const;  // throws chorus::Error naming the bad field
 };
+
+// The architecture options as JSON ({} for GPT-2; else every option, e.g.
+// {"pos": "rotary", "norm": "rmsnorm", "qk_norm": true, "mlp": "relu2",
+// "tied_head": false, "logit_softcap": 30, "rope_theta": 10000}): the "arch"
+// object of manifests, config.json and weights files.
+nlohmann::json gpt_arch_to_json(const GptConfig& c);
+// Reads them back into c (absent keys keep GPT-2's choice); an Error naming
+// `where` and the field for a bad value.
+void gpt_arch_from_json(GptConfig& c, const nlohmann::json& j, const std::string& where);
 
 struct ParamSpec {
   std::string name;             // GPT-2 dotted name, e.g. "h.3.attn.c_attn.weight"
@@ -63,9 +118,11 @@ struct ParamSpec {
   //   c_attn w (3C, C), b    axis 0, x3   column-parallel: TP rank r holds heads
   //                                       [r*NH/T, (r+1)*NH/T) of q, k and v
   //   attn.c_proj w (C, C)   axis 1       row-parallel (its bias replicated)
-  //   c_fc w (4C, C), b      axis 0       column-parallel
-  //   mlp.c_proj w (C, 4C)   axis 1       row-parallel (its bias replicated)
-  //   wpe, ln_*              replicated
+  //   c_fc w (Fo, C), b      axis 0       column-parallel (Fo = F = 4C; SwiGLU 2F in
+  //                                       two parts, gate | up)
+  //   mlp.c_proj w (C, F)    axis 1       row-parallel (its bias replicated)
+  //   lm_head (Vp, C)        axis 0       untied head only: vocab-parallel as wte
+  //   wpe, ln_* / RMSNorm    replicated
   // With TP = 1, shape == global_shape.
   std::vector<int64_t> global_shape;
   int tp_axis = -1;
