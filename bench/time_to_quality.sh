@@ -44,7 +44,9 @@ peer=(env OMP_WAIT_POLICY=passive /usr/bin/python3 "$root/bench/peers/torch_gpt_
 echo "peer fp32: $peer_steps steps"
 "${peer[@]}" --steps "$peer_steps" --out "$out/peer_fp32.jsonl" > "$out/peer_fp32.log" 2>&1
 echo "peer bf16: $bf16_steps steps"
-"${peer[@]}" --steps "$bf16_steps" --dtype bf16 --eval_every "$bf16_steps" --out "$out/peer_bf16.jsonl" \
+# (its speed only, where it is not run in full: one validation batch at the end)
+bf16_eval=(); [ "$bf16_steps" -lt "$peer_steps" ] && bf16_eval=(--eval_batches 1)
+"${peer[@]}" --steps "$bf16_steps" --dtype bf16 --eval_every "$bf16_steps" "${bf16_eval[@]}" --out "$out/peer_bf16.jsonl" \
   > "$out/peer_bf16.log" 2>&1
 for r in $recipes; do
   steps=$chorus_steps; [ "$r" = gpt-mini ] && steps=$peer_steps

@@ -12,7 +12,7 @@ ap.add_argument("out")
 ap.add_argument("recipes", nargs="*")
 ap.add_argument("--png", default=None)
 ap.add_argument("--peer-steps", type=int, default=400)
-a = ap.parse_args()
+a = ap.parse_intermixed_args()
 
 
 def rows(path):
