@@ -220,8 +220,9 @@ TEST_F(Parallel, ModernArchZero1Dp2xTp2Bf16) {
                            "bf16", 1.0, "muon", kModern, "_modern");
 }
 TEST_F(Parallel, SwigluTensorParallel2) {
-  expect_same_as_reference(run("swiglu_tp2", 2, "--batch 8 --tp 2 " + kSwiglu), "fp32", 1.0, "adamw", kSwiglu,
-                           "_swiglu");
+  // with Muon: the gate and up halves gathered over TP and orthogonalised as two whole matrices
+  expect_same_as_reference(run("swiglu_tp2", 2, "--batch 8 --tp 2 --optimizer muon " + kSwiglu), "fp32", 1.0, "muon",
+                           kSwiglu, "_swiglu");
 }
 TEST_F(Parallel, SwigluDp2) {
   expect_same_as_reference(run("swiglu_dp2", 2, "--batch 4 " + kSwiglu), "fp32", 1.0, "adamw", kSwiglu, "_swiglu");
