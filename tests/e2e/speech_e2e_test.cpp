@@ -93,6 +93,15 @@ class SpeechE2E : public ::testing::Test {
       EXPECT_NEAR(g3[i], g1[i], 1e-3 * g1[i]) << "TP 2 grad norm step " << i;
     }
   }
+  // transcribe of the test split from `checkpoint` succeeds with each set of flags.
+  static void expect_transcribes(const std::string& checkpoint, std::initializer_list<const char*> flag_sets) {
+    for (const char* flags : flag_sets) {
+      Result t = chorus::testing::chorus("transcribe --checkpoint " + checkpoint + " --manifest " + dir_.string() +
+                                         "/corpus/test.tsv " + flags);
+      ASSERT_EQ(t.code, 0) << flags << "\n" << t.out;
+      EXPECT_NE(t.out.find("real-time factor"), std::string::npos) << t.out;
+    }
+  }
   static inline fs::path dir_;
   static inline std::string error_;
   static inline bool ready_ = false;
@@ -262,12 +271,7 @@ TEST_F(SpeechE2E, DecoderFromAGptWithEveryArchitectureOption) {
   const Result m = sh("cat " + d + "/modern_one/latest/manifest.json");
   EXPECT_NE(m.out.find("\"pos\": \"rotary\""), std::string::npos) << m.out;
   EXPECT_NE(m.out.find("\"mlp\": \"swiglu\""), std::string::npos) << m.out;
-  for (const char* flags : {"--beam 3 --ctc-weight 0.3", "--beam 1 --int8"}) {
-    Result t = chorus::testing::chorus("transcribe --checkpoint " + d + "/modern_tp2 --manifest " + d +
-                                       "/corpus/test.tsv " + flags);
-    ASSERT_EQ(t.code, 0) << flags << "\n" << t.out;
-    EXPECT_NE(t.out.find("real-time factor"), std::string::npos) << t.out;
-  }
+  expect_transcribes(d + "/modern_tp2", {"--beam 3 --ctc-weight 0.3", "--beam 1 --int8"});
 }
 
 // The CTC alignment prior on three of the decoder's four heads (split 2 + 1
@@ -280,12 +284,7 @@ TEST_F(SpeechE2E, CtcPriorDataAndTensorParallelEqualOneRank) {
   const Result m = sh("cat " + d + "/prior_one/latest/manifest.json");
   EXPECT_NE(m.out.find("\"ctc_prior\""), std::string::npos) << m.out;
   EXPECT_NE(m.out.find("\"subsample\""), std::string::npos) << m.out;
-  for (const char* flags : {"--beam 1 --ctc-weight 0", "--beam 3 --ctc-weight 0.3"}) {
-    Result t = chorus::testing::chorus("transcribe --checkpoint " + d + "/prior_one --manifest " + d +
-                                       "/corpus/test.tsv " + flags);
-    ASSERT_EQ(t.code, 0) << flags << "\n" << t.out;
-    EXPECT_NE(t.out.find("real-time factor"), std::string::npos) << t.out;
-  }
+  expect_transcribes(d + "/prior_one", {"--beam 1 --ctc-weight 0", "--beam 3 --ctc-weight 0.3"});
   Result e = chorus::testing::chorus("evaluate --checkpoint " + d + "/prior_tp2 --manifest " + d + "/corpus/test.tsv");
   EXPECT_EQ(e.code, 0) << e.out;
 }

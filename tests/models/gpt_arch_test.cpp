@@ -23,8 +23,6 @@
 namespace chorus::models {
 namespace {
 
-using chorus::testing::expect_grad_close;
-using chorus::testing::GradCheckOptions;
 using chorus::testing::random_tokens;
 
 struct Arch {
@@ -131,24 +129,7 @@ TEST_P(GptArch, GradientsMatchFiniteDifferences) {
   auto tok = random_tokens(B * T, c.vocab_size, 7), tgt = random_tokens(B * T, c.vocab_size, 8);
   tok[3] = tok[7] = 4;  // a repeated token
   tgt[2] = -1;          // an ignored position
-  m.zero_grad();
-  m.forward(tok.data(), tgt.data(), B, T);
-  m.backward();
-  std::vector<float> grads(m.grads().begin(), m.grads().end());
-  auto loss = [&] { return static_cast<double>(m.forward(tok.data(), tgt.data(), B, T)); };
-  Rng rng(9, 0);
-  for (const ParamSpec& s : m.param_table()) {
-    GradCheckOptions opt;
-    opt.eps = 1e-2;
-    opt.atol = 3e-4;
-    opt.rtol = 3e-2;
-    size_t n = s.numel;
-    if (s.name == "wte.weight" || s.name == "lm_head.weight") n = static_cast<size_t>(c.vocab_size) * c.n_embd;
-    if (s.name == "wte.weight")
-      for (int i = 0; i < 8; ++i) opt.indices.push_back(static_cast<size_t>(tok[i]) * c.n_embd + rng.below(c.n_embd));
-    for (int i = 0; i < 9; ++i) opt.indices.push_back(rng.below(n));
-    expect_grad_close(s.name, m.params().data() + s.offset, grads.data() + s.offset, s.numel, loss, opt);
-  }
+  chorus::testing::expect_gpt_gradients_match_fd(m, tok, tgt, B, T, 9, 3e-4, 3e-2);
 }
 
 TEST_P(GptArch, DecodeStepMatchesForwardLogits) {

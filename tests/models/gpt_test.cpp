@@ -43,8 +43,6 @@ void operator delete(void* p, size_t) noexcept { std::free(p); }
 namespace chorus::models {
 namespace {
 
-using chorus::testing::expect_grad_close;
-using chorus::testing::GradCheckOptions;
 using chorus::testing::random_tokens;
 
 GptConfig tiny_config() {
@@ -260,32 +258,9 @@ TEST(Gpt, GradientsMatchFiniteDifferences) {
   set_formula_weights(m);
   auto tok = random_tokens(B * T, c.vocab_size, 7), tgt = random_tokens(B * T, c.vocab_size, 8);
   tok[3] = tok[7] = 4;  // a repeated token: its wte row gets two contributions
-  m.zero_grad();
-  m.forward(tok.data(), tgt.data(), B, T);
-  m.backward();
-  std::vector<float> grads(m.grads().begin(), m.grads().end());
-  auto loss = [&] { return static_cast<double>(m.forward(tok.data(), tgt.data(), B, T)); };
-
-  // ~200 elements: 7 random ones from every tensor, plus the used wte rows.
-  Rng rng(9, 0);
-  for (const ParamSpec& s : m.param_table()) {
-    GradCheckOptions opt;
-    opt.eps = 1e-2;
-    opt.atol = 2e-4;
-    opt.rtol = 2e-2;
-    size_t n = s.numel;
-    if (s.name == "wte.weight") {
-      n = static_cast<size_t>(c.vocab_size) * c.n_embd;
-      for (int i = 0; i < 8; ++i)
-        opt.indices.push_back(static_cast<size_t>(tok[i]) * c.n_embd + rng.below(c.n_embd));
-    }
-    for (int i = 0; i < 7; ++i) opt.indices.push_back(rng.below(n));
-    expect_grad_close(s.name, m.params().data() + s.offset, grads.data() + s.offset, s.numel, loss, opt);
-  }
-  // Padded vocabulary rows never receive gradient.
-  const ParamSpec& wte = m.param_table()[0];
-  for (size_t j = static_cast<size_t>(c.vocab_size) * c.n_embd; j < wte.numel; ++j)
-    ASSERT_EQ(grads[wte.offset + j], 0.0f);
+  // ~200 elements: 7 random ones from every tensor, plus the used wte rows;
+  // padded vocabulary rows never receive gradient.
+  chorus::testing::expect_gpt_gradients_match_fd(m, tok, tgt, B, T, 7, 2e-4, 2e-2);
 }
 
 TEST(Gpt, BackwardAccumulatesScaledMicroBatches) {

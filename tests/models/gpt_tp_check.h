@@ -1,6 +1,6 @@
-// Test helpers for the GPT tensor-parallel checks: deterministic random
-// tokens, and the check that a model sharded over a ThreadGroup of ranks
-// gives one rank's loss and gradients.
+// Test helpers for the GPT checks: deterministic random tokens, every
+// tensor's gradient against finite differences, and the check that a model
+// sharded over a ThreadGroup of ranks gives one rank's loss and gradients.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -11,6 +11,7 @@
 #include <functional>
 #include <vector>
 
+#include "../nn/grad_check.h"
 #include "../nn/thread_group.h"
 #include "core/rng.h"
 #include "dist/communicator.h"
@@ -25,6 +26,38 @@ inline std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
   std::vector<int32_t> t(n);
   for (auto& x : t) x = static_cast<int32_t>(rng.below(vocab));
   return t;
+}
+
+// Backward of m on (tok, tgt) (B, T) against central differences of its loss:
+// `per_tensor` random elements of every tensor (real vocabulary rows only for
+// wte / lm_head) plus one element of each of the first 8 tokens' wte rows, at
+// tolerances atol / rtol. Padded vocabulary rows must get no gradient.
+inline void expect_gpt_gradients_match_fd(models::Gpt& m, const std::vector<int32_t>& tok,
+                                          const std::vector<int32_t>& tgt, int B, int T, int per_tensor, double atol,
+                                          double rtol) {
+  const models::GptConfig& c = m.config();
+  m.zero_grad();
+  m.forward(tok.data(), tgt.data(), B, T);
+  m.backward();
+  std::vector<float> grads(m.grads().begin(), m.grads().end());
+  auto loss = [&] { return static_cast<double>(m.forward(tok.data(), tgt.data(), B, T)); };
+  const size_t real_rows = static_cast<size_t>(c.vocab_size) * c.n_embd;
+  Rng rng(9, 0);
+  for (const models::ParamSpec& s : m.param_table()) {
+    GradCheckOptions opt;
+    opt.eps = 1e-2;
+    opt.atol = atol;
+    opt.rtol = rtol;
+    const bool vocab_table = s.name == "wte.weight" || s.name == "lm_head.weight";
+    const size_t n = vocab_table ? real_rows : s.numel;
+    if (s.name == "wte.weight")
+      for (int i = 0; i < 8; ++i) opt.indices.push_back(static_cast<size_t>(tok[i]) * c.n_embd + rng.below(c.n_embd));
+    for (int i = 0; i < per_tensor; ++i) opt.indices.push_back(rng.below(n));
+    expect_grad_close(s.name, m.params().data() + s.offset, grads.data() + s.offset, s.numel, loss, opt);
+    if (vocab_table) {
+      for (size_t j = real_rows; j < s.numel; ++j) ASSERT_EQ(grads[s.offset + j], 0.0f) << s.name << " padded row";
+    }
+  }
 }
 
 // A one-rank reference with set_weights' weights, and the same weights sliced
