@@ -177,7 +177,7 @@ struct LoadedRecognizer {
 // A weights file of a speech model (chorus quantize): the model from its
 // header, every tensor by name, int8 decoding when it is quantised.
 LoadedRecognizer load_recognizer_file(const std::string& path, const std::string& tok_override, int max_batch,
-                                      bool int8) {
+                                      const po::variables_map& vm) {
   LoadedRecognizer r;
   r.dir = path;
   checkpoint::WeightsHeader h;
@@ -206,13 +206,13 @@ LoadedRecognizer load_recognizer_file(const std::string& path, const std::string
                  p.name.c_str());
     std::copy(it->data.begin(), it->data.end(), params.begin() + p.offset);
   }
-  if (int8 || h.quantization == "int8") r.model->decoder().set_decode_int8(true);
+  r.model->decoder().set_decode_weights(decode_weights_from(vm, h.quantization, path));
   return r;
 }
 
 LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok_override, int max_batch,
-                                 bool int8) {
-  if (fs::is_regular_file(path)) return load_recognizer_file(path, tok_override, max_batch, int8);
+                                 const po::variables_map& vm) {
+  if (fs::is_regular_file(path)) return load_recognizer_file(path, tok_override, max_batch, vm);
   LoadedRecognizer r;
   r.dir = checkpoint::resolve_checkpoint_dir(path);
   const auto m = checkpoint::read_manifest((fs::path(r.dir) / "manifest.json").string());
@@ -231,7 +231,7 @@ LoadedRecognizer load_recognizer(const std::string& path, const std::string& tok
                                                     nullptr, Precision::fp32);
   dist::ParallelGrid grid = dist::ParallelGrid::single();
   train::load_speech_weights(grid, r.dir, *r.model, r.tok.hash());
-  if (int8) r.model->decoder().set_decode_int8(true);
+  r.model->decoder().set_decode_weights(decode_weights_from(vm, "", r.dir));
   return r;
 }
 
@@ -282,9 +282,7 @@ void add_decode_flags(OptionSet& o) {
   o.add<std::string>("model", "checkpoint", "", "a finetune-speech run / save directory (its latest checkpoint), a "
                                                 "checkpoint directory, or a weights file from `chorus quantize`");
   o.add<std::string>("model", "tokenizer", "", "tokenizer JSON (default: the one the checkpoint records)");
-  o.add_switch("model", "int8",
-               "decode on weight-only int8 copies of the decoder's matrices (per output channel; a quarter of the "
-               "bytes per token); the encoder and the cross-attention keys/values stay fp32");
+  add_decode_weight_flags(o, "the decoder's matrices (the encoder and the cross-attention keys/values stay fp32)");
   o.add<std::string>("decode", "lang", "", "language code of the audio (default: detect it per clip from the "
                                             "language-token distribution)");
   o.add<int>("decode", "beam", 1, "beam width (1 = greedy)");
@@ -340,7 +338,7 @@ int cmd_transcribe(int argc, char** argv, dist::Runtime& rt) {
     }
   CHORUS_CHECK(!clips.empty(), "wav: give WAV files (positional) or --manifest TSV");
   auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
-                             vm["batch"].as<int>(), vm["int8"].as<bool>());
+                             vm["batch"].as<int>(), vm);
   double secs = 0;
   std::vector<double> dur;
   train::DecodeTiming timing;
@@ -360,7 +358,7 @@ int cmd_transcribe(int argc, char** argv, dist::Runtime& rt) {
   log_info("transcribed %zu files (%.1f s of audio) in %.2f s: real-time factor %.3f (encoder %.2f s, decoder %.2f s, "
            "%s weights)",
            clips.size(), audio_s, secs, secs / std::max(audio_s, 1e-9), timing.encoder_s, timing.decoder_s,
-           rec.model->decoder().decode_int8() ? "int8" : "fp32");
+           nn::decode_weights_name(rec.model->decoder().decode_weights()));
   return 0;
 }
 
@@ -388,7 +386,7 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   const auto clips = read_manifest_clips(vm["manifest"].as<std::string>());
   CHORUS_CHECK(!clips.empty(), "manifest '%s': no clips", vm["manifest"].as<std::string>().c_str());
   auto rec = load_recognizer(vm["checkpoint"].as<std::string>(), vm["tokenizer"].as<std::string>(),
-                             vm["batch"].as<int>(), vm["int8"].as<bool>());
+                             vm["batch"].as<int>(), vm);
   eval::ErrorRates rates;
   std::map<std::string, std::pair<double, double>> rtf;  // lang -> (decode s, audio s)
   nlohmann::json rows = nlohmann::json::array();
@@ -424,7 +422,7 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
   j["checkpoint"] = rec.dir;
   j["decode"] = {{"beam", dopt.beam},
                  {"ctc_weight", dopt.ctc_weight},
-                 {"weights", rec.model->decoder().decode_int8() ? "int8" : "fp32"},
+                 {"weights", nn::decode_weights_name(rec.model->decoder().decode_weights())},
                  {"encoder_s", timing.encoder_s},
                  {"decoder_s", timing.decoder_s}};
   if (vm["json"].as<bool>())
@@ -435,7 +433,7 @@ int cmd_evaluate(int argc, char** argv, dist::Runtime& rt) {
     std::printf("%s\nreal-time factor %.3f (%.1f s of audio decoded in %.1f s, beam %d; encoder %.1f s, decoder %.1f s, "
                 "%s weights); per language:%s\n",
                 rates.table().c_str(), ts / std::max(as, 1e-9), as, ts, dopt.beam, timing.encoder_s, timing.decoder_s,
-                rec.model->decoder().decode_int8() ? "int8" : "fp32", per_lang.c_str());
+                nn::decode_weights_name(rec.model->decoder().decode_weights()), per_lang.c_str());
   }
   if (!vm["out"].as<std::string>().empty()) {
     nlohmann::json full = j;

@@ -113,9 +113,7 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   o.add<std::string>("model", "run-dir", "", "a pretrain run directory (uses its model.h5 and tokenizer)");
   o.add<std::string>("model", "weights", "", "weights file (default: <run-dir>/model.h5)");
   o.add<std::string>("model", "tokenizer", "", "tokenizer JSON (default: the one recorded in <run-dir>/config.json)");
-  o.add_switch("model", "int8",
-               "decode on weight-only int8 copies of the weight matrices and the LM head (per output channel; a "
-               "quarter of the bytes per token)");
+  add_decode_weight_flags(o, "the weight matrices and the LM head");
   o.add<std::string>("sampling", "prompt", "", "text to continue (empty: start from <|endoftext|>)");
   o.add<int>("sampling", "max-new-tokens", 200, "tokens to generate at most");
   o.add<float>("sampling", "temperature", 0.8f, "0.8", "softmax temperature (0 = greedy)");
@@ -166,7 +164,7 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   // A quantised file (chorus quantize) decodes on its int8 codes: the loaded
   // weights are their dequantised values, and quantising them again gives the
   // same codes.
-  if (vm["int8"].as<bool>() || header.quantization == "int8") model.set_decode_int8(true);
+  model.set_decode_weights(decode_weights_from(vm, header.quantization, weights));
 
   train::GenerateOptions g;
   g.max_new_tokens = vm["max-new-tokens"].as<int>();
@@ -191,7 +189,7 @@ int cmd_generate(int argc, char** argv, dist::Runtime& rt) {
   const double secs = timer.seconds();
   // On stderr: stdout is the text alone, for pipes.
   std::fprintf(stderr, "generated %zu tokens in %.2f s: %.1f tokens/s (%s weights, prompt %zu tokens)\n", n_new, secs,
-               double(n_new) / std::max(secs, 1e-9), model.decode_int8() ? "int8" : "fp32", ids.size());
+               double(n_new) / std::max(secs, 1e-9), nn::decode_weights_name(model.decode_weights()), ids.size());
   return 0;
 }
 

@@ -1,7 +1,7 @@
 // chorus quantize: a weight-only int8 weights file of a GPT or a speech model,
 // for inference (generate / transcribe / evaluate load it and decode on int8).
 // The matrices a decode step multiplies by (models::decode_int8_tensor) are
-// stored as int8 codes with one fp32 scale per output row (nn::Int8Weight);
+// stored as int8 codes with one fp32 scale per output row (nn::PackedWeight);
 // everything else stays fp32.
 #include <filesystem>
 
@@ -119,7 +119,7 @@ int cmd_quantize(int argc, char** argv, dist::Runtime& rt) {
   }
   t.header.quantization = "int8";
 
-  std::vector<nn::Int8Weight> q(t.names.size());
+  std::vector<nn::PackedWeight> q(t.names.size());
   std::vector<checkpoint::WeightsTensorView> views;
   size_t bytes_fp32 = 0, bytes_out = 0, n_int8 = 0;
   for (size_t i = 0; i < t.names.size(); ++i) {

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "nn/matmul.h"
+
 namespace chorus::apps {
 
 namespace po = boost::program_options;
@@ -85,5 +87,15 @@ void check_new_file(const std::string& out, const std::string& flag, bool force)
 // The tokenizer path a run recorded in <run_dir>/config.json, "" when that file
 // is missing or unreadable or has no string field "tokenizer".
 std::string recorded_tokenizer(const std::string& run_dir);
+
+// --int8 / --bf16 (decoding on packed copies of the decoder's matrices,
+// nn::DecodeWeights); `what` names the matrices in the help.
+void add_decode_weight_flags(OptionSet& o, const std::string& what);
+// The format those flags ask for, given what the loaded file already is
+// (`file_quantization`: its weights header's "quantization", "" for a plain
+// file or a checkpoint): an int8-quantised file decodes on int8. Refuses
+// --int8 with --bf16, and --bf16 on an int8 file, naming `file`.
+nn::DecodeWeights decode_weights_from(const po::variables_map& vm, const std::string& file_quantization,
+                                      const std::string& file);
 
 }  // namespace chorus::apps

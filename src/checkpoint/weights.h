@@ -45,7 +45,7 @@ void save_weights(const std::string& path, models::Gpt& model, const std::string
 // A global tensor to write: its name under /params, shape and data. With
 // codes set the tensor is stored weight-only int8: codes (rows, cols) as an
 // int8 dataset under /params and one fp32 scale per row under /scales
-// (nn::Int8Weight; rows = shape[0]); data is then unused. Every reader returns
+// (nn::PackedWeight; rows = shape[0]); data is then unused. Every reader returns
 // the dequantised fp32 values, and the digest is theirs.
 struct WeightsTensorView {
   std::string name;

@@ -7,6 +7,7 @@
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/gemv.h"
 #include "backend/cpu/ops.h"
+#include "core/error.h"
 #include "nn/typed.h"
 
 namespace chorus::nn {
@@ -62,25 +63,59 @@ CHORUS_INSTANTIATE(bf16)
 CHORUS_INSTANTIATE(fp16)
 #undef CHORUS_INSTANTIATE
 
-Int8Weight quantize_int8(const float* W, int rows, int cols) {
-  Int8Weight w;
+const char* decode_weights_name(DecodeWeights w) {
+  switch (w) {
+    case DecodeWeights::bf16: return "bf16";
+    case DecodeWeights::int8: return "int8";
+    case DecodeWeights::fp32: break;
+  }
+  return "fp32";
+}
+
+DecodeWeights parse_decode_weights(const std::string& s, const char* what) {
+  for (DecodeWeights w : {DecodeWeights::fp32, DecodeWeights::bf16, DecodeWeights::int8})
+    if (s == decode_weights_name(w)) return w;
+  throw Error(strfmt("%s: '%s' is not a decode weight format (fp32, bf16 or int8)", what, s.c_str()));
+}
+
+PackedWeight pack_weight(const float* W, int rows, int cols, DecodeWeights format) {
+  CHORUS_CHECK(format != DecodeWeights::fp32, "pack_weight: fp32 needs no packed copy");
+  PackedWeight w;
+  w.format = format;
   w.rows = rows;
   w.cols = cols;
-  w.q.resize(static_cast<size_t>(rows) * cols);
-  w.scale.resize(rows);
-  cpu::quantize_rows_int8(W, rows, cols, static_cast<size_t>(cols), w.q.data(), w.scale.data());
+  const size_t n = static_cast<size_t>(rows) * cols;
+  if (format == DecodeWeights::int8) {
+    w.q.resize(n);
+    w.scale.resize(rows);
+    cpu::quantize_rows_int8(W, rows, cols, static_cast<size_t>(cols), w.q.data(), w.scale.data());
+  } else {
+    w.h.resize(n);
+    for (size_t i = 0; i < n; ++i) w.h[i] = from_f32<bf16>(W[i]);
+  }
   return w;
 }
 
-void matmul_forward_int8(float* out, const float* inp, const Int8Weight& w, const float* bias, int N,
-                         const float* residual) {
+void PackedWeight::row(int r, float* out) const {
+  const size_t at = static_cast<size_t>(r) * cols;
+  if (format == DecodeWeights::int8)
+    for (int c = 0; c < cols; ++c) out[c] = scale[r] * static_cast<float>(q[at + c]);
+  else
+    for (int c = 0; c < cols; ++c) out[c] = to_f32(h[at + c]);
+}
+
+void matmul_forward_packed(float* out, const float* inp, const PackedWeight& w, const float* bias, int N,
+                           const float* residual) {
   const int OC = w.rows, C = w.cols;
   float beta = 0.0f;
   if (bias != nullptr || residual != nullptr) {
     cpu::add_row_broadcast<float>(out, residual, bias, N, OC);
     beta = 1.0f;
   }
-  cpu::gemm_rows_int8(N, inp, C, w.q.data(), w.scale.data(), OC, C, out, OC, beta);
+  if (w.format == DecodeWeights::int8)
+    cpu::gemm_rows_int8(N, inp, C, w.q.data(), w.scale.data(), OC, C, out, OC, beta);
+  else
+    cpu::gemm_rows_bf16(N, inp, C, w.h.data(), OC, C, out, OC, beta);
 }
 
 }  // namespace chorus::nn

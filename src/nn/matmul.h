@@ -12,9 +12,11 @@
 // parameter gradients and OVERWRITES activation gradients.
 #pragma once
 
+#include "core/dtype.h"
 #include "nn/typed.h"
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace chorus::nn {
@@ -48,24 +50,46 @@ template <typename T>
 void matmul_backward_f32(float* dinp_acc, float* dweight, float* dbias, const T* dout, const T* inp,
                          const T* weight, int N, int C, int OC);
 
-// Weight-only int8 for inference (issue 10; backend/cpu/gemv.h): W (OC, C) ~=
-// scale[o] * q[o, :], symmetric per output channel, |W - dequant| <= scale / 2.
-// Decoding a token reads every weight once (memory-bound); codes are a quarter
-// of fp32's bytes. Re-quantising a dequantised matrix gives the same codes
-// (max |q| per row is 127) and the scales up to one rounding.
-struct Int8Weight {
-  std::vector<int8_t> q;     // (rows, cols) row-major
-  std::vector<float> scale;  // (rows)
+// What a decode step multiplies by (models::Gpt::set_decode_weights; issue 10):
+//   fp32  the model's own weights;
+//   bf16  weight-only bf16 copies (each weight rounded once, to nearest even):
+//         half of fp32's bytes, fp32's exponent range, 8 significant bits;
+//   int8  weight-only int8 (below): a quarter of fp32's bytes.
+// Decoding a token reads every weight once (memory-bound at batch 1), so
+// fewer bytes per weight is faster there; products and sums stay fp32.
+enum class DecodeWeights { fp32, bf16, int8 };
+const char* decode_weights_name(DecodeWeights w);
+// "fp32" | "bf16" | "int8"; throws chorus::Error naming `what` otherwise.
+DecodeWeights parse_decode_weights(const std::string& s, const char* what);
+
+// A matrix W (OC, C), row-major as Linear weights are, packed for decoding:
+// int8: W ~= scale[o] * q[o, :], symmetric per output channel,
+//   |W - dequant| <= scale / 2 (backend/cpu/gemv.h). Re-quantising a
+//   dequantised matrix gives the same codes (max |q| per row is 127) and the
+//   scales up to one rounding.
+// bf16: h[o, c] = W[o, c] rounded to bf16.
+struct PackedWeight {
+  DecodeWeights format = DecodeWeights::fp32;  // bf16 or int8 once packed
+  std::vector<int8_t> q;     // int8: (rows, cols) row-major
+  std::vector<float> scale;  // int8: (rows)
+  std::vector<bf16> h;       // bf16: (rows, cols) row-major
   int rows = 0, cols = 0;
   bool empty() const { return rows == 0; }
+  size_t bytes() const { return q.size() + scale.size() * sizeof(float) + h.size() * sizeof(bf16); }
+  // out[c] = the packed row r as fp32 (dequantised codes, or widened bf16).
+  void row(int r, float* out) const;
 };
-Int8Weight quantize_int8(const float* W, int rows, int cols);
+PackedWeight pack_weight(const float* W, int rows, int cols, DecodeWeights format);
+inline PackedWeight quantize_int8(const float* W, int rows, int cols) {
+  return pack_weight(W, rows, cols, DecodeWeights::int8);
+}
 
-// out (N, OC) = inp (N, C) @ dequant(w)^T + bias + residual in fp32, OC =
+// out (N, OC) = inp (N, C) @ unpack(w)^T + bias + residual in fp32, OC =
 // w.rows, C = w.cols; bias and residual may be nullptr; out may alias
-// residual, not inp. One backend::cpu::gemm_rows_int8: every code row is read
-// and widened once for all N rows (a batch of beams decodes together).
-void matmul_forward_int8(float* out, const float* inp, const Int8Weight& w, const float* bias, int N,
-                         const float* residual = nullptr);
+// residual, not inp. One backend::cpu::gemm_rows_int8 / gemm_rows_bf16: every
+// packed row is read and widened once for all N rows (a batch of beams
+// decodes together).
+void matmul_forward_packed(float* out, const float* inp, const PackedWeight& w, const float* bias, int N,
+                           const float* residual = nullptr);
 
 }  // namespace chorus::nn

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 using namespace chorus;
@@ -137,6 +138,59 @@ TEST(Int8, GemmRowsEqualsGemvOfEachRowOnEveryPath) {
               for (int c = 0; c < cols; ++c) mag += std::fabs(s[r] * q[r * cols + c] * X[m * ldx + c]);
               ASSERT_NEAR(Y[m * ldy + r], y[r], 1e-6 * mag)
                   << "M " << M << " cols " << cols << " beta " << beta << " m " << m << " r " << r;
+            }
+            for (size_t r = rows; r < ldy && m + 1 < M; ++r) ASSERT_EQ(Y[m * ldy + r], -7.0f) << "padding written";
+          }
+        }
+      }
+    }
+  }
+  set_gemv_path(nullptr);
+}
+
+// Weight-only bf16 (gemm_rows_bf16): every path, M = 1 (a decode step at batch
+// 1) and several vectors (a beam), every column tail, row strides and beta,
+// against a double product with the widened bf16 weights; and the rounding
+// against the fp32 weights: at most 2^-8 relative per weight (8 significant bits).
+TEST(Bf16, GemmRowsEqualsTheWidenedProductOnEveryPath) {
+  for (const char* path : {"portable", "avx2", "avx512"}) {
+    if (!set_gemv_path(path)) continue;
+    SCOPED_TRACE(path);
+    for (int M : {1, 3, 8}) {
+      for (int cols : {1, 15, 16, 17, 63, 64, 65, 100, 384}) {
+        const int rows = 37;
+        const size_t ldx = cols + 3, ldy = rows + 2;
+        const auto W = weights(rows, cols, cols, 5 + cols);
+        std::vector<bf16> h(rows * cols);
+        for (size_t i = 0; i < h.size(); ++i) h[i] = from_f32<bf16>(W[i]);
+        std::mt19937 g(M * 100 + cols);
+        std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+        std::vector<float> X(M * ldx, std::numeric_limits<float>::quiet_NaN());
+        for (int m = 0; m < M; ++m)
+          for (int c = 0; c < cols; ++c) X[m * ldx + c] = u(g);
+        for (float beta : {0.0f, 1.0f}) {
+          std::vector<float> Y(M * ldy, -7.0f);
+          if (beta == 0.0f)
+            for (int m = 0; m < M; ++m)
+              for (int r = 0; r < rows; ++r) Y[m * ldy + r] = std::numeric_limits<float>::quiet_NaN();
+          const std::vector<float> Y0 = Y;
+          std::vector<float> Yref = Y;
+          gemm_rows_bf16(M, X.data(), ldx, h.data(), rows, cols, Y.data(), ldy, beta);
+          gemm_rows_bf16_reference(M, X.data(), ldx, h.data(), rows, cols, Yref.data(), ldy, beta);
+          for (int m = 0; m < M; ++m) {
+            for (int r = 0; r < rows; ++r) {
+              const double y0 = beta == 0.0f ? 0.0 : double(beta) * Y0[m * ldy + r];
+              double want = y0, mag = std::fabs(y0) + 1e-30, orig = y0, bound = 0;
+              for (int c = 0; c < cols; ++c) {
+                const double w = to_f32(h[r * cols + c]), x = X[m * ldx + c];
+                want += w * x;
+                mag += std::fabs(w * x);
+                orig += double(W[r * cols + c]) * x;
+                bound += std::fabs(double(W[r * cols + c]) * x) * std::ldexp(1.0, -8);
+              }
+              ASSERT_NEAR(Y[m * ldy + r], want, 1e-5 * mag) << "M " << M << " cols " << cols << " m " << m << " r " << r;
+              ASSERT_NEAR(Yref[m * ldy + r], want, 1e-5 * mag) << "reference, M " << M << " cols " << cols;
+              ASSERT_LE(std::fabs(Y[m * ldy + r] - orig), bound + 1e-5 * mag) << "rounding bound, r " << r;
             }
             for (size_t r = rows; r < ldy && m + 1 < M; ++r) ASSERT_EQ(Y[m * ldy + r], -7.0f) << "padding written";
           }

@@ -94,7 +94,7 @@ TEST(WeightsInt8, QuantisedTensorsReadBackDequantisedAndAreChecked) {
   TempDir tmp("weights");
   TinyState s;
   const auto params = s.model.params();
-  std::vector<nn::Int8Weight> q(s.model.param_table().size());
+  std::vector<nn::PackedWeight> q(s.model.param_table().size());
   std::vector<checkpoint::WeightsTensorView> views;
   size_t n_int8 = 0;
   for (size_t i = 0; i < s.model.param_table().size(); ++i) {

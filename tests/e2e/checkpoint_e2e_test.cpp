@@ -210,6 +210,9 @@ TEST_F(Ckpt, ArchIsRecordedAndAnotherIsRefused) {
   EXPECT_EQ(r.code, 0) << r.out;
   r = sh(gen + " --int8");
   EXPECT_EQ(r.code, 0) << r.out;
+  r = sh(gen + " --bf16");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("(bf16 weights"), std::string::npos) << r.out;
 }
 TEST_F(Ckpt, ExactResumeTensorParallel2) { exact_resume("tp2", 2, "--batch 8 --tp 2"); }
 TEST_F(Ckpt, ExactResumeDp2xTp2Zero1) { exact_resume("dp2tp2", 4, "--batch 4 --tp 2 --zero 1"); }

@@ -132,17 +132,15 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
   EXPECT_NE(text.out.find("; per language: de "), std::string::npos) << text.out;
   EXPECT_NE(text.out.find(" en "), std::string::npos) << text.out;
 
-  // Decoding on int8 copies of the decoder's matrices transcribes the test
-  // clips as the fp32 weights do. This 30-step model is nearly uniform over a
-  // few tokens (average log-prob ~ -3.4), so a near tie may flip: most
-  // transcripts must be identical, and an identical one must score the same to
-  // within quantisation noise (broken scales or a wrong matrix change both).
+  // Decoding on int8 or bf16 copies of the decoder's matrices transcribes the
+  // test clips as the fp32 weights do. This 30-step model is nearly uniform
+  // over a few tokens (average log-prob ~ -3.4), so a near tie may flip: most
+  // transcripts must be identical, and an identical one must score the same
+  // to within quantisation noise (broken scales or a wrong matrix change both).
   {
     const std::string cmd = "transcribe --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json";
     Result f32 = chorus::testing::chorus(cmd);
-    Result i8 = chorus::testing::chorus(cmd + " --int8");
     ASSERT_EQ(f32.code, 0) << f32.out;
-    ASSERT_EQ(i8.code, 0) << i8.out;
     const auto rows = [](const std::string& out) {
       std::vector<nlohmann::json> v;
       std::istringstream in(out);
@@ -150,16 +148,22 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
         if (!line.empty() && line[0] == '{') v.push_back(nlohmann::json::parse(line));
       return v;
     };
-    const auto a = rows(f32.out), b = rows(i8.out);
+    const auto a = rows(f32.out);
     ASSERT_FALSE(a.empty()) << f32.out;
-    ASSERT_EQ(a.size(), b.size()) << i8.out;
-    size_t same = 0;
-    for (size_t i = 0; i < a.size(); ++i) {
-      if (a[i]["text"] != b[i]["text"]) continue;
-      ++same;
-      EXPECT_NEAR(a[i]["avg_logprob"].get<double>(), b[i]["avg_logprob"].get<double>(), 0.01) << i;
+    for (const char* flag : {" --int8", " --bf16"}) {
+      SCOPED_TRACE(flag);
+      Result packed = chorus::testing::chorus(cmd + flag);
+      ASSERT_EQ(packed.code, 0) << packed.out;
+      const auto b = rows(packed.out);
+      ASSERT_EQ(a.size(), b.size()) << packed.out;
+      size_t same = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        if (a[i]["text"] != b[i]["text"]) continue;
+        ++same;
+        EXPECT_NEAR(a[i]["avg_logprob"].get<double>(), b[i]["avg_logprob"].get<double>(), 0.01) << i;
+      }
+      EXPECT_GE(same * 4, a.size() * 3) << "fp32:\n" << f32.out << "\n" << flag << ":\n" << packed.out;
     }
-    EXPECT_GE(same * 4, a.size() * 3) << "fp32:\n" << f32.out << "\nint8:\n" << i8.out;
   }
   // chorus quantize: the int8 file transcribes exactly as --int8 on the
   // checkpoint (the same codes), and is smaller; the GPT's file generates as
@@ -220,6 +224,18 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
   Result e8 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json --int8");
   ASSERT_EQ(e8.code, 0) << e8.out;
   EXPECT_EQ(nlohmann::json::parse(e8.out.substr(e8.out.find('{')))["decode"]["weights"], "int8") << e8.out;
+  Result e16 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json --bf16");
+  ASSERT_EQ(e16.code, 0) << e16.out;
+  EXPECT_EQ(nlohmann::json::parse(e16.out.substr(e16.out.find('{')))["decode"]["weights"], "bf16") << e16.out;
+  // One format at a time; an int8 file is not re-packed as bf16.
+  Result both = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d +
+                                        "/corpus/test.tsv --int8 --bf16");
+  EXPECT_NE(both.code, 0);
+  EXPECT_NE(both.out.find("--int8 and --bf16"), std::string::npos) << both.out;
+  Result bf16_of_int8 = chorus::testing::chorus("transcribe --checkpoint " + d + "/ft-int8.h5 --manifest " + d +
+                                                "/corpus/test.tsv --bf16");
+  EXPECT_NE(bf16_of_int8.code, 0);
+  EXPECT_NE(bf16_of_int8.out.find("int8-quantised"), std::string::npos) << bf16_of_int8.out;
 }
 
 TEST_F(SpeechE2E, RefusesADecoderWithAnotherTokenizer) {

@@ -154,7 +154,7 @@ TEST_P(GptArch, DecodeStepMatchesForwardLogits) {
       for (int v = 0; v < c.vocab_size; ++v) ASSERT_LE(std::abs(full[static_cast<size_t>(i) * Vp + v]), c.logit_softcap);
   }
   // int8 decoding runs every option too and stays close to fp32.
-  m.set_decode_int8(true);
+  m.set_decode_weights(nn::DecodeWeights::int8);
   m.reset_cache(B);
   double worst = 0.0, scale = 0.0;
   for (int pos = 0; pos < T; ++pos) {

@@ -365,26 +365,28 @@ TEST(Gpt, DecodeStepMatchesForwardLogits) {
   expect_error_mentions([&] { m.decode_step(tok.data(), c.context); }, "pos");
 }
 
-// Decoding on int8 weights (set_decode_int8) gives the logits of fp32
-// decoding with every quantised matrix (block matrices and wte, which is both
-// the LM head and the token embedding) replaced by its dequantised values, up
-// to summation order; off again, decoding is the fp32 model's exactly.
-TEST(Gpt, DecodeInt8EqualsDecodingTheDequantisedWeights) {
+// Decoding on packed weights (set_decode_weights: int8 or bf16) gives the
+// logits of fp32 decoding with every packed matrix (block matrices and wte,
+// which is both the LM head and the token embedding) replaced by its unpacked
+// values, up to summation order; back on fp32, decoding is the fp32 model's
+// exactly.
+void expect_packed_decoding_equals_the_unpacked_weights(nn::DecodeWeights format) {
+  SCOPED_TRACE(nn::decode_weights_name(format));
   const GptConfig c = tiny_config();
   const int B = 2, T = c.context, Vp = c.padded_vocab();
   Gpt m(c, B, T), deq(c, B, T);
   m.init_weights(3);
   auto pm = m.params(), pd = deq.params();
   std::copy(pm.begin(), pm.end(), pd.begin());
-  int n_quantised = 0;
+  int n_packed = 0;
   for (const ParamSpec& spec : deq.param_table()) {
     if (!spec.hidden_matrix && spec.name != "wte.weight") continue;
     const int rows = static_cast<int>(spec.shape[0]), cols = static_cast<int>(spec.shape[1]);
-    const nn::Int8Weight w = nn::quantize_int8(pd.data() + spec.offset, rows, cols);
-    backend::cpu::dequantize_rows_int8(w.q.data(), w.scale.data(), rows, cols, pd.data() + spec.offset);
-    ++n_quantised;
+    const nn::PackedWeight w = nn::pack_weight(pd.data() + spec.offset, rows, cols, format);
+    for (int r = 0; r < rows; ++r) w.row(r, pd.data() + spec.offset + static_cast<size_t>(r) * cols);
+    ++n_packed;
   }
-  EXPECT_EQ(n_quantised, 4 * c.n_layer + 1);
+  EXPECT_EQ(n_packed, 4 * c.n_layer + 1);
   const auto tok = random_tokens(B * T, c.vocab_size, 5);
   const auto decode = [&](Gpt& g) {
     std::vector<float> out;
@@ -397,21 +399,29 @@ TEST(Gpt, DecodeInt8EqualsDecodingTheDequantisedWeights) {
     return out;
   };
   const auto f32 = decode(m);
-  m.set_decode_int8(true);
-  EXPECT_TRUE(m.decode_int8());
-  const auto i8 = decode(m), want = decode(deq);
-  double max_quant_err = 0;
+  m.set_decode_weights(format);
+  EXPECT_EQ(m.decode_weights(), format);
+  const auto packed = decode(m), want = decode(deq);
+  double max_err = 0;
   for (int b = 0; b < B; ++b)
     for (int pos = 0; pos < T; ++pos)
       for (int v = 0; v < c.vocab_size; ++v) {
         const size_t k = (static_cast<size_t>(pos) * B + b) * Vp + v;
-        ASSERT_NEAR(i8[k], want[k], 1e-5 + 1e-4 * std::abs(want[k])) << "b " << b << " pos " << pos << " v " << v;
-        max_quant_err = std::max(max_quant_err, double(std::abs(i8[k] - f32[k])));
+        ASSERT_NEAR(packed[k], want[k], 1e-5 + 1e-4 * std::abs(want[k])) << "b " << b << " pos " << pos << " v " << v;
+        max_err = std::max(max_err, double(std::abs(packed[k] - f32[k])));
       }
-  EXPECT_GT(max_quant_err, 0.0) << "int8 decoding returned the fp32 logits: nothing was quantised";
-  m.set_decode_int8(false);
-  EXPECT_FALSE(m.decode_int8());
+  EXPECT_GT(max_err, 0.0) << "packed decoding returned the fp32 logits: nothing was packed";
+  m.set_decode_weights(nn::DecodeWeights::fp32);
+  EXPECT_EQ(m.decode_weights(), nn::DecodeWeights::fp32);
   EXPECT_EQ(decode(m), f32);
+}
+
+TEST(Gpt, DecodeInt8EqualsDecodingTheDequantisedWeights) {
+  expect_packed_decoding_equals_the_unpacked_weights(nn::DecodeWeights::int8);
+}
+
+TEST(Gpt, DecodeBf16EqualsDecodingTheRoundedWeights) {
+  expect_packed_decoding_equals_the_unpacked_weights(nn::DecodeWeights::bf16);
 }
 
 // ---- cross-check against PyTorch (tests/fixtures/make_gpt_reference.py) ----

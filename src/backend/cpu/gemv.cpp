@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backend/cpu/gemm.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace chorus::backend::cpu {
@@ -53,11 +54,16 @@ void dequantize_rows_int8(const int8_t* q, const float* scale, int rows, int col
 
 namespace {
 
-// sum_c w[c] x[c] for fp32 weights or int8 codes, accumulated in fp32.
+// One weight as fp32: fp32 itself, an int8 code, or a bf16 value (exact).
+inline float widen(float w) { return w; }
+inline float widen(int8_t q) { return static_cast<float>(q); }
+inline float widen(bf16 h) { return bf16_bits_to_f32(h.bits); }
+
+// sum_c w[c] x[c] for fp32 weights, int8 codes or bf16 weights, accumulated in fp32.
 template <class T>
 float dot_portable(const T* w, const float* x, int cols) {
   float acc = 0.0f;
-  for (int c = 0; c < cols; ++c) acc += static_cast<float>(w[c]) * x[c];
+  for (int c = 0; c < cols; ++c) acc += widen(w[c]) * x[c];
   return acc;
 }
 
@@ -65,6 +71,10 @@ float dot_portable(const T* w, const float* x, int cols) {
 __attribute__((target("avx512f"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
 __attribute__((target("avx512f"))) inline __m512 load16(const int8_t* q) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+}
+__attribute__((target("avx512f"))) inline __m512 load16(const bf16* h) {  // bf16 -> fp32 is a 16-bit shift
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h))), 16));
 }
 
 // Four accumulators of 16 lanes, then 16 at a time, then the scalar tail.
@@ -80,7 +90,7 @@ __attribute__((target("avx512f"))) float dot_avx512(const T* w, const float* x, 
   }
   for (; c + 16 <= cols; c += 16) a0 = _mm512_fmadd_ps(load16(w + c), _mm512_loadu_ps(x + c), a0);
   float acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-  for (; c < cols; ++c) acc += static_cast<float>(w[c]) * x[c];
+  for (; c < cols; ++c) acc += widen(w[c]) * x[c];
   return acc;
 }
 
@@ -88,6 +98,10 @@ __attribute__((target("avx512f"))) float dot_avx512(const T* w, const float* x, 
 __attribute__((target("avx2,fma"))) inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
 __attribute__((target("avx2,fma"))) inline __m256 load8(const int8_t* q) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q))));
+}
+__attribute__((target("avx2,fma"))) inline __m256 load8(const bf16* h) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h))), 16));
 }
 
 // The same with four accumulators of 8 lanes, for CPUs with AVX2 + FMA and no
@@ -108,7 +122,7 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const T* w, const float* x, i
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   h = _mm_add_ss(h, _mm_movehdup_ps(h));
   float acc = _mm_cvtss_f32(h);
-  for (; c < cols; ++c) acc += static_cast<float>(w[c]) * x[c];
+  for (; c < cols; ++c) acc += widen(w[c]) * x[c];
   return acc;
 }
 
@@ -128,7 +142,7 @@ DotPath dot_path() {
 }
 
 // Y (M, rows) = alpha * scale[r] * X W^T + beta * Y (scale nullptr: 1) for fp32
-// weights or int8 codes, the dot loop of `path`. Each weight row is read from
+// weights, int8 codes or bf16 weights, the dot loop of `path`. Each weight row is read from
 // memory once and stays in L1 for the M vectors.
 template <class T>
 void rows_product(DotPath path, int M, const float* X, size_t ldx, const T* W, size_t ldw, const float* scale,
@@ -136,10 +150,10 @@ void rows_product(DotPath path, int M, const float* X, size_t ldx, const T* W, s
   CHORUS_CHECK(M >= 0 && rows >= 0 && cols >= 0 && ldw >= static_cast<size_t>(cols) &&
                    (M <= 1 || (ldx >= static_cast<size_t>(cols) && ldy >= static_cast<size_t>(rows))),
                "gemm_rows: bad shape M %d rows %d cols %d ldx %zu ldw %zu ldy %zu", M, rows, cols, ldx, ldw, ldy);
-  // int8 codes for several vectors: each row is widened to fp32 once (into an
-  // L1-resident buffer) and then dotted with every vector, instead of being
-  // widened again per vector.
-  constexpr bool kCodes = std::is_same_v<T, int8_t>;
+  // int8 codes or bf16 for several vectors: each row is widened to fp32 once
+  // (into an L1-resident buffer) and then dotted with every vector, instead of
+  // being widened again per vector.
+  constexpr bool kCodes = !std::is_same_v<T, float>;
   const bool widen_once = kCodes && M > 1;
   const auto run = [&](auto dot, auto dot_f32) {
 #pragma omp parallel if (!omp_in_parallel() && static_cast<size_t>(rows) * cols > (1u << 16))
@@ -151,7 +165,7 @@ void rows_product(DotPath path, int M, const float* X, size_t ldx, const T* W, s
         const T* w = W + static_cast<size_t>(r) * ldw;
         const float a = scale != nullptr ? alpha * scale[r] : alpha;
         if (widen_once)
-          for (int c = 0; c < cols; ++c) row[c] = static_cast<float>(w[c]);
+          for (int c = 0; c < cols; ++c) row[c] = widen(w[c]);
         for (int m = 0; m < M; ++m) {
           float* y = Y + static_cast<size_t>(m) * ldy + r;
           const float* x = X + static_cast<size_t>(m) * ldx;
@@ -185,6 +199,17 @@ void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const fl
 void gemm_rows_int8(int M, const float* X, size_t ldx, const int8_t* q, const float* scale, int rows, int cols,
                     float* Y, size_t ldy, float beta) {
   rows_product(dot_path(), M, X, ldx, q, static_cast<size_t>(cols), scale, rows, cols, Y, ldy, 1.0f, beta);
+}
+
+void gemm_rows_bf16(int M, const float* X, size_t ldx, const bf16* W, int rows, int cols, float* Y, size_t ldy,
+                    float beta) {
+  rows_product(dot_path(), M, X, ldx, W, static_cast<size_t>(cols), nullptr, rows, cols, Y, ldy, 1.0f, beta);
+}
+
+void gemm_rows_bf16_reference(int M, const float* X, size_t ldx, const bf16* W, int rows, int cols, float* Y,
+                              size_t ldy, float beta) {
+  rows_product(DotPath::kPortable, M, X, ldx, W, static_cast<size_t>(cols), nullptr, rows, cols, Y, ldy, 1.0f,
+               beta);
 }
 
 void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw, int rows, int cols, float* Y,

@@ -21,6 +21,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace chorus::backend::cpu {
 
 // y[r] = alpha * sum_c W[r, c] x[c] + beta * y[r] (y not read when beta == 0), W
@@ -51,6 +53,14 @@ void gemv_int8(const int8_t* q, const float* scale, int rows, int cols, const fl
 // once for all M vectors). Y not read when beta == 0.
 void gemm_rows_int8(int M, const float* X, size_t ldx, const int8_t* q, const float* scale, int rows, int cols,
                     float* Y, size_t ldy, float beta = 0.0f);
+// Y (M, rows) = X (M, cols) W^T + beta * Y for bf16 weights W (rows, cols),
+// dense: weight-only bf16 decoding (half of fp32's bytes, the exponent range
+// of fp32; each value widened exactly by a 16-bit shift, products and sums in
+// fp32). The paths of gemm_rows_f32.
+void gemm_rows_bf16(int M, const float* X, size_t ldx, const bf16* W, int rows, int cols, float* Y, size_t ldy,
+                    float beta = 0.0f);
+void gemm_rows_bf16_reference(int M, const float* X, size_t ldx, const bf16* W, int rows, int cols, float* Y,
+                              size_t ldy, float beta = 0.0f);
 // The portable loop alone (tests compare the two paths).
 void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
                          float beta = 0.0f);

@@ -164,14 +164,14 @@ struct Gpt::State {
   const float* bias_next = nullptr;
   const float* bias_fwd = nullptr;
   const float* bias_decode = nullptr;
-  // Weight-only int8 copies of the matrices decode_step multiplies by
-  // (set_decode_int8); empty when decoding runs on the fp32 weights.
-  struct Int8Layer {
-    nn::Int8Weight attn, proj, xq, xproj, fc, fcproj;
+  // Weight-only bf16 / int8 copies of the matrices decode_step multiplies by
+  // (set_decode_weights); empty when decoding runs on the fp32 weights.
+  struct PackedLayer {
+    nn::PackedWeight attn, proj, xq, xproj, fc, fcproj;
   };
-  std::vector<Int8Layer> dec_int8;
-  nn::Int8Weight dec_lm_head;
-  nn::Int8Weight dec_wte;  // untied head only: the token rows (tied: dec_lm_head's)
+  std::vector<PackedLayer> dec_packed;
+  nn::PackedWeight dec_lm_head;
+  nn::PackedWeight dec_wte;  // untied head only: the token rows (tied: dec_lm_head's)
   // Tensor parallelism: tp == nullptr when the group is one rank.
   dist::Communicator* tp = nullptr;
   int tp_size = 1;
@@ -1115,34 +1115,37 @@ void Gpt::reorder_cache(const int* src) {
   }
 }
 
-void Gpt::set_decode_int8(bool on) {
+void Gpt::set_decode_weights(nn::DecodeWeights format) {
   State& s = *s_;
-  s.dec_int8.clear();
-  s.dec_lm_head = nn::Int8Weight();
-  s.dec_wte = nn::Int8Weight();
-  if (!on) return;
-  CHORUS_CHECK(s.precision == Precision::fp32, "Gpt::set_decode_int8: decoding runs fp32 models, this one is %s",
+  s.dec_packed.clear();
+  s.dec_lm_head = nn::PackedWeight();
+  s.dec_wte = nn::PackedWeight();
+  if (format == nn::DecodeWeights::fp32) return;
+  CHORUS_CHECK(s.precision == Precision::fp32, "Gpt::set_decode_weights: decoding runs fp32 models, this one is %s",
                precision_name(s.precision));
   CHORUS_CHECK(s.tp == nullptr, "generate runs on one rank: this model is a TP = %d shard", s.tp_size);
   const int C = cfg_.n_embd;
-  s.dec_int8.resize(cfg_.n_layer);
+  const auto pack = [&](const float* W, int rows, int cols) { return nn::pack_weight(W, rows, cols, format); };
+  s.dec_packed.resize(cfg_.n_layer);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerView<float>& w = s.p.layers[l];
-    State::Int8Layer& q = s.dec_int8[l];
-    q.attn = nn::quantize_int8(w.attn_w, 3 * C, C);
-    q.proj = nn::quantize_int8(w.proj_w, C, C);
+    State::PackedLayer& q = s.dec_packed[l];
+    q.attn = pack(w.attn_w, 3 * C, C);
+    q.proj = pack(w.proj_w, C, C);
     if (s.cross.enabled()) {
-      q.xq = nn::quantize_int8(w.xq_w, C, C);
-      q.xproj = nn::quantize_int8(w.xproj_w, C, C);
+      q.xq = pack(w.xq_w, C, C);
+      q.xproj = pack(w.xproj_w, C, C);
     }
-    q.fc = nn::quantize_int8(w.fc_w, cfg_.mlp_fc_width(), C);
-    q.fcproj = nn::quantize_int8(w.fcproj_w, C, cfg_.mlp_hidden());
+    q.fc = pack(w.fc_w, cfg_.mlp_fc_width(), C);
+    q.fcproj = pack(w.fcproj_w, C, cfg_.mlp_hidden());
   }
-  s.dec_lm_head = nn::quantize_int8(s.p.lm_head, cfg_.padded_vocab(), C);
-  if (!cfg_.tied_head) s.dec_wte = nn::quantize_int8(s.p.wte, cfg_.padded_vocab(), C);
+  s.dec_lm_head = pack(s.p.lm_head, cfg_.padded_vocab(), C);
+  if (!cfg_.tied_head) s.dec_wte = pack(s.p.wte, cfg_.padded_vocab(), C);
 }
 
-bool Gpt::decode_int8() const { return !s_->dec_int8.empty(); }
+nn::DecodeWeights Gpt::decode_weights() const {
+  return s_->dec_packed.empty() ? nn::DecodeWeights::fp32 : s_->dec_lm_head.format;
+}
 
 bool decode_int8_tensor(const std::string& name) {
   const auto ends = [&](const char* suffix) {
@@ -1176,36 +1179,35 @@ const float* Gpt::decode_step(const int32_t* tokens, int pos) {
   const size_t ctx = cfg_.context;
   const size_t layer_stride = static_cast<size_t>(B) * ctx * C;
 
-  // y = x W^T + b (+ residual) for the B rows: through the int8 copy when
-  // set_decode_int8 made one, else the fp32 weight.
-  const bool int8 = !s.dec_int8.empty();
-  const auto linear = [&](float* out, const float* in, const float* w, const nn::Int8Weight& wq, const float* b,
+  // y = x W^T + b (+ residual) for the B rows: through the packed copy when
+  // set_decode_weights made one, else the fp32 weight.
+  const bool packed = !s.dec_packed.empty();
+  const auto linear = [&](float* out, const float* in, const float* w, const nn::PackedWeight& wq, const float* b,
                           int in_dim, int out_dim, const float* residual) {
-    if (int8) nn::matmul_forward_int8(out, in, wq, b, B, residual);
+    if (packed) nn::matmul_forward_packed(out, in, wq, b, B, residual);
     else nn::matmul_forward(out, in, w, b, B, in_dim, out_dim, residual);
   };
-  static const State::Int8Layer kNone;
+  static const State::PackedLayer kNone;
 
   // (B, 1) sequence at position pos: wpe row pos (none with rotary
-  // positions). With int8 weights the token rows are wte's dequantised rows
-  // (tied: the LM head's; the model decodes as its quantised copy would,
+  // positions). With packed weights the token rows are wte's unpacked rows
+  // (tied: the LM head's; the model decodes as its packed copy would,
   // wherever it came from).
   const float* wpe_row = s.p.wpe != nullptr ? s.p.wpe + static_cast<size_t>(pos) * C : nullptr;
-  if (int8) {
-    const nn::Int8Weight& emb = cfg_.tied_head ? s.dec_lm_head : s.dec_wte;
+  if (packed) {
+    const nn::PackedWeight& emb = cfg_.tied_head ? s.dec_lm_head : s.dec_wte;
     for (int b = 0; b < B; ++b) {
-      const size_t row = static_cast<size_t>(tokens[b]);
-      const int8_t* q = emb.q.data() + row * C;
-      const float sc = emb.scale[row];
       float* x = s.dec_x + static_cast<size_t>(b) * C;
-      for (int c = 0; c < C; ++c) x[c] = sc * static_cast<float>(q[c]) + (wpe_row != nullptr ? wpe_row[c] : 0.0f);
+      emb.row(tokens[b], x);
+      if (wpe_row != nullptr)
+        for (int c = 0; c < C; ++c) x[c] += wpe_row[c];
     }
   } else {
     nn::embedding_forward<float>(s.dec_x, tokens, s.p.wte, wpe_row, B, 1, C);
   }
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerView<float>& w = s.p.layers[l];
-    const State::Int8Layer& q = int8 ? s.dec_int8[l] : kNone;
+    const State::PackedLayer& q = packed ? s.dec_packed[l] : kNone;
     float* kc = s.k_cache + l * layer_stride;
     float* vc = s.v_cache + l * layer_stride;
     norm_forward(nk, s.dec_ln, s.dec_mean, s.dec_rstd, s.dec_x, w.ln1_w, w.ln1_b, B, C);

@@ -31,6 +31,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "core/dtype.h"
+#include "nn/matmul.h"
 
 namespace chorus::dist {
 class Communicator;
@@ -295,16 +296,16 @@ class Gpt {
   // fp32 of the B sequences (mem_len nullable), turned into every layer's
   // cross keys/values once.
   void set_decode_memory(const float* memory, const int* mem_len, int S);
-  // Decoding on weight-only int8 copies (nn::Int8Weight, per output channel)
-  // of every matrix decode_step multiplies by: QKV, attention out, cross-
-  // attention q / out, MLP, LM head = token embedding (the token rows are read
-  // dequantised from it). Quantised from the current weights (call again after
-  // they change); positions, LayerNorms, biases, the cross keys/values of
-  // set_decode_memory and forward() stay fp32. false frees them. fp32 models,
-  // TP = 1 (throws otherwise).
+  // Decoding on weight-only bf16 or int8 copies (nn::PackedWeight; int8 per
+  // output channel) of every matrix decode_step multiplies by: QKV, attention
+  // out, cross-attention q / out, MLP, LM head = token embedding (the token
+  // rows are read unpacked from it). Packed from the current weights (call
+  // again after they change); positions, norms, biases, the cross keys/values
+  // of set_decode_memory and forward() stay fp32. fp32 frees the copies. fp32
+  // models, TP = 1 (throws otherwise).
   // (decode_int8_tensor names exactly these matrices.)
-  void set_decode_int8(bool on);
-  bool decode_int8() const;
+  void set_decode_weights(nn::DecodeWeights w);
+  nn::DecodeWeights decode_weights() const;
   // Beam search: sequence b of the cache becomes a copy of sequence src[b]
   // (self-attention cache, cross keys/values and their lengths).
   void reorder_cache(const int* src);
@@ -320,7 +321,7 @@ class Gpt {
   std::unique_ptr<State> s_;
 };
 
-// The tensors Gpt::set_decode_int8 quantises, by parameter name (a GPT's, or
+// The tensors Gpt::set_decode_weights packs, by parameter name (a GPT's, or
 // a speech model's decoder's with its "decoder." prefix): wte and the block
 // matrices but the cross-attention keys/values. `chorus quantize` stores
 // exactly these as int8, so a quantised file decodes as --int8 does.
