@@ -29,6 +29,27 @@ std::vector<float> weights(int rows, int cols, size_t ld, uint32_t seed) {
   return W;
 }
 
+// M vectors of cols values in [-1, 1], row stride ldx; the padding is NaN
+// (must not be read).
+std::vector<float> vectors(int M, int cols, size_t ldx, uint32_t seed) {
+  std::mt19937 g(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> X(M * ldx, std::numeric_limits<float>::quiet_NaN());
+  for (int m = 0; m < M; ++m)
+    for (int c = 0; c < cols; ++c) X[m * ldx + c] = u(g);
+  return X;
+}
+
+// An output Y (M, rows) of row stride ldy before a product: -7 everywhere
+// (padding must stay so), NaN in place when beta == 0 (it must not be read).
+std::vector<float> outputs(int M, int rows, size_t ldy, float beta) {
+  std::vector<float> Y(M * ldy, -7.0f);
+  if (beta == 0.0f)
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < rows; ++r) Y[m * ldy + r] = std::numeric_limits<float>::quiet_NaN();
+  return Y;
+}
+
 }  // namespace
 
 TEST(Int8, QuantisedRowsAreWithinHalfAScale) {
@@ -118,16 +139,9 @@ TEST(Int8, GemmRowsEqualsGemvOfEachRowOnEveryPath) {
         std::vector<int8_t> q(rows * cols);
         std::vector<float> s(rows);
         quantize_rows_int8(W.data(), rows, cols, cols, q.data(), s.data());
-        std::mt19937 g(M * 100 + cols);
-        std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-        std::vector<float> X(M * ldx, std::numeric_limits<float>::quiet_NaN());
-        for (int m = 0; m < M; ++m)
-          for (int c = 0; c < cols; ++c) X[m * ldx + c] = u(g);
+        const auto X = vectors(M, cols, ldx, M * 100 + cols);
         for (float beta : {0.0f, 1.0f}) {
-          std::vector<float> Y(M * ldy, -7.0f);
-          if (beta == 0.0f)
-            for (int m = 0; m < M; ++m)
-              for (int r = 0; r < rows; ++r) Y[m * ldy + r] = std::numeric_limits<float>::quiet_NaN();
+          std::vector<float> Y = outputs(M, rows, ldy, beta);
           const std::vector<float> Y0 = Y;
           gemm_rows_int8(M, X.data(), ldx, q.data(), s.data(), rows, cols, Y.data(), ldy, beta);
           for (int m = 0; m < M; ++m) {
@@ -163,16 +177,9 @@ TEST(Bf16, GemmRowsEqualsTheWidenedProductOnEveryPath) {
         const auto W = weights(rows, cols, cols, 5 + cols);
         std::vector<bf16> h(rows * cols);
         for (size_t i = 0; i < h.size(); ++i) h[i] = from_f32<bf16>(W[i]);
-        std::mt19937 g(M * 100 + cols);
-        std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-        std::vector<float> X(M * ldx, std::numeric_limits<float>::quiet_NaN());
-        for (int m = 0; m < M; ++m)
-          for (int c = 0; c < cols; ++c) X[m * ldx + c] = u(g);
+        const auto X = vectors(M, cols, ldx, M * 100 + cols);
         for (float beta : {0.0f, 1.0f}) {
-          std::vector<float> Y(M * ldy, -7.0f);
-          if (beta == 0.0f)
-            for (int m = 0; m < M; ++m)
-              for (int r = 0; r < rows; ++r) Y[m * ldy + r] = std::numeric_limits<float>::quiet_NaN();
+          std::vector<float> Y = outputs(M, rows, ldy, beta);
           const std::vector<float> Y0 = Y;
           std::vector<float> Yref = Y;
           gemm_rows_bf16(M, X.data(), ldx, h.data(), rows, cols, Y.data(), ldy, beta);
