@@ -206,18 +206,23 @@ void add_decode_weight_flags(OptionSet& o, const std::string& what) {
   o.add_switch("model", "bf16",
                "decode on weight-only bf16 copies of " + what +
                    " (half of fp32's bytes per token; products and sums stay fp32)");
+  o.add_switch("model", "int8-activations",
+               "with --int8 (or an int8 weights file): quantise each activation row to int8 as well and sum the "
+               "integer products exactly (AVX-512 VNNI where the CPU has it, AVX2 otherwise)");
 }
 
 nn::DecodeWeights decode_weights_from(const po::variables_map& vm, const std::string& file_quantization,
                                       const std::string& file) {
-  const bool int8 = vm["int8"].as<bool>(), bf16 = vm["bf16"].as<bool>();
+  const bool int8 = vm["int8"].as<bool>(), bf16 = vm["bf16"].as<bool>(), act = vm["int8-activations"].as<bool>();
   CHORUS_CHECK(!(int8 && bf16), "--int8 and --bf16: give one decode weight format");
   if (file_quantization == "int8") {
     CHORUS_CHECK(!bf16, "--bf16: '%s' is an int8-quantised weights file (its matrices decode on int8; give the "
                         "fp32 checkpoint for bf16)", file.c_str());
-    return nn::DecodeWeights::int8;
+    return act ? nn::DecodeWeights::w8a8 : nn::DecodeWeights::int8;
   }
-  return int8 ? nn::DecodeWeights::int8 : bf16 ? nn::DecodeWeights::bf16 : nn::DecodeWeights::fp32;
+  CHORUS_CHECK(!act || int8, "--int8-activations: goes with --int8 or an int8 weights file (chorus quantize)");
+  if (int8) return act ? nn::DecodeWeights::w8a8 : nn::DecodeWeights::int8;
+  return bf16 ? nn::DecodeWeights::bf16 : nn::DecodeWeights::fp32;
 }
 
 }  // namespace chorus::apps

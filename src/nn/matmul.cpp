@@ -67,15 +67,16 @@ const char* decode_weights_name(DecodeWeights w) {
   switch (w) {
     case DecodeWeights::bf16: return "bf16";
     case DecodeWeights::int8: return "int8";
+    case DecodeWeights::w8a8: return "w8a8";
     case DecodeWeights::fp32: break;
   }
   return "fp32";
 }
 
 DecodeWeights parse_decode_weights(const std::string& s, const char* what) {
-  for (DecodeWeights w : {DecodeWeights::fp32, DecodeWeights::bf16, DecodeWeights::int8})
+  for (DecodeWeights w : {DecodeWeights::fp32, DecodeWeights::bf16, DecodeWeights::int8, DecodeWeights::w8a8})
     if (s == decode_weights_name(w)) return w;
-  throw Error(strfmt("%s: '%s' is not a decode weight format (fp32, bf16 or int8)", what, s.c_str()));
+  throw Error(strfmt("%s: '%s' is not a decode weight format (fp32, bf16, int8 or w8a8)", what, s.c_str()));
 }
 
 PackedWeight pack_weight(const float* W, int rows, int cols, DecodeWeights format) {
@@ -85,7 +86,7 @@ PackedWeight pack_weight(const float* W, int rows, int cols, DecodeWeights forma
   w.rows = rows;
   w.cols = cols;
   const size_t n = static_cast<size_t>(rows) * cols;
-  if (format == DecodeWeights::int8) {
+  if (format != DecodeWeights::bf16) {
     w.q.resize(n);
     w.scale.resize(rows);
     cpu::quantize_rows_int8(W, rows, cols, static_cast<size_t>(cols), w.q.data(), w.scale.data());
@@ -98,7 +99,7 @@ PackedWeight pack_weight(const float* W, int rows, int cols, DecodeWeights forma
 
 void PackedWeight::row(int r, float* out) const {
   const size_t at = static_cast<size_t>(r) * cols;
-  if (format == DecodeWeights::int8)
+  if (format != DecodeWeights::bf16)
     for (int c = 0; c < cols; ++c) out[c] = scale[r] * static_cast<float>(q[at + c]);
   else
     for (int c = 0; c < cols; ++c) out[c] = to_f32(h[at + c]);
@@ -112,10 +113,13 @@ void matmul_forward_packed(float* out, const float* inp, const PackedWeight& w, 
     cpu::add_row_broadcast<float>(out, residual, bias, N, OC);
     beta = 1.0f;
   }
-  if (w.format == DecodeWeights::int8)
-    cpu::gemm_rows_int8(N, inp, C, w.q.data(), w.scale.data(), OC, C, out, OC, beta);
-  else
-    cpu::gemm_rows_bf16(N, inp, C, w.h.data(), OC, C, out, OC, beta);
+  switch (w.format) {
+    case DecodeWeights::int8: return cpu::gemm_rows_int8(N, inp, C, w.q.data(), w.scale.data(), OC, C, out, OC, beta);
+    case DecodeWeights::w8a8: return cpu::gemm_rows_w8a8(N, inp, C, w.q.data(), w.scale.data(), OC, C, out, OC, beta);
+    case DecodeWeights::bf16: return cpu::gemm_rows_bf16(N, inp, C, w.h.data(), OC, C, out, OC, beta);
+    case DecodeWeights::fp32: break;
+  }
+  throw Error("matmul_forward_packed: the weight is not packed");
 }
 
 }  // namespace chorus::nn

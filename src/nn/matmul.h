@@ -57,21 +57,24 @@ void matmul_backward_f32(float* dinp_acc, float* dweight, float* dbias, const T*
 //   int8  weight-only int8 (below): a quarter of fp32's bytes.
 // Decoding a token reads every weight once (memory-bound at batch 1), so
 // fewer bytes per weight is faster there; products and sums stay fp32.
-enum class DecodeWeights { fp32, bf16, int8 };
+//   w8a8  the int8 weights, and each activation row quantised to int8 too:
+//         integer products summed exactly (backend::cpu::gemm_rows_w8a8; the
+//         CPU's integer dot-product units, AVX-512 VNNI, where present).
+enum class DecodeWeights { fp32, bf16, int8, w8a8 };
 const char* decode_weights_name(DecodeWeights w);
-// "fp32" | "bf16" | "int8"; throws chorus::Error naming `what` otherwise.
+// "fp32" | "bf16" | "int8" | "w8a8"; throws chorus::Error naming `what` otherwise.
 DecodeWeights parse_decode_weights(const std::string& s, const char* what);
 
 // A matrix W (OC, C), row-major as Linear weights are, packed for decoding:
-// int8: W ~= scale[o] * q[o, :], symmetric per output channel,
+// int8 (and w8a8): W ~= scale[o] * q[o, :], symmetric per output channel,
 //   |W - dequant| <= scale / 2 (backend/cpu/gemv.h). Re-quantising a
 //   dequantised matrix gives the same codes (max |q| per row is 127) and the
 //   scales up to one rounding.
 // bf16: h[o, c] = W[o, c] rounded to bf16.
 struct PackedWeight {
-  DecodeWeights format = DecodeWeights::fp32;  // bf16 or int8 once packed
-  std::vector<int8_t> q;     // int8: (rows, cols) row-major
-  std::vector<float> scale;  // int8: (rows)
+  DecodeWeights format = DecodeWeights::fp32;  // bf16, int8 or w8a8 once packed
+  std::vector<int8_t> q;     // int8, w8a8: (rows, cols) row-major
+  std::vector<float> scale;  // int8, w8a8: (rows)
   std::vector<bf16> h;       // bf16: (rows, cols) row-major
   int rows = 0, cols = 0;
   bool empty() const { return rows == 0; }
@@ -86,9 +89,9 @@ inline PackedWeight quantize_int8(const float* W, int rows, int cols) {
 
 // out (N, OC) = inp (N, C) @ unpack(w)^T + bias + residual in fp32, OC =
 // w.rows, C = w.cols; bias and residual may be nullptr; out may alias
-// residual, not inp. One backend::cpu::gemm_rows_int8 / gemm_rows_bf16: every
-// packed row is read and widened once for all N rows (a batch of beams
-// decodes together).
+// residual, not inp. One backend::cpu::gemm_rows_int8 / gemm_rows_bf16 /
+// gemm_rows_w8a8: every packed row is read once for all N rows (a batch of
+// beams decodes together).
 void matmul_forward_packed(float* out, const float* inp, const PackedWeight& w, const float* bias, int N,
                            const float* residual = nullptr);
 

@@ -2,9 +2,12 @@
 // and the int8 matrix-vector product (both paths) against a double-precision
 // product with the dequantised weights, every column tail and stride.
 #include "backend/cpu/gemv.h"
+#include "backend/cpu/gemm.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -206,6 +209,79 @@ TEST(Bf16, GemmRowsEqualsTheWidenedProductOnEveryPath) {
     }
   }
   set_gemv_path(nullptr);
+}
+
+// int8 activations x int8 weights (gemm_rows_w8a8): the integer sums are
+// exact, so every path (portable, AVX2 vpmaddubsw, AVX-512 VNNI where the CPU
+// has it) gives the portable loop's bits; that loop equals a double product of
+// the codes quantised here independently; and the result is within the two
+// quantisations' error of the fp32 product. Column tails around the 32 / 64
+// byte vectors, strides, beta, a zero vector and a zero weight row.
+TEST(W8a8, EveryPathGivesThePortableBitsAndTheQuantisedProduct) {
+  std::printf("[ w8a8    ] gemm_rows_w8a8 path on this CPU: %s\n", gemm_w8a8_path());
+  std::vector<std::string> ran;
+  omp_set_num_threads(2);  // 300 x 384 and up run on an OpenMP team (the codes are the caller's)
+  for (int M : {1, 2, 5, 9}) {
+    for (int cols : {1, 31, 32, 33, 63, 64, 65, 100, 384, 1536}) {
+      const int rows = cols >= 384 ? 300 : 21;
+      const size_t ldx = cols + 3, ldy = rows + 2;
+      const auto W = weights(rows, cols, cols, 17 + cols);  // row 3 is zero
+      std::vector<int8_t> q(rows * cols);
+      std::vector<float> s(rows);
+      quantize_rows_int8(W.data(), rows, cols, cols, q.data(), s.data());
+      auto X = vectors(M, cols, ldx, M * 7 + cols);
+      if (M > 1)
+        for (int c = 0; c < cols; ++c) X[1 * ldx + c] = 0.0f;  // a zero vector: scale 0, output 0
+      for (float beta : {0.0f, 0.5f}) {
+        set_gemv_path("portable");
+        std::vector<float> Yp = outputs(M, rows, ldy, beta);
+        const std::vector<float> Y0 = Yp;
+        gemm_rows_w8a8(M, X.data(), ldx, q.data(), s.data(), rows, cols, Yp.data(), ldy, beta);
+        for (const char* path : {"avx2", "avx512"}) {
+          if (!set_gemv_path(path)) continue;
+          if (M == 1 && cols == 1 && beta == 0.0f) ran.push_back(gemm_w8a8_path());
+          std::vector<float> Y = Y0;
+          gemm_rows_w8a8(M, X.data(), ldx, q.data(), s.data(), rows, cols, Y.data(), ldy, beta);
+          for (size_t i = 0; i < Y.size(); ++i)
+            ASSERT_EQ(std::bit_cast<uint32_t>(Y[i]), std::bit_cast<uint32_t>(Yp[i]))
+                << gemm_w8a8_path() << " M " << M << " cols " << cols << " beta " << beta << " at " << i;
+        }
+        for (int m = 0; m < M; ++m) {
+          const float* x = X.data() + m * ldx;
+          float amax = 0;
+          for (int c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[c]));
+          const double sx = amax / 127.0f;
+          for (int r = 0; r < rows; ++r) {
+            double dot = 0, orig = 0, mag = 0;
+            for (int c = 0; c < cols; ++c) {
+              const double xq = sx > 0 ? std::nearbyint(x[c] / sx) : 0.0;
+              dot += double(q[r * cols + c]) * xq;
+              orig += double(W[r * cols + c]) * x[c];
+              mag += std::fabs(double(W[r * cols + c]) * x[c]);
+            }
+            const double y0 = beta == 0.0f ? 0.0 : double(beta) * Y0[m * ldy + r];
+            const double want = y0 + sx * s[r] * dot, got = Yp[m * ldy + r];
+            ASSERT_NEAR(got, want, 1e-5 * (std::fabs(want) + std::fabs(y0)) + 1e-30) << "M " << M << " cols " << cols;
+            // Each factor within half its scale (|dW| <= s/2, |dx| <= sx/2):
+            // |W~x~ - Wx| <= s/2 sum |x| + sx/2 sum (|W| + s/2).
+            double x_abs = 0, w_abs = 0;
+            for (int c = 0; c < cols; ++c) {
+              x_abs += std::fabs(x[c]);
+              w_abs += std::fabs(W[r * cols + c]) + 0.5 * s[r];
+            }
+            ASSERT_LE(std::fabs(got - y0 - orig), 0.5 * s[r] * x_abs + 0.5 * sx * w_abs + 1e-5 * mag + 1e-30)
+                << "quantisation bound, M " << M << " cols " << cols << " r " << r;
+            if (m == 1 && M > 1) {
+              ASSERT_EQ(got, y0) << "a zero vector";
+            }
+          }
+        }
+      }
+    }
+  }
+  set_gemv_path(nullptr);
+  for (const auto& p : ran) std::printf("[ w8a8    ] compared with the portable loop: %s\n", p.c_str());
+  if (!cpu_features().avx512_vnni) std::printf("[ w8a8    ] avx512_vnni: not on this CPU, not run\n");
 }
 
 TEST(Int8, NonFiniteWeightsAreRefusedNamingTheRow) {

@@ -150,7 +150,7 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
     };
     const auto a = rows(f32.out);
     ASSERT_FALSE(a.empty()) << f32.out;
-    for (const char* flag : {" --int8", " --bf16"}) {
+    for (const char* flag : {" --int8", " --bf16", " --int8 --int8-activations"}) {
       SCOPED_TRACE(flag);
       Result packed = chorus::testing::chorus(cmd + flag);
       ASSERT_EQ(packed.code, 0) << packed.out;
@@ -236,6 +236,14 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
                                                 "/corpus/test.tsv --bf16");
   EXPECT_NE(bf16_of_int8.code, 0);
   EXPECT_NE(bf16_of_int8.out.find("int8-quantised"), std::string::npos) << bf16_of_int8.out;
+  Result act_alone = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d +
+                                             "/corpus/test.tsv --int8-activations");
+  EXPECT_NE(act_alone.code, 0);
+  EXPECT_NE(act_alone.out.find("--int8-activations: goes with --int8"), std::string::npos) << act_alone.out;
+  Result a8 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft-int8.h5 --manifest " + d +
+                                      "/corpus/test.tsv --json --int8-activations");
+  ASSERT_EQ(a8.code, 0) << a8.out;
+  EXPECT_EQ(nlohmann::json::parse(a8.out.substr(a8.out.find('{')))["decode"]["weights"], "w8a8") << a8.out;
 }
 
 TEST_F(SpeechE2E, RefusesADecoderWithAnotherTokenizer) {

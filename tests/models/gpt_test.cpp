@@ -424,6 +424,36 @@ TEST(Gpt, DecodeBf16EqualsDecodingTheRoundedWeights) {
   expect_packed_decoding_equals_the_unpacked_weights(nn::DecodeWeights::bf16);
 }
 
+// w8a8 decoding (int8 weights and int8 activation rows) stays close to the
+// int8 weights' decoding and is not it: the activations were quantised too.
+TEST(Gpt, DecodeW8a8IsCloseToInt8Weights) {
+  const GptConfig c = tiny_config();
+  const int B = 2, T = c.context, Vp = c.padded_vocab();
+  Gpt m(c, B, T);
+  m.init_weights(3);
+  const auto tok = random_tokens(B * T, c.vocab_size, 5);
+  const auto decode = [&](nn::DecodeWeights w) {
+    m.set_decode_weights(w);
+    std::vector<float> out;
+    m.reset_cache(B);
+    for (int pos = 0; pos < T; ++pos) {
+      const int32_t step[2] = {tok[pos], tok[T + pos]};
+      const float* l = m.decode_step(step, pos);
+      for (int b = 0; b < B; ++b) out.insert(out.end(), l + b * Vp, l + b * Vp + c.vocab_size);
+    }
+    return out;
+  };
+  const auto i8 = decode(nn::DecodeWeights::int8), a8 = decode(nn::DecodeWeights::w8a8);
+  EXPECT_EQ(m.decode_weights(), nn::DecodeWeights::w8a8);
+  double max_diff = 0, max_abs = 0;
+  for (size_t k = 0; k < i8.size(); ++k) {
+    max_diff = std::max(max_diff, double(std::abs(a8[k] - i8[k])));
+    max_abs = std::max(max_abs, double(std::abs(i8[k])));
+  }
+  EXPECT_GT(max_diff, 0.0) << "w8a8 gave the int8 logits: the activations were not quantised";
+  EXPECT_LT(max_diff, 0.02 * max_abs) << "max |w8a8 - int8| " << max_diff << " of logits up to " << max_abs;
+}
+
 // ---- cross-check against PyTorch (tests/fixtures/make_gpt_reference.py) ----
 
 struct Reference {

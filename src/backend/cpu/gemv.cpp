@@ -183,6 +183,114 @@ void rows_product(DotPath path, int M, const float* X, size_t ldx, const T* W, s
   run(dot_portable<T>, dot_portable<float>);
 }
 
+
+// ---- int8 activations x int8 weights (gemm_rows_w8a8) ----------------------------
+
+// Each vector quantised per row, as three byte views of the same codes: xq
+// (s8, the portable loop and the tails), |xq| (u8, the AVX2 sign trick) and
+// xq + 128 (u8, VNNI's unsigned operand with a zero point).
+struct QuantRows {
+  std::vector<int8_t> xq;
+  std::vector<uint8_t> abs, biased;
+  std::vector<float> sx;
+};
+
+void quantize_activation_rows(const float* X, size_t ldx, int M, int cols, QuantRows& out) {
+  const size_t n = static_cast<size_t>(M) * cols;
+  out.xq.resize(n);
+  out.abs.resize(n);
+  out.biased.resize(n);
+  out.sx.resize(M);
+  for (int m = 0; m < M; ++m) {
+    const float* x = X + static_cast<size_t>(m) * ldx;
+    float amax = 0.0f;
+    for (int c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[c]));
+    const float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+    out.sx[m] = s;
+    for (int c = 0; c < cols; ++c) {
+      const size_t i = static_cast<size_t>(m) * cols + c;
+      const int v = static_cast<int>(std::clamp(std::nearbyint(x[c] * inv), -127.0f, 127.0f));
+      out.xq[i] = static_cast<int8_t>(v);
+      out.abs[i] = static_cast<uint8_t>(v < 0 ? -v : v);
+      out.biased[i] = static_cast<uint8_t>(v + 128);
+    }
+  }
+}
+
+// dots[j] = sum_c q[c] xq[vec j][c] exactly (int32), for nv <= 4 vectors
+// starting at vector m0, over columns [c0, cols).
+void int_dots_portable(const int8_t* q, const QuantRows& a, int m0, int nv, int c0, int cols, int32_t* dots) {
+  for (int j = 0; j < nv; ++j) {
+    const int8_t* x = a.xq.data() + static_cast<size_t>(m0 + j) * cols;
+    int32_t acc = dots[j];
+    for (int c = c0; c < cols; ++c) acc += static_cast<int32_t>(q[c]) * x[c];
+    dots[j] = acc;
+  }
+}
+
+__attribute__((target("avx2"))) inline int32_t hsum_epi32(__m256i v) {
+  __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+  return _mm_cvtsi128_si32(h);
+}
+
+// AVX2 (no integer dot-product instruction): |xq| (u8) x q * sign(xq) (s8)
+// with vpmaddubsw, whose 16-bit pair sums cannot saturate since |xq|, |q| <=
+// 127 (2 * 127 * 127 < 32767), then vpmaddwd against ones into int32.
+__attribute__((target("avx2"))) void int_dots_avx2(const int8_t* q, const QuantRows& a, int m0, int nv, int cols,
+                                                   int32_t* dots) {
+  __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  const __m256i ones = _mm256_set1_epi16(1);
+  int c = 0;
+  for (; c + 32 <= cols; c += 32) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + c));
+    for (int j = 0; j < nv; ++j) {
+      const size_t at = static_cast<size_t>(m0 + j) * cols + c;
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq.data() + at));
+      const __m256i ax = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.abs.data() + at));
+      const __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x));
+      acc[j] = _mm256_add_epi32(acc[j], _mm256_madd_epi16(p, ones));
+    }
+  }
+  for (int j = 0; j < nv; ++j) dots[j] = hsum_epi32(acc[j]);
+  int_dots_portable(q, a, m0, nv, c, cols, dots);
+}
+
+// AVX-512 VNNI: vpdpbusd sums four u8 x s8 products into int32 without
+// saturation; the unsigned operand is xq + 128, so each sum is corrected by
+// 128 * sum_c q[c] (accumulated alongside by the same instruction against 1s).
+__attribute__((target("avx512f,avx512vnni"))) void int_dots_vnni(const int8_t* q, const QuantRows& a, int m0, int nv,
+                                                                 int cols, int32_t* dots) {
+  __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+  __m512i qsum = _mm512_setzero_si512();
+  const __m512i ones = _mm512_set1_epi8(1);
+  int c = 0;
+  for (; c + 64 <= cols; c += 64) {
+    const __m512i w = _mm512_loadu_si512(q + c);
+    qsum = _mm512_dpbusd_epi32(qsum, ones, w);
+    for (int j = 0; j < nv; ++j)
+      acc[j] = _mm512_dpbusd_epi32(acc[j], _mm512_loadu_si512(a.biased.data() + static_cast<size_t>(m0 + j) * cols + c),
+                                   w);
+  }
+  const int32_t correction = 128 * _mm512_reduce_add_epi32(qsum);
+  for (int j = 0; j < nv; ++j) dots[j] = _mm512_reduce_add_epi32(acc[j]) - correction;
+  int_dots_portable(q, a, m0, nv, c, cols, dots);
+}
+
+enum class IntDotPath { kPortable, kAvx2, kVnni };
+IntDotPath int_dot_path() {
+  switch (dot_path()) {
+    case DotPath::kAvx512:
+      return cpu_features().avx512_vnni ? IntDotPath::kVnni : IntDotPath::kAvx2;
+    case DotPath::kAvx2:
+      return IntDotPath::kAvx2;
+    case DotPath::kPortable:
+      break;
+  }
+  return IntDotPath::kPortable;
+}
+
 }  // namespace
 
 void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
@@ -219,6 +327,46 @@ void gemm_rows_f32(int M, const float* X, size_t ldx, const float* W, size_t ldw
 
 void gemv_f32(const float* W, size_t ldw, int rows, int cols, const float* x, float* y, float alpha, float beta) {
   gemm_rows_f32(1, x, static_cast<size_t>(cols), W, ldw, rows, cols, y, static_cast<size_t>(rows), alpha, beta);
+}
+
+void gemm_rows_w8a8(int M, const float* X, size_t ldx, const int8_t* q, const float* scale, int rows, int cols,
+                    float* Y, size_t ldy, float beta) {
+  CHORUS_CHECK(M >= 0 && rows >= 0 && cols >= 0 &&
+                   (M <= 1 || (ldx >= static_cast<size_t>(cols) && ldy >= static_cast<size_t>(rows))),
+               "gemm_rows_w8a8: bad shape M %d rows %d cols %d ldx %zu ldy %zu", M, rows, cols, ldx, ldy);
+  // The calling thread's buffers, shared read-only by the team below (a
+  // thread_local named inside the parallel region would be each thread's own).
+  thread_local QuantRows codes;
+  QuantRows& a = codes;
+  quantize_activation_rows(X, ldx, M, cols, a);
+  const IntDotPath path = int_dot_path();
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && static_cast<size_t>(rows) * cols > (1u << 16))
+  for (int r = 0; r < rows; ++r) {
+    const int8_t* w = q + static_cast<size_t>(r) * cols;
+    for (int m0 = 0; m0 < M; m0 += 4) {
+      const int nv = std::min(4, M - m0);
+      int32_t dots[4] = {0, 0, 0, 0};
+      switch (path) {
+        case IntDotPath::kVnni: int_dots_vnni(w, a, m0, nv, cols, dots); break;
+        case IntDotPath::kAvx2: int_dots_avx2(w, a, m0, nv, cols, dots); break;
+        case IntDotPath::kPortable: int_dots_portable(w, a, m0, nv, 0, cols, dots); break;
+      }
+      for (int j = 0; j < nv; ++j) {
+        float* y = Y + static_cast<size_t>(m0 + j) * ldy + r;
+        const float v = (a.sx[m0 + j] * scale[r]) * static_cast<float>(dots[j]);
+        *y = beta == 0.0f ? v : beta * *y + v;
+      }
+    }
+  }
+}
+
+const char* gemm_w8a8_path() {
+  switch (int_dot_path()) {
+    case IntDotPath::kVnni: return "avx512_vnni";
+    case IntDotPath::kAvx2: return "avx2";
+    case IntDotPath::kPortable: break;
+  }
+  return "portable";
 }
 
 const char* gemv_int8_path() {

@@ -61,6 +61,20 @@ void gemm_rows_bf16(int M, const float* X, size_t ldx, const bf16* W, int rows, 
                     float beta = 0.0f);
 void gemm_rows_bf16_reference(int M, const float* X, size_t ldx, const bf16* W, int rows, int cols, float* Y,
                               size_t ldy, float beta = 0.0f);
+// int8 activations x int8 weights ("w8a8", for CPUs with integer dot-product
+// units): each row of X is quantised like the weights (symmetric, per row:
+// sx[m] = max_c |X[m, c]| / 127, xq = round(X / sx) in [-127, 127]), the code
+// products are summed exactly in int32, and
+//   Y[m, r] = beta * Y[m, r] + (sx[m] * scale[r]) * float(sum_c q[r, c] xq[m, c]).
+// Paths, chosen at run time: AVX-512 VNNI (vpdpbusd on xq + 128, corrected by
+// 128 * sum q), AVX2 (vpmaddubsw on |xq| and q * sign(xq), which cannot
+// saturate at |codes| <= 127), a portable loop. The integer sums are exact, so
+// every path gives the same bits. Y not read when beta == 0.
+void gemm_rows_w8a8(int M, const float* X, size_t ldx, const int8_t* q, const float* scale, int rows, int cols,
+                    float* Y, size_t ldy, float beta = 0.0f);
+// Which path gemm_rows_w8a8 takes: "avx512_vnni", "avx2" or "portable"
+// (set_gemv_path("avx512") takes VNNI where the CPU has it).
+const char* gemm_w8a8_path();
 // The portable loop alone (tests compare the two paths).
 void gemv_int8_reference(const int8_t* q, const float* scale, int rows, int cols, const float* x, float* y,
                          float beta = 0.0f);
