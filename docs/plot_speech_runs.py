@@ -59,7 +59,7 @@ def main():
     ap.add_argument("out_dir")
     ap.add_argument("--out", default="docs/speech_base_cer.png")
     ap.add_argument("--x", choices=("minutes", "steps"), default="minutes",
-                    help="x axis: wall-clock minutes (2 cores) or optimizer steps")
+                    help="x axis: wall-clock minutes or optimizer steps")
     ap.add_argument("--title", default="speech-base recipe: pooled val CER (8 languages) against training time")
     a = ap.parse_args()
     global X
@@ -84,7 +84,7 @@ def main():
         jp = joint_points(run, offset)
         if jp:
             ax.plot(*zip(*jp), "o-", color=color, label=f"{name} decoder: joint CTC/attention, beam 4")
-    ax.set_xlabel("training time (minutes, 2 cores)" if X == "minutes" else "optimizer steps (stage 2 after stage 1)")
+    ax.set_xlabel("training time (wall-clock minutes)" if X == "minutes" else "optimizer steps (stage 2 after stage 1)")
     ax.set_ylabel("val CER (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
