@@ -221,29 +221,26 @@ TEST_F(SpeechE2E, FinetuneFromGptLearnsTranscribesAndEvaluates) {
     EXPECT_NE(inside.out.find("out:"), std::string::npos) << inside.out;
     EXPECT_FALSE(fs::exists(d + "/ft/q.h5"));
   }
-  Result e8 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json --int8");
-  ASSERT_EQ(e8.code, 0) << e8.out;
-  EXPECT_EQ(nlohmann::json::parse(e8.out.substr(e8.out.find('{')))["decode"]["weights"], "int8") << e8.out;
-  Result e16 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d + "/corpus/test.tsv --json --bf16");
-  ASSERT_EQ(e16.code, 0) << e16.out;
-  EXPECT_EQ(nlohmann::json::parse(e16.out.substr(e16.out.find('{')))["decode"]["weights"], "bf16") << e16.out;
-  // One format at a time; an int8 file is not re-packed as bf16.
-  Result both = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d +
-                                        "/corpus/test.tsv --int8 --bf16");
-  EXPECT_NE(both.code, 0);
-  EXPECT_NE(both.out.find("--int8 and --bf16"), std::string::npos) << both.out;
-  Result bf16_of_int8 = chorus::testing::chorus("transcribe --checkpoint " + d + "/ft-int8.h5 --manifest " + d +
-                                                "/corpus/test.tsv --bf16");
-  EXPECT_NE(bf16_of_int8.code, 0);
-  EXPECT_NE(bf16_of_int8.out.find("int8-quantised"), std::string::npos) << bf16_of_int8.out;
-  Result act_alone = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft --manifest " + d +
-                                             "/corpus/test.tsv --int8-activations");
-  EXPECT_NE(act_alone.code, 0);
-  EXPECT_NE(act_alone.out.find("--int8-activations: goes with --int8"), std::string::npos) << act_alone.out;
-  Result a8 = chorus::testing::chorus("evaluate --checkpoint " + d + "/ft-int8.h5 --manifest " + d +
-                                      "/corpus/test.tsv --json --int8-activations");
-  ASSERT_EQ(a8.code, 0) << a8.out;
-  EXPECT_EQ(nlohmann::json::parse(a8.out.substr(a8.out.find('{')))["decode"]["weights"], "w8a8") << a8.out;
+  // evaluate records the decode format; one format at a time; an int8 file is
+  // not re-packed as bf16; --int8-activations needs int8 weights.
+  const std::string eval = "evaluate --manifest " + d + "/corpus/test.tsv --checkpoint " + d;
+  const auto weights_used = [&](const std::string& args) {
+    Result r = chorus::testing::chorus(eval + args + " --json");
+    EXPECT_EQ(r.code, 0) << r.out;
+    return r.code == 0 ? nlohmann::json::parse(r.out.substr(r.out.find('{')))["decode"]["weights"].get<std::string>()
+                       : r.out;
+  };
+  EXPECT_EQ(weights_used("/ft --int8"), "int8");
+  EXPECT_EQ(weights_used("/ft --bf16"), "bf16");
+  EXPECT_EQ(weights_used("/ft-int8.h5 --int8-activations"), "w8a8");
+  const auto refused = [&](const std::string& args, const char* why) {
+    Result r = chorus::testing::chorus(args);
+    EXPECT_NE(r.code, 0) << args;
+    EXPECT_NE(r.out.find(why), std::string::npos) << r.out;
+  };
+  refused(eval + "/ft --int8 --bf16", "--int8 and --bf16");
+  refused(eval + "/ft-int8.h5 --bf16", "int8-quantised");
+  refused(eval + "/ft --int8-activations", "--int8-activations: goes with --int8");
 }
 
 TEST_F(SpeechE2E, RefusesADecoderWithAnotherTokenizer) {
