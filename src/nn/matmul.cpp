@@ -73,12 +73,6 @@ const char* decode_weights_name(DecodeWeights w) {
   return "fp32";
 }
 
-DecodeWeights parse_decode_weights(const std::string& s, const char* what) {
-  for (DecodeWeights w : {DecodeWeights::fp32, DecodeWeights::bf16, DecodeWeights::int8, DecodeWeights::w8a8})
-    if (s == decode_weights_name(w)) return w;
-  throw Error(strfmt("%s: '%s' is not a decode weight format (fp32, bf16, int8 or w8a8)", what, s.c_str()));
-}
-
 PackedWeight pack_weight(const float* W, int rows, int cols, DecodeWeights format) {
   CHORUS_CHECK(format != DecodeWeights::fp32, "pack_weight: fp32 needs no packed copy");
   PackedWeight w;

@@ -16,7 +16,6 @@
 #include "nn/typed.h"
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 namespace chorus::nn {
@@ -61,9 +60,8 @@ void matmul_backward_f32(float* dinp_acc, float* dweight, float* dbias, const T*
 //         integer products summed exactly (backend::cpu::gemm_rows_w8a8; the
 //         CPU's integer dot-product units, AVX-512 VNNI, where present).
 enum class DecodeWeights { fp32, bf16, int8, w8a8 };
+// "fp32" | "bf16" | "int8" | "w8a8" (what logs and evaluate's JSON record).
 const char* decode_weights_name(DecodeWeights w);
-// "fp32" | "bf16" | "int8" | "w8a8"; throws chorus::Error naming `what` otherwise.
-DecodeWeights parse_decode_weights(const std::string& s, const char* what);
 
 // A matrix W (OC, C), row-major as Linear weights are, packed for decoding:
 // int8 (and w8a8): W ~= scale[o] * q[o, :], symmetric per output channel,
@@ -78,7 +76,6 @@ struct PackedWeight {
   std::vector<bf16> h;       // bf16: (rows, cols) row-major
   int rows = 0, cols = 0;
   bool empty() const { return rows == 0; }
-  size_t bytes() const { return q.size() + scale.size() * sizeof(float) + h.size() * sizeof(bf16); }
   // out[c] = the packed row r as fp32 (dequantised codes, or widened bf16).
   void row(int r, float* out) const;
 };
