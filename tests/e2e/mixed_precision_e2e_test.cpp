@@ -94,15 +94,24 @@ fs::path MixedPrecision::dir_;
 
 // Tolerances: over these 200 steps the fp32 loss falls from 6.2 to ~4.9; with
 // 8 (bf16) or 11 (fp16) mantissa bits in every activation, curves measured
-// here stay within ~1% of fp32 per window; 3% / 2% leave room for the
-// sampling noise of other machines' GEMM orders while a real bug (a dropped
-// term, a wrong scale: loss stuck near 6, or off by >10%) fails.
+// on an AVX2 machine stay within ~1% of fp32 per window. Another machine's
+// GEMM order gives another trajectory: on an AVX-512 Xeon the fp16 run met a
+// batch (step 23) whose gradient norm was 7.3 against fp32's 0.48 and then
+// trailed fp32 by up to 3.3% per window and 3.4% in validation loss. That
+// batch is a property of the weights the fp16 run had reached, not of fp16
+// arithmetic at that step: fp32 compute resumed from the fp16 run's step-22
+// checkpoint gives the same loss and gradient norm (and no step overflowed),
+// though the two runs' losses agreed to 1e-4 up to step 22 (Adam's
+// per-coordinate normalisation can turn rounding-level gradient differences
+// into full-size updates). So 3% / 2% for bf16, 5% / 5% for fp16, while
+// a real bug (a dropped term, a wrong scale: loss stuck near 6, or off by
+// >10%) fails either.
 TEST_F(MixedPrecision, Bf16TracksFp32For200Steps) {
   expect_tracks_fp32(run("bf16", 1, "--steps 200 --eval-every 100 --threads 2 --precision bf16"), 0.03, 0.02);
 }
 TEST_F(MixedPrecision, Fp16WithLossScalingTracksFp32For200Steps) {
   const std::string r = run("fp16", 1, "--steps 200 --eval-every 100 --threads 2 --precision fp16");
-  expect_tracks_fp32(r, 0.03, 0.02);
+  expect_tracks_fp32(r, 0.05, 0.05);
   const auto scale = metric(r, "loss_scale");
   ASSERT_EQ(scale.size(), 200u);
   EXPECT_EQ(scale.front(), 65536.0);
