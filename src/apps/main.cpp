@@ -9,6 +9,7 @@
 
 #include "apps/commands.h"
 #include "backend/cpu/blas_kernels.h"
+#include "backend/cpu/ops.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/process_info.h"
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
     std::printf("%s\n", chorus::version_line().c_str());
     return 0;
   }
+  chorus::backend::cpu::set_flush_denormals(true);  // before any thread exists (backend/cpu/ops.h)
   chorus::record_command_line(argc, argv);
   chorus::backend::cpu::ensure_blas_kernels(argv);  // before MPI and threads: may re-execute
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/ops.h"
 #include "backend/cpu/peak_flops.h"
 #include "backend/cpu/workspace.h"
 #include "checkpoint/checkpoint.h"
@@ -323,10 +324,11 @@ TrainResult run_training(TrainTask& task, const TrainOptions& opt) {
   log_info("layout: %s, zero %d; %.0f tokens per step", grid.describe().c_str(), opt.zero_stage,
            task.tokens_per_step());
   const models::GptMemory mem0 = task.memory();
-  log_info("compute: precision %s%s, DP gradient reduction in %s; %s", precision_name(opt.precision),
+  log_info("compute: precision %s%s, DP gradient reduction in %s; %s; subnormals %s", precision_name(opt.precision),
            opt.loss_scaler.enabled ? strfmt(" with dynamic loss scaling (init %g)", opt.loss_scaler.init_scale).c_str()
                                    : "",
-           opt.grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32", backend::cpu::gemm_describe().c_str());
+           opt.grad_reduce_dtype == dist::DType::bf16 ? "bf16" : "fp32", backend::cpu::gemm_describe().c_str(),
+           backend::cpu::denormals_flushed() ? "flushed to zero" : "kept");
   log_info("memory per rank: fp32 master weights %.1f MiB, %s compute copy %.1f MiB, fp32 grads %.1f MiB, Adam "
            "state %.1f MiB%s, activations (%s) %.1f MiB; %d threads; MFU against %.1f GFLOP/s per rank (%s)",
            mem0.master_bytes / double(1 << 20), precision_name(opt.precision),

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <omp.h>
+#include <thread>
 #include <random>
 #include <string>
 #include <utility>
@@ -357,3 +359,55 @@ TEST_F(GemmMixed, OnednnWrapperOnFp32) {
 
 }  // namespace
 }  // namespace chorus::backend::cpu
+
+// set_flush_denormals: a subnormal operand reads as zero (DAZ) and a result
+// below 2^-126 becomes zero (FTZ) on the calling thread, on every thread of
+// the OpenMP team and on a thread created afterwards; off again restores
+// gradual underflow. (Seen failing with the DAZ bit left out, and with the
+// OpenMP team not set.)
+namespace {
+struct Subnormals {
+  bool operand_reads_zero, result_flushed;
+};
+Subnormals probe() {
+  volatile float sub = std::numeric_limits<float>::denorm_min() * 64.0f, one = 1.0f;  // a subnormal
+  volatile float a = 1e-30f, b = 1e-10f;                                               // product 1e-40
+  const float x = sub * one, y = a * b;
+  return {x == 0.0f, y == 0.0f};
+}
+}  // namespace
+
+TEST(Cpu, SubnormalsAreFlushedOnEveryThread) {
+  namespace cpu = chorus::backend::cpu;
+#if defined(__x86_64__) || defined(__i386__)
+  ASSERT_TRUE(cpu::set_flush_denormals(false));
+  EXPECT_FALSE(probe().operand_reads_zero);
+  EXPECT_FALSE(probe().result_flushed);
+  omp_set_num_threads(3);
+#pragma omp parallel
+  { (void)probe(); }  // the team exists before the switch, as it may in a process
+  ASSERT_TRUE(cpu::set_flush_denormals(true));
+  EXPECT_TRUE(cpu::denormals_flushed());
+  EXPECT_TRUE(probe().operand_reads_zero);
+  EXPECT_TRUE(probe().result_flushed);
+  int team_ok = 0, team = 0;
+#pragma omp parallel reduction(+ : team_ok, team)
+  {
+    const Subnormals s = probe();
+    team_ok += s.operand_reads_zero && s.result_flushed;
+    team += 1;
+  }
+  EXPECT_EQ(team_ok, team);
+  EXPECT_EQ(team, 3);
+  Subnormals later{};
+  std::thread t([&] { later = probe(); });
+  t.join();
+  EXPECT_TRUE(later.operand_reads_zero);
+  EXPECT_TRUE(later.result_flushed);
+  ASSERT_TRUE(cpu::set_flush_denormals(false));
+  EXPECT_FALSE(cpu::denormals_flushed());
+  EXPECT_FALSE(probe().result_flushed);
+#else
+  EXPECT_FALSE(cpu::set_flush_denormals(true));
+#endif
+}

@@ -5,6 +5,11 @@
 #include <cblas.h>
 #include <omp.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define CHORUS_HAS_MXCSR 1
+#endif
+
 #include <algorithm>
 #include <cstring>
 
@@ -65,6 +70,33 @@ void set_n_threads(int n) {
   n = std::max(1, n);
   omp_set_num_threads(n);
   openblas_set_num_threads(n);
+}
+
+namespace {
+#if CHORUS_HAS_MXCSR
+constexpr unsigned kFtzDaz = 0x8040u;  // MXCSR bit 15 flush-to-zero, bit 6 denormals-are-zero
+void set_mxcsr_flush(bool on) { _mm_setcsr(on ? (_mm_getcsr() | kFtzDaz) : (_mm_getcsr() & ~kFtzDaz)); }
+#endif
+}  // namespace
+
+bool set_flush_denormals(bool on) {
+#if CHORUS_HAS_MXCSR
+  set_mxcsr_flush(on);
+#pragma omp parallel
+  set_mxcsr_flush(on);
+  return true;
+#else
+  (void)on;
+  return false;
+#endif
+}
+
+bool denormals_flushed() {
+#if CHORUS_HAS_MXCSR
+  return (_mm_getcsr() & kFtzDaz) == kFtzDaz;
+#else
+  return false;
+#endif
 }
 
 SerialBlasScope::SerialBlasScope() {

@@ -33,6 +33,19 @@ int n_threads();
 // Sets both the OpenMP team size and OpenBLAS's thread count (n >= 1).
 void set_n_threads(int n);
 
+// Subnormal floats (|x| < 2^-126) flushed to zero when produced (FTZ) and read
+// as zero when consumed (DAZ), on the calling thread, on every thread of the
+// OpenMP team, and on threads created after (Linux copies MXCSR into a new
+// thread). Intel cores take a microcode assist for each subnormal operand or
+// result, and training drifts into them (tiny probabilities and gradients):
+// the speech recipe's CTC steps ran 3-4x slower on an AVX-512 Xeon until
+// they were flushed (docs/DESIGN.md "Subnormals"). Every chorus process turns
+// this on first thing (TensorFlow does the same on CPU). Returns false and
+// does nothing on a CPU without SSE control (not x86).
+bool set_flush_denormals(bool on);
+// Whether the calling thread flushes subnormals.
+bool denormals_flushed();
+
 // Scope in which BLAS calls made from inside an OpenMP parallel region run
 // single-threaded on the calling thread. The OpenMP build of OpenBLAS does this
 // by itself; with a pthreads build (e.g. the system alternative picked at run
